@@ -1,0 +1,1 @@
+# Lets the tests import the top-level modules (stn, net, mnist, train, visualize).

@@ -1,0 +1,155 @@
+"""train.py: the command line, the schedule, and short real runs when MNIST is available."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import train
+from test_mnist import REAL_DIR, needs_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--epochs', '0'], "--epochs: '0' must be a finite number > 0"),
+    (['--batch-size', '-3'], "--batch-size: '-3' must be a finite number > 0"),
+    (['--batch-size', 'many'], "--batch-size: 'many' is not a int"),
+    (['--lr', 'nan'], "--lr: 'nan' must be a finite number > 0"),
+    (['--lr', '-0.1'], "--lr: '-0.1' must be a finite number > 0"),
+    (['--optimizer', 'rmsprop'], "--optimizer: invalid choice: 'rmsprop'"),
+    (['--ctx', '7'], 'GPU 7 requested but this MXNet sees 0 GPU(s)'),
+    (['--ctx', 'tpu'], "--ctx: 'tpu': use cpu or a GPU id"),
+    (['--lr-steps', '16,12'], "--lr-steps: '16,12': epochs must be >= 1 and increasing"),
+    (['--momentum', '1.5'], '--momentum: 1.5 must be in [0, 1)'),
+])
+def test_the_cli_rejects_bad_values(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(flags)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_defaults_are_the_documented_recipe():
+    args = train.parse_args([])
+    assert (args.epochs, args.batch_size, args.optimizer, args.lr) == (20, 64, 'adam', 0.001)
+    assert (args.lr_steps, args.loc_lr_mult, args.out) == ([12, 16], 0.1, 'result')
+
+
+def test_the_learning_rate_drops_tenfold_after_each_step():
+    args = train.parse_args(['--lr', '0.01', '--lr-steps', '12,16', '--lr-factor', '0.1'])
+    rates = [train.learning_rate(args, epoch) for epoch in (1, 12, 13, 16, 17, 20)]
+    assert rates == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001])
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match=f'no checkpoint.json in {tmp_path}'):
+        train.main(['--resume', '--out', str(tmp_path)])
+
+
+def test_missing_data_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.setattr(train.mnist, 'MIRRORS', ['http://127.0.0.1:9/'])
+    with pytest.raises(SystemExit, match='could not be downloaded'):
+        train.main(['--data-dir', str(tmp_path / 'none'), '--out', str(tmp_path / 'run')])
+
+
+# ---- short real runs ------------------------------------------------------------------
+
+QUICK = ['--train-size', '5000', '--epochs', '2', '--batch-size', '32']
+
+
+def run(out, *flags):
+    train.main(['--data-dir', REAL_DIR, '--out', str(out), *QUICK, *flags])
+
+
+def metrics(out):
+    with open(os.path.join(out, 'metrics.csv')) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='module')
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('quick')
+    run(out)
+    return out
+
+
+@needs_mnist
+def test_a_short_run_learns_and_writes_its_files(quick_run):
+    rows = metrics(quick_run)
+    assert [row['epoch'] for row in rows] == ['1', '2']
+    assert set(train.METRICS) <= set(rows[0])
+    # 2 epochs on 5,000 images; the full recipe is in the README.
+    assert float(rows[-1]['test_acc']) >= 0.90
+    assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
+    config = json.load(open(quick_run / 'config.json'))
+    assert config['train_size'] == 5000 and config['dataset'] == 'mnist'
+    for name in ['model-symbol.json', 'model-0002.params', 'checkpoint.json',
+                 'checkpoint-0002.params', 'checkpoint-0002.states', 'compare.jpg']:
+        assert (quick_run / name).is_file(), name
+    assert not (quick_run / 'checkpoint-0001.params').exists()  # older checkpoints are pruned
+
+
+@needs_mnist
+def test_the_export_loads_in_a_fresh_process_without_project_code(quick_run):
+    script = textwrap.dedent(f'''
+        import gzip, os, mxnet as mx, numpy as np
+        from mxnet import gluon
+        def idx(name):
+            path = os.path.join({REAL_DIR!r}, name)
+            raw = gzip.open(path + '.gz').read() if os.path.exists(path + '.gz') else open(path, 'rb').read()
+            return np.frombuffer(raw, np.uint8, offset=16 if 'images' in name else 8)
+        x = idx('t10k-images-idx3-ubyte').reshape(-1, 1, 28, 28).astype(np.float32) / 255
+        y = idx('t10k-labels-idx1-ubyte')
+        net = gluon.SymbolBlock.imports({str(quick_run / 'model-symbol.json')!r}, ['data'],
+                                        {str(quick_run / 'model-0002.params')!r})
+        pred = np.concatenate([net(mx.nd.array(x[i:i + 1000])).asnumpy().argmax(1)
+                               for i in range(0, 10000, 1000)])
+        print((pred == y).mean())
+    ''')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            cwd='/', env=dict(os.environ, PYTHONPATH=''))
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split()[-1]) == pytest.approx(float(metrics(quick_run)[-1]['test_acc']),
+                                                             abs=1e-4)
+
+
+@needs_mnist
+def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(quick_run, tmp_path):
+    run(tmp_path, '--epochs', '1')
+    run(tmp_path, '--resume')
+    same = ['epoch', 'train_loss', 'test_loss', 'test_acc', 'lr']
+    assert [{k: r[k] for k in same} for r in metrics(tmp_path)] == \
+           [{k: r[k] for k in same} for r in metrics(quick_run)]
+
+
+@needs_mnist
+def test_a_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match=r'training loss became (nan|inf).*checkpoint \(epoch 0\)'):
+        run(tmp_path, '--optimizer', 'sgd', '--lr', '1e6')
+    assert json.load(open(tmp_path / 'checkpoint.json')) == {'epoch': 0}
+    assert metrics(tmp_path) == []
+
+
+@needs_mnist
+def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(tmp_path):
+    command = [sys.executable, os.path.join(ROOT, 'train.py'), '--data-dir', REAL_DIR,
+               '--out', str(tmp_path), '--train-size', '2000', '--epochs', '50']
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+            (tmp_path / 'metrics.csv').exists() and metrics(tmp_path)):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert 'interrupted in epoch' in err and '--resume' in err
+    done = json.load(open(tmp_path / 'checkpoint.json'))['epoch']
+    assert done >= 1
+    train.main(['--data-dir', REAL_DIR, '--out', str(tmp_path), '--resume', '--epochs', str(done + 1)])
+    assert [int(r['epoch']) for r in metrics(tmp_path)] == list(range(1, done + 2))
