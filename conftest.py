@@ -1,1 +1,0 @@
-# Lets the tests import the top-level modules (stn, net, mnist, train, visualize).
