@@ -1,0 +1,293 @@
+"""The paper's distorted MNIST sets (Jaderberg et al. 2015, section 4.1 and appendix A).
+
+    R    rotation uniform in [-rotation, +rotation] degrees; 28x28
+    RTS  rotation in [-rotation, +rotation], scale in [scale_min, scale_max], placed at a
+         uniformly random position in a canvas x canvas image (the digit stays inside)
+    P    scale in [scale_min, scale_max], then a projective warp moving each image corner
+         by a Gaussian offset of corner_std pixels; 28x28
+    E    scale in [scale_min, scale_max], then a thin-plate-spline warp whose control
+         points on a tps_grid x tps_grid grid move by Gaussian offsets of tps_std pixels
+    TC   the digit at a uniformly random position in a canvas x canvas image, plus
+         `patches` random patch x patch crops of other digits of the same split
+
+Every warp is applied to a whole batch at once: the sampling grid is computed in numpy
+(backward mapping, MXNet's normalised coordinates, x first) and the images are sampled
+with ``mx.nd.BilinearSampler`` (zero padding). Sets are cached under data/distorted/ as
+one .npz per set, seed and generator version, with the parameters stored inside; a cache
+that does not load or was made with other parameters is regenerated.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import mxnet as mx
+import numpy as np
+
+import mnist
+
+VERSION = 1
+DATASETS = ['mnist', 'r', 'rts', 'p', 'e', 'tc']
+DEFAULTS = {
+    'mnist': {},
+    'r': {'rotation': 90.0},
+    'rts': {'rotation': 45.0, 'scale_min': 0.7, 'scale_max': 1.2, 'canvas': 42},
+    'p': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0},
+    'e': {'scale_min': 0.75, 'scale_max': 1.0, 'tps_grid': 4, 'tps_std': 1.5},
+    'tc': {'canvas': 60, 'patches': 6, 'patch': 6},
+}
+CACHE_DIR = os.path.join(mnist.HERE, 'data', 'distorted')
+CHUNK = 10000  # images warped per BilinearSampler call
+
+
+def check_params(name, params):
+    """The full parameter dict for set ``name``: defaults overridden by ``params``."""
+    if name not in DEFAULTS:
+        raise ValueError(f'unknown dataset {name!r}; choose one of {", ".join(DATASETS)}')
+    unknown = set(params) - set(DEFAULTS[name])
+    if unknown:
+        raise ValueError(f'{name}: unknown parameter(s) {sorted(unknown)}; '
+                         f'it takes {sorted(DEFAULTS[name])}')
+    p = dict(DEFAULTS[name], **params)
+    for key, value in p.items():
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f'{name}: {key} = {value} must be a finite number >= 0')
+    if 'scale_min' in p:
+        if not 0 < p['scale_min'] <= p['scale_max']:
+            raise ValueError(f'{name}: need 0 < scale_min <= scale_max, '
+                             f'got {p["scale_min"]} and {p["scale_max"]}')
+    if name == 'rts' and p['canvas'] < np.ceil(28 * p['scale_max']):
+        raise ValueError(f'rts: canvas {p["canvas"]} is smaller than the largest scaled digit '
+                         f'(28 x scale_max {p["scale_max"]} = {28 * p["scale_max"]:.1f} px)')
+    if name == 'tc' and p['canvas'] < 28:
+        raise ValueError(f'tc: canvas {p["canvas"]} is smaller than the 28 px digit')
+    if name == 'tc' and not 1 <= p['patch'] <= 28:
+        raise ValueError(f'tc: patch {p["patch"]} must be between 1 and 28 px')
+    if name == 'e' and int(p['tps_grid']) < 2:
+        raise ValueError(f'e: tps_grid {p["tps_grid"]} must be >= 2')
+    return p
+
+
+def image_shape(name):
+    """(C, H, W) of the images of set ``name``, without making them."""
+    size = int(DEFAULTS[name].get('canvas', 28))
+    return (1, size, size)
+
+
+def normalised_grid(size):
+    """Output pixel centres in normalised coordinates: (size*size, 2) rows of (x, y)."""
+    y, x = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing='ij')
+    return np.stack([x.ravel(), y.ravel()], axis=1)
+
+
+def sample(images, grid_of, size):
+    """Bilinearly sample ``images`` (N, 1, 28, 28) onto a size x size grid, in chunks.
+
+    ``grid_of(chunk)`` gives the (n, 2, P) input coordinates (x, y; normalised) of the
+    P = size * size output pixels for the images in slice ``chunk``.
+    """
+    out = np.empty((len(images), 1, size, size), np.float32)
+    for i in range(0, len(images), CHUNK):
+        chunk = slice(i, i + CHUNK)
+        grid = grid_of(chunk).astype(np.float32).reshape(-1, 2, size, size)
+        out[chunk] = mx.nd.BilinearSampler(mx.nd.array(images[chunk]), mx.nd.array(grid)).asnumpy()
+    return np.clip(out, 0, 1)
+
+
+def warp_affine(images, theta, size):
+    """Sample with theta (N, 2, 3) mapping output normalised coordinates to input ones."""
+    points = normalised_grid(size).T.astype(np.float32)                     # (2, P)
+    theta = theta.astype(np.float32)
+    return sample(images, lambda c: theta[c, :, :2] @ points + theta[c, :, 2:], size)
+
+
+def rotation_scale(angle, scale):
+    """Backward 2x2 matrices (N, 2, 2) for a forward rotation by ``angle`` and scaling."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], -2) / scale[:, None, None]
+
+
+def ink_box(images):
+    """Per image, the ink's extent in pixels from the 28x28 centre: (N, 4) x0, x1, y0, y1."""
+    ink = images[:, 0] > 0.1
+    cols, rows = ink.any(axis=1), ink.any(axis=2)
+    first = lambda m: np.argmax(m, axis=1)
+    last = lambda m: m.shape[1] - 1 - np.argmax(m[:, ::-1], axis=1)
+    return np.stack([first(cols), last(cols), first(rows), last(rows)], 1) - 13.5
+
+
+def distort_r(images, rng, rotation):
+    n = len(images)
+    angle = np.deg2rad(rng.uniform(-rotation, rotation, n))
+    theta = np.concatenate([rotation_scale(angle, np.ones(n)), np.zeros((n, 2, 1))], axis=2)
+    return warp_affine(images, theta, 28), {'angle': np.rad2deg(angle), 'theta': theta}
+
+
+def distort_rts(images, rng, rotation, scale_min, scale_max, canvas):
+    n, canvas = len(images), int(canvas)
+    angle = np.deg2rad(rng.uniform(-rotation, rotation, n))
+    scale = rng.uniform(scale_min, scale_max, n)
+    # Extent of the rotated, scaled ink box around the digit centre, in canvas pixels;
+    # the translation is uniform over the positions that keep all of it at least one
+    # pixel inside the canvas border, so that no ink is cut or touches the edge.
+    x0, x1, y0, y1 = ink_box(images).T
+    corners = np.stack([[x0, y0], [x1, y0], [x0, y1], [x1, y1]], 0)          # (4, 2, N)
+    c, s = np.cos(angle), np.sin(angle)
+    cx = scale * (c * corners[:, 0] - s * corners[:, 1])
+    cy = scale * (s * corners[:, 0] + c * corners[:, 1])
+    half = (canvas - 1) / 2
+    room = half - 1
+    shift = lambda lo, hi: np.where(lo <= hi, rng.uniform(lo, hi), (lo + hi) / 2)
+    tx = shift(-room - cx.min(0), room - cx.max(0))
+    ty = shift(-room - cy.min(0), room - cy.max(0))
+    # Backward map: canvas pixel u -> digit pixel R(-angle)(u - t) / scale; normalise both.
+    linear = rotation_scale(angle, scale) * (half / 13.5)
+    offset = -np.einsum('nij,nj->ni', linear, np.stack([tx, ty], 1) / half)
+    theta = np.concatenate([linear, offset[:, :, None]], axis=2)
+    return warp_affine(images, theta, canvas), {'angle': np.rad2deg(angle), 'scale': scale,
+                                                'shift': np.stack([tx, ty], 1), 'theta': theta}
+
+
+def homographies(source, target):
+    """(N, 3, 3) homographies mapping each of the 4 ``source`` points to ``target`` (N, 4, 2)."""
+    n = len(source)
+    a = np.zeros((n, 8, 8))
+    x, y = source[..., 0], source[..., 1]
+    u, v = target[..., 0], target[..., 1]
+    a[:, 0::2, 0], a[:, 0::2, 1], a[:, 0::2, 2] = x, y, 1
+    a[:, 0::2, 6], a[:, 0::2, 7] = -x * u, -y * u
+    a[:, 1::2, 3], a[:, 1::2, 4], a[:, 1::2, 5] = x, y, 1
+    a[:, 1::2, 6], a[:, 1::2, 7] = -x * v, -y * v
+    b = np.stack([u, v], -1).reshape(n, 8)
+    h = np.linalg.solve(a, b[..., None])[..., 0]
+    return np.concatenate([h, np.ones((n, 1))], 1).reshape(n, 3, 3)
+
+
+def distort_p(images, rng, scale_min, scale_max, corner_std):
+    n = len(images)
+    scale = rng.uniform(scale_min, scale_max, n)
+    corners = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]], float)
+    moved = scale[:, None, None] * corners + rng.normal(0, corner_std / 13.5, (n, 4, 2))
+    # Backward map: the output corners come from the image corners.
+    h = homographies(moved, np.broadcast_to(corners, (n, 4, 2)))
+    points = np.concatenate([normalised_grid(28), np.ones((28 * 28, 1))], 1).T   # (3, P)
+
+    def grid_of(chunk):
+        source = h[chunk] @ points
+        w = source[:, 2:]
+        return source[:, :2] / np.where(np.abs(w) < 1e-6, 1e-6, w)
+
+    return sample(images, grid_of, 28), {'scale': scale, 'corners': moved, 'homography': h}
+
+
+def tps_kernel(r2):
+    """The TPS radial basis U(r) = r^2 log r^2 (0 at r = 0)."""
+    return np.where(r2 > 0, r2 * np.log(np.maximum(r2, 1e-12)), 0.0)
+
+
+def tps_basis(control, points):
+    """(P, K + 3) matrix B such that B @ coeffs is the TPS at ``points`` whose value at
+    the K ``control`` points is given: coeffs = L^-1 [values; 0] solved once here."""
+    k = len(control)
+    r2 = ((control[:, None] - control[None]) ** 2).sum(-1)
+    ones = np.ones((k, 1))
+    system = np.block([[tps_kernel(r2), ones, control],
+                       [np.concatenate([ones, control], 1).T, np.zeros((3, 3))]])
+    r2p = ((points[:, None] - control[None]) ** 2).sum(-1)
+    at_points = np.concatenate([tps_kernel(r2p), np.ones((len(points), 1)), points], 1)
+    return at_points @ np.linalg.inv(system)[:, :k]                           # (P, K)
+
+
+def distort_e(images, rng, scale_min, scale_max, tps_grid, tps_std):
+    n, g = len(images), int(tps_grid)
+    scale = rng.uniform(scale_min, scale_max, n)
+    line = np.linspace(-1, 1, g)
+    control = np.stack(np.meshgrid(line, line), -1).reshape(-1, 2)          # (K, 2) x, y
+    offsets = rng.normal(0, tps_std / 13.5, (n, g * g, 2))
+    basis = tps_basis(control, normalised_grid(28)).T                       # (K, P)
+    # Backward map: output control point c reads the input at (c + offset) / scale.
+    source = ((control + offsets) / scale[:, None, None]).transpose(0, 2, 1)  # (N, 2, K)
+    return sample(images, lambda c: source[c] @ basis, 28), {'scale': scale, 'offsets': offsets}
+
+
+def paste(canvas, images, x, y, combine=np.maximum):
+    """Paste ``images`` (N, h, w) into ``canvas`` (N, H, W) with top-left corners (x, y)."""
+    n, h, w = images.shape
+    rows = (y[:, None] + np.arange(h))[:, :, None]
+    cols = (x[:, None] + np.arange(w))[:, None, :]
+    index = np.arange(n)[:, None, None]
+    canvas[index, rows, cols] = combine(canvas[index, rows, cols], images)
+
+
+def distort_tc(images, rng, canvas, patches, patch):
+    n, canvas, patch = len(images), int(canvas), int(patch)
+    out = np.zeros((n, canvas, canvas), np.float32)
+    x, y = rng.integers(0, canvas - 28, n, endpoint=True), rng.integers(0, canvas - 28, n, endpoint=True)
+    paste(out, images[:, 0], x, y)
+    for _ in range(int(patches)):
+        # A crop of another digit of this split, from inside its central 20x20 box
+        # (where MNIST's strokes are), pasted anywhere on the canvas.
+        other = (np.arange(n) + rng.integers(1, n, n)) % n
+        lo, hi = 4, max(4, 24 - patch)
+        cx, cy = rng.integers(lo, hi, n, endpoint=True), rng.integers(lo, hi, n, endpoint=True)
+        crop = images[other[:, None, None], 0, (cy[:, None] + np.arange(patch))[:, :, None],
+                      (cx[:, None] + np.arange(patch))[:, None, :]]
+        paste(out, crop, rng.integers(0, canvas - patch, n, endpoint=True),
+              rng.integers(0, canvas - patch, n, endpoint=True))
+    return out[:, None], {'shift': np.stack([x, y], 1)}
+
+
+GENERATORS = {'r': distort_r, 'rts': distort_rts, 'p': distort_p, 'e': distort_e, 'tc': distort_tc}
+
+
+def distort(name, images, seed, **params):
+    """Distort ``images`` (N, 1, 28, 28) in [0, 1] as set ``name``; deterministic in ``seed``
+    (an int or a tuple of ints).
+
+    Returns ``(distorted (N, 1, S, S) float32 in [0, 1], info)`` where ``info`` holds the
+    sampled parameters (angles in degrees, scales, shifts, theta, ...) for inspection.
+    """
+    p = check_params(name, params)
+    if name == 'mnist':
+        return images, {}
+    rng = np.random.default_rng([*np.atleast_1d(seed), DATASETS.index(name)])
+    out, info = GENERATORS[name](images, rng, **p)
+    return out.astype(np.float32), info
+
+
+def cache_path(name, seed):
+    return os.path.join(CACHE_DIR, f'{name}-seed{seed}-v{VERSION}.npz')
+
+
+def load(name, digits, seed=0, **params):
+    """(train_x, train_y, test_x, test_y) of set ``name``, from the cache or generated.
+
+    ``digits`` is ``mnist.load_mnist()``'s result. The train and test sets are distorted
+    with different streams of the same ``seed``; pixels are stored as uint8 (like MNIST)
+    and returned as float32 in [0, 1].
+    """
+    p = check_params(name, params)
+    train_x, train_y, test_x, test_y = digits
+    if name == 'mnist':
+        return train_x, train_y, test_x, test_y
+    path, stamp = cache_path(name, seed), json.dumps({'version': VERSION, 'params': p}, sort_keys=True)
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            if str(cached['stamp']) == stamp:
+                return (cached['train_x'] / np.float32(255), train_y,
+                        cached['test_x'] / np.float32(255), test_y)
+            print(f'{path} was made with other parameters: regenerating')
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        print(f'{path} is unreadable ({e}): regenerating')
+    print(f'generating {name} (seed {seed}) into {path}')
+    train = distort(name, train_x, (seed, 0), **p)[0]
+    test = distort(name, test_x, (seed, 1), **p)[0]
+    to_bytes = lambda a: np.round(a * 255).astype(np.uint8)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.npz.tmp')
+    with os.fdopen(fd, 'wb') as f:
+        np.savez_compressed(f, stamp=np.array(stamp), train_x=to_bytes(train), test_x=to_bytes(test))
+    os.replace(tmp, path)
+    return to_bytes(train) / np.float32(255), train_y, to_bytes(test) / np.float32(255), test_y

@@ -1,0 +1,171 @@
+"""The distorted MNIST sets: parameters in range, digits kept whole, determinism, caching."""
+import os
+
+import numpy as np
+import pytest
+
+import distort
+
+
+def blobs(n, seed=0):
+    """Smooth stand-ins for digits: (n, 1, 28, 28) Gaussian strokes inside the central 20x20."""
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:28, 0:28]
+    images = np.zeros((n, 1, 28, 28), np.float32)
+    for k in range(n):
+        for _ in range(3):
+            cx, cy = rng.uniform(9, 18, 2)
+            images[k, 0] += np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 6.0)
+    return np.clip(images, 0, 1)
+
+
+def mass(images):
+    return images.reshape(len(images), -1).sum(1)
+
+
+@pytest.fixture(scope='module')
+def digits():
+    return blobs(200)
+
+
+@pytest.mark.parametrize('name, size', [('r', 28), ('rts', 42), ('p', 28), ('e', 28), ('tc', 60)])
+def test_each_set_has_its_size_and_pixels_stay_in_range(digits, name, size):
+    out, _ = distort.distort(name, digits, seed=1)
+    assert out.shape == (len(digits), 1, size, size) and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    assert (mass(out) > 0).all()
+
+
+@pytest.mark.parametrize('name', ['r', 'rts', 'p', 'e', 'tc'])
+def test_the_same_seed_gives_identical_bytes_and_another_seed_differs(digits, name):
+    a, b = distort.distort(name, digits, seed=3)[0], distort.distort(name, digits, seed=3)[0]
+    assert a.tobytes() == b.tobytes()
+    assert not np.array_equal(a, distort.distort(name, digits, seed=4)[0])
+
+
+def test_r_rotates_by_an_angle_within_90_degrees_that_theta_gives_back(digits):
+    out, info = distort.distort('r', digits, seed=0)
+    theta = info['theta']
+    angle = np.rad2deg(np.arctan2(theta[:, 0, 1], theta[:, 0, 0]))
+    np.testing.assert_allclose(angle, info['angle'], atol=1e-6)
+    assert np.abs(angle).max() <= 90 and np.abs(angle).max() > 80  # the range is used
+    np.testing.assert_allclose(np.linalg.det(theta[:, :, :2]), 1, atol=1e-6)  # no scaling
+    np.testing.assert_allclose(mass(out), mass(digits), rtol=0.05)  # ink is kept
+
+
+def test_rts_angle_and_scale_come_back_from_theta_and_the_digit_stays_inside(digits):
+    out, info = distort.distort('rts', digits, seed=0)
+    linear = info['theta'][:, :, :2] / (20.5 / 13.5)  # undo the canvas/digit normalisation
+    scale = 1 / np.sqrt(np.linalg.det(linear))
+    angle = np.rad2deg(np.arctan2(linear[:, 0, 1], linear[:, 0, 0]))
+    np.testing.assert_allclose(scale, info['scale'], rtol=1e-6)
+    np.testing.assert_allclose(angle, info['angle'], atol=1e-6)
+    assert 0.7 <= scale.min() and scale.max() <= 1.2 and np.abs(angle).max() <= 45
+    # Whole digit on the canvas: its ink mass is the original's times scale^2 ...
+    np.testing.assert_allclose(mass(out), mass(digits) * scale ** 2, rtol=0.05)
+    # ... and both the position and the border show it is not cut.
+    border = np.concatenate([out[:, 0, 0], out[:, 0, -1], out[:, 0, :, 0], out[:, 0, :, -1]], 1)
+    assert border.max() < 0.1
+    spread = np.abs(info['shift']).max(0)
+    assert (spread > 5).all()  # the position really varies
+
+
+@pytest.mark.parametrize('name', ['p', 'e'])
+def test_p_and_e_scale_within_range_and_keep_most_of_the_ink(digits, name):
+    out, info = distort.distort(name, digits, seed=0)
+    assert 0.75 <= info['scale'].min() and info['scale'].max() <= 1.0
+    ratio = mass(out) / (mass(digits) * info['scale'] ** 2)
+    assert 0.5 < np.median(ratio) < 1.5
+
+
+def test_p_homography_maps_the_moved_corners_back_to_the_image_corners(digits):
+    _, info = distort.distort('p', digits, seed=0)
+    moved = np.concatenate([info['corners'], np.ones((len(digits), 4, 1))], 2)
+    back = np.einsum('nij,nkj->nki', info['homography'], moved)
+    corners = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]])
+    np.testing.assert_allclose(back[..., :2] / back[..., 2:], np.broadcast_to(corners, back[..., :2].shape),
+                               atol=1e-9)
+    offsets = (info['corners'] - info['scale'][:, None, None] * corners) * 13.5  # in pixels
+    assert 3.5 < offsets.std() < 6.5  # corner_std 5 px
+
+
+@pytest.mark.parametrize('name, params', [
+    ('r', {'rotation': 0}),
+    ('p', {'scale_min': 1, 'scale_max': 1, 'corner_std': 0}),
+    ('e', {'scale_min': 1, 'scale_max': 1, 'tps_std': 0}),
+])
+def test_with_zero_distortion_a_set_returns_the_digits_unchanged(digits, name, params):
+    out, _ = distort.distort(name, digits, seed=0, **params)
+    np.testing.assert_allclose(out, digits, atol=1e-5)
+
+
+def test_tps_interpolates_its_control_values_exactly():
+    control = np.stack(np.meshgrid(np.linspace(-1, 1, 4), np.linspace(-1, 1, 4)), -1).reshape(-1, 2)
+    values = np.random.RandomState(0).randn(16, 2)
+    np.testing.assert_allclose(distort.tps_basis(control, control) @ values, values, atol=1e-9)
+
+
+def test_tc_places_the_whole_digit_and_six_clutter_patches(digits):
+    out, info = distort.distort('tc', digits, seed=0)
+    x, y = info['shift'].T
+    assert x.min() >= 0 and y.min() >= 0 and x.max() <= 32 and y.max() <= 32
+    for k in range(len(digits)):  # clutter is combined with max: the digit is intact
+        window = out[k, 0, y[k]:y[k] + 28, x[k]:x[k] + 28]
+        assert (window >= digits[k, 0] - 1e-6).all()
+    clutter = mass(out) - mass(digits)
+    assert (clutter >= 0).all() and np.median(clutter) > 0
+    plain = distort.distort('tc', digits, seed=0, patches=0)[0]
+    np.testing.assert_allclose(mass(plain), mass(digits), rtol=1e-5)
+
+
+@pytest.mark.parametrize('name, params, message', [
+    ('rot', {}, "unknown dataset 'rot'"),
+    ('rts', {'scale_min': -0.5}, 'scale_min = -0.5 must be a finite number >= 0'),
+    ('rts', {'scale_min': 1.1, 'scale_max': 0.9}, 'need 0 < scale_min <= scale_max'),
+    ('rts', {'canvas': 30}, 'canvas 30 is smaller than the largest scaled digit'),
+    ('tc', {'canvas': 20}, 'canvas 20 is smaller than the 28 px digit'),
+    ('r', {'angle': 10}, "unknown parameter(s) ['angle']"),
+])
+def test_bad_values_are_rejected_clearly(digits, name, params, message):
+    with pytest.raises(ValueError) as error:
+        distort.distort(name, digits, seed=0, **params)
+    assert message in str(error.value)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(distort, 'CACHE_DIR', str(tmp_path))
+    labels = np.arange(200) % 10
+    return tmp_path, (blobs(200, 1), labels, blobs(50, 2), labels[:50])
+
+
+def test_a_set_is_cached_once_and_read_back_as_the_same_bytes(cache, capsys):
+    folder, digits = cache
+    first = distort.load('r', digits, seed=5)
+    assert os.listdir(folder) == ['r-seed5-v1.npz']
+    assert 'generating' in capsys.readouterr().out
+    again = distort.load('r', digits, seed=5)
+    assert 'generating' not in capsys.readouterr().out
+    for a, b in zip(first, again):
+        assert a.tobytes() == b.tobytes()
+    assert first[0].shape == (200, 1, 28, 28) and not np.array_equal(first[0][:50], first[2])
+
+
+def test_a_cache_made_with_other_parameters_is_regenerated(cache, capsys):
+    folder, digits = cache
+    default = distort.load('rts', digits)[2]
+    smaller = distort.load('rts', digits, scale_max=0.8)[2]
+    assert 'other parameters: regenerating' in capsys.readouterr().out
+    assert mass(smaller).mean() < mass(default).mean()
+    assert os.listdir(folder) == ['rts-seed0-v1.npz']
+
+
+def test_a_corrupt_cache_is_regenerated_not_trusted(cache, capsys):
+    folder, digits = cache
+    good = distort.load('e', digits)[0]
+    path = folder / 'e-seed0-v1.npz'
+    path.write_bytes(path.read_bytes()[:1000])
+    capsys.readouterr()
+    again = distort.load('e', digits)[0]
+    assert 'unreadable' in capsys.readouterr().out
+    assert again.tobytes() == good.tobytes()
