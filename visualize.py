@@ -1,21 +1,56 @@
-"""Pictures of what the spatial transformer does.
+"""Pictures of what the spatial transformer does, and of how training went.
 
-    python visualize.py --out result     # result/compare.jpg from the run in result/
+    python visualize.py --out result                    # result/compare.jpg
+    python visualize.py --out result --animate          # result/stn_training.gif
+    python visualize.py --curves result/rts-stn result/rts-lenet --out result   # result/curves.png
+    python visualize.py --dataset rts --samples --out result                    # result/samples_rts.png
 
-compare.jpg: a fixed batch of test digits ("Dataset Images") beside the
-transformer's output for them ("Transformed Images"), shown as they are
-(pixels in [0, 1], black background), with no de-normalisation.
+compare.jpg: a fixed batch of test digits (the first 64 of the run's test set,
+"Dataset Images") beside the transformer's output for them ("Transformed
+Images"), shown as they are (pixels in [0, 1], black background). On each input
+the quadrilateral the transformer samples from is drawn (the output border mapped
+through theta, as in the paper's figures); each output carries the predicted
+class, in red where it is wrong. It needs only the exported network
+(model-symbol.json + model-NNNN.params): the transformer's output and theta are
+picked from the symbol's internals by name.
+
+curves.png: train and test loss and test error per epoch from metrics.csv, one
+colour per run folder.
+
+stn_training.gif: the transformer's output on a fixed batch after every epoch,
+from the snapshots.npz that ``record_snapshot`` writes during training.
 """
 import argparse
+import csv
+import glob
 import json
 import os
+import re
+import tempfile
+import zipfile
 
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from mxnet import gluon  # noqa: E402
+from PIL import Image  # noqa: E402
 
+import distort  # noqa: E402
+import mnist  # noqa: E402
+
+# Names of the transformer's outputs inside an exported symbol: net.py's Gluon export
+# and symbolic.py's sym.SpatialTransformer give the layers the same names.
+TRANSFORMED = ('net_stn_bilinearsampler0_output', 'net_stn_transformer_output')
+THETA = 'net_stn_regressor_fwd_output'
+GRID = 'net_stn_gridgenerator0_output'
+BOX_COLOR = '#ffb000'
+
+
+# ---- grids and boxes ------------------------------------------------------------------
 
 def make_grid(images, nrow=8, pad=2, pad_value=0.5):
     """Tile images (N, C, H, W) into one (H', W') grayscale or (H', W', C) array, nrow per row."""
@@ -29,35 +64,345 @@ def make_grid(images, nrow=8, pad=2, pad_value=0.5):
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def save_compare(net, images, path):
-    """Write ``images`` (N, 1, H, W) in [0, 1] beside ``net.stn``'s output for them."""
-    transformed, _ = net.stn(mx.nd.array(images))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-    for ax, title, batch in zip(axes, ['Dataset Images', 'Transformed Images'],
-                                [images, transformed.asnumpy()]):
-        ax.imshow(make_grid(np.clip(batch, 0, 1)), cmap='gray', vmin=0, vmax=1)
-        ax.set_title(title)
-        ax.axis('off')
+def tile_origins(n, height, width, nrow=8, pad=2):
+    """Pixel (x, y) of the top-left pixel of each of n tiles in make_grid's layout: (n, 2)."""
+    r, col = np.divmod(np.arange(n), nrow)
+    return np.stack([pad + col * (width + pad), pad + r * (height + pad)], 1).astype(float)
+
+
+def sampling_box(theta, height, width):
+    """Where the transformer samples from: (N, 4, 2) input pixel coordinates (x, y).
+
+    theta (N, 6) = [a, b, tx, c, d, ty] maps output normalised coordinates to input
+    ones (MXNet's GridGenerator); the box is the image of the output border corners
+    (-1, -1), (1, -1), (1, 1), (-1, 1) in an input of height x width pixels, where -1
+    and +1 are the centres of the corner pixels. The identity gives the border through
+    the corner pixel centres, (0, 0) to (width - 1, height - 1).
+    """
+    theta = np.asarray(theta, np.float64).reshape(-1, 2, 3)
+    corners = np.array([[-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]], np.float64)
+    normalised = corners @ theta.transpose(0, 2, 1)                          # (N, 4, 2)
+    return (normalised + 1) / 2 * np.array([width - 1, height - 1])
+
+
+def to_unit(images):
+    """uint8 or float images as float32 in [0, 1]."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255
+    return np.clip(images, 0, 1).astype(np.float32)
+
+
+def to_uint8(images):
+    return np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
+
+
+# ---- compare.jpg ----------------------------------------------------------------------
+
+def show_grid(ax, images, title, nrow):
+    ax.imshow(make_grid(to_unit(images), nrow), cmap='gray', vmin=0, vmax=1,
+              interpolation='nearest')
+    ax.set_title(title, fontsize=11)
+    ax.axis('off')
+
+
+def compare_figure(images, transformed, theta, predicted=None, labels=None, nrow=8,
+                   figsize=(10, 5.4), title=None):
+    """Inputs (N, 1, H, W) with their sampling boxes beside the outputs (N, 1, H', W').
+
+    theta (N, 6). ``predicted`` (N,) classes are written on the outputs, in red where
+    they differ from ``labels`` (N,). Returns the matplotlib figure.
+    """
+    n, _, h, w = images.shape
+    fig, (left, right) = plt.subplots(1, 2, figsize=figsize)
+    show_grid(left, images, 'Dataset Images', nrow)
+    boxes = tile_origins(n, h, w, nrow)[:, None] + sampling_box(theta, h, w)
+    left.add_collection(PolyCollection(boxes, closed=True, facecolors='none',
+                                       edgecolors=BOX_COLOR, linewidths=0.9))
+    heading = 'Transformed Images'
+    if predicted is not None:
+        heading += ' (prediction' + ('; red: wrong)' if labels is not None else ')')
+        origins = tile_origins(n, *transformed.shape[2:], nrow)
+        for k, (x, y) in enumerate(origins):
+            wrong = labels is not None and predicted[k] != labels[k]
+            right.text(x + 0.5, y + 0.5, str(int(predicted[k])), va='top', ha='left',
+                       fontsize=7, fontweight='bold', color='red' if wrong else '#40ff40')
+    show_grid(right, transformed, heading, nrow)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def write_compare(path, images, transformed, theta, predicted=None, labels=None):
+    """compare.jpg (1000 x 540 pixels) from arrays; see ``compare_figure``."""
+    fig = compare_figure(images, transformed, theta, predicted, labels)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_samples(images, path, title):
+    """A sheet of ``images`` (N, 1, H, W) in [0, 1]."""
+    fig, ax = plt.subplots(figsize=(5, 5.3))
+    ax.imshow(make_grid(images), cmap='gray', vmin=0, vmax=1)
+    ax.set_title(title)
+    ax.axis('off')
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def main():
-    import mnist
-    from net import Net
-    p = argparse.ArgumentParser(description='compare.jpg for a trained run')
-    p.add_argument('--out', default='result', help='the run folder written by train.py')
-    p.add_argument('--data-dir', default=None)
-    args = p.parse_args()
-    with open(os.path.join(args.out, 'checkpoint.json')) as f:
-        epoch = json.load(f)['epoch']
-    net = Net(use_stn=True)
-    net.load_parameters(os.path.join(args.out, f'checkpoint-{epoch:04d}.params'))
-    test_x = mnist.load_mnist(args.data_dir)[2]
-    path = os.path.join(args.out, 'compare.jpg')
-    save_compare(net, test_x[:64], path)
-    print(f'wrote {path}')
+# ---- the exported model ---------------------------------------------------------------
+
+def read_config(run_dir):
+    """The run's config.json as a dict ({} if there is none)."""
+    path = os.path.join(run_dir, 'config.json')
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def model_files(run_dir):
+    """(model-symbol.json, model-NNNN.params) of a run; NNNN from config.json, else the newest."""
+    symbol = os.path.join(run_dir, 'model-symbol.json')
+    epochs = read_config(run_dir).get('epochs')
+    params = os.path.join(run_dir, f'model-{epochs:04d}.params') if epochs else None
+    if params is None or not os.path.exists(params):
+        found = sorted(glob.glob(os.path.join(run_dir, 'model-*.params')))
+        params = found[-1] if found else params or os.path.join(run_dir, 'model-NNNN.params')
+    return symbol, params
+
+
+def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
+    """The run's exported network as a block: x (N, C, H, W) -> (transformed, theta (N, 6), logits).
+
+    Built from model-symbol.json and model-NNNN.params alone (no Python classes).
+    ``image_shape`` (C, H, W), if given, is checked against the saved weights.
+    Problems exit with a message (SystemExit).
+    """
+    symbol_file, params_file = model_files(run_dir)
+    for path in (symbol_file, params_file):
+        if not os.path.exists(path):
+            raise SystemExit(
+                f'error: {path} not found: {run_dir} holds no exported model. train.py writes '
+                f'model-symbol.json and model-NNNN.params when a run finishes: finish an '
+                f'interrupted run (python train.py --out {run_dir} --resume) or pass --out '
+                f'RUN_DIR of a finished run.')
+    sym = mx.sym.load(symbol_file)
+    internals = sym.get_internals()
+    transformed = [name for name in TRANSFORMED if name in internals.list_outputs()]
+    if not transformed:
+        raise SystemExit(f'error: {symbol_file} has no spatial transformer (none of {TRANSFORMED} '
+                         f'is among its internals): a plain LeNet (--no-stn) run has nothing to '
+                         f'show. Pass --out RUN_DIR of an STN run.')
+    if image_shape is not None:
+        check_input_shape(sym, params_file, tuple(image_shape))
+    outputs = mx.sym.Group([internals[transformed[0]], internals[THETA], sym])
+    block = gluon.SymbolBlock(outputs, mx.sym.var('data', dtype='float32'))
+    block.collect_params().load(params_file, ctx=ctx)
+    return block
+
+
+def check_input_shape(sym, params_file, shape):
+    """Exit with a message if the weights in ``params_file`` do not fit inputs of ``shape`` (C, H, W)."""
+    saved = {k.split(':', 1)[-1]: v.shape for k, v in mx.nd.load(params_file).items()}
+    internals = sym.get_internals()
+    trained = internals[GRID].attr('target_shape') if GRID in internals.list_outputs() else None
+    try:
+        arg_shapes = sym.infer_shape(data=(1,) + shape)[0]
+        fits = all(saved.get(name, s) == tuple(s) for name, s in zip(sym.list_arguments(), arg_shapes))
+    except mx.MXNetError:
+        fits = False
+    if not fits:
+        trained = 'x'.join(re.findall(r'\d+', trained)) + ' images' if trained else 'other images'
+        raise SystemExit(f'error: {params_file} was trained on {trained} and does not take '
+                         f'{"x".join(map(str, shape))} inputs. Pick the --dataset the run was '
+                         f'trained on (see its config.json), or leave --dataset out.')
+
+
+def compare_run(run_dir, images, labels=None):
+    """RUN_DIR/compare.jpg for ``images`` (N, C, H, W), through the run's exported network."""
+    transformed, theta, logits = load_model(run_dir, images.shape[1:])(mx.nd.array(images))
+    path = os.path.join(run_dir, 'compare.jpg')
+    write_compare(path, images, transformed.asnumpy(), theta.asnumpy(),
+                  logits.argmax(axis=1).asnumpy().astype(int), labels)
+    return path
+
+
+def load_test_set(dataset, data_dir, seed):
+    try:
+        return distort.load(dataset, mnist.load_mnist(data_dir), seed)[2:]
+    except mnist.MNISTError as e:
+        raise SystemExit(f'error: {e}')
+
+
+# ---- stn_training.gif -----------------------------------------------------------------
+
+def record_snapshot(images, transformed, theta, out_dir, epoch):
+    """Store the transformer's output for a fixed batch after ``epoch`` in out_dir/snapshots.npz.
+
+    ``images`` (N, 1, H, W) in [0, 1], e.g. test_x[:16] (16 images make a 4 x 4
+    animation; a 42x42 batch costs about 30 KB per epoch uncompressed), and the
+    transformer's ``transformed`` (N, 1, H', W') and ``theta`` (N, 6) for them, numpy
+    arrays. Epoch 0 is before training.
+    The file holds inputs (N, 1, H, W) uint8, frames (E, N, 1, H', W') uint8, theta
+    (E, N, 6) float32 and epochs (E,); frames of epochs >= ``epoch`` (a resumed run)
+    and of another input batch are dropped. Written atomically.
+    """
+    inputs, frame = to_uint8(images), to_uint8(transformed)
+    path = os.path.join(out_dir, 'snapshots.npz')
+    epochs, frames, thetas = np.zeros(0, np.int64), frame[None][:0], theta[None][:0]
+    try:
+        with np.load(path) as old:
+            if np.array_equal(old['inputs'], inputs):
+                keep = old['epochs'] < epoch
+                epochs, frames, thetas = old['epochs'][keep], old['frames'][keep], old['theta'][keep]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        pass  # none yet, or unreadable: start afresh
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix='.snapshots', suffix='.npz.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            np.savez_compressed(f, inputs=inputs, epochs=np.append(epochs, epoch),
+                                frames=np.concatenate([frames, frame[None]]),
+                                theta=np.concatenate([thetas, theta[None]]).astype(np.float32))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_snapshots(run_dir):
+    """(inputs, frames, theta, epochs) from run_dir/snapshots.npz; see ``record_snapshot``."""
+    path = os.path.join(run_dir, 'snapshots.npz')
+    if not os.path.exists(path):
+        raise SystemExit(f'error: {path} not found: train.py records the transformer\'s output on '
+                         f'a fixed batch every epoch into it (runs trained before that have none). '
+                         f'Train the run again, or pass --out RUN_DIR of a run that has one.')
+    with np.load(path) as s:
+        return s['inputs'], s['frames'], s['theta'], s['epochs']
+
+
+def render(fig):
+    """A matplotlib figure as an (H, W, 3) uint8 array."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def write_animation(path, inputs, frames, theta, epochs, ms_per_frame=500):
+    """A GIF (640 x 340 pixels), one frame per epoch: inputs with boxes beside that epoch's output."""
+    nrow = int(np.ceil(np.sqrt(len(inputs))))
+    pictures = []
+    for frame, t, epoch in zip(frames, theta, epochs):
+        fig = compare_figure(inputs, frame, t, nrow=nrow, figsize=(6.4, 3.4),
+                             title=f'epoch {epoch}' + (' (before training)' if epoch == 0 else ''))
+        pictures.append(Image.fromarray(render(fig)).quantize(64))
+        plt.close(fig)
+    durations = [ms_per_frame] * (len(pictures) - 1) + [4 * ms_per_frame]
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0)
+
+
+# ---- curves.png -----------------------------------------------------------------------
+
+def read_metrics(run_dir):
+    """Per-epoch arrays epoch, train_loss, test_loss, test_acc from run_dir/metrics.csv."""
+    path = os.path.join(run_dir, 'metrics.csv')
+    if not os.path.exists(path):
+        raise SystemExit(f'error: {path} not found: pass run folders written by train.py to --curves.')
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise SystemExit(f'error: {path} has no epochs yet: let the run finish an epoch first.')
+    return {key: np.array([float(row[key]) for row in rows])
+            for key in ('epoch', 'train_loss', 'test_loss', 'test_acc')}
+
+
+def run_label(run_dir):
+    config = read_config(run_dir)
+    model = 'LeNet' if config.get('no_stn') else 'STN'
+    name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
+    return f'{name} ({model}, {config.get("dataset", "mnist")})'
+
+
+def minor_label(value, _):
+    """Label the minor ticks 2 and 5 of each decade of a log axis."""
+    mantissa = value / 10 ** np.floor(np.log10(value))
+    return f'{value:g}' if round(mantissa) in (2, 5) else ''
+
+
+def curves_figure(run_dirs):
+    """Loss (train dashed, test solid) and test error per epoch, one colour per run folder."""
+    fig, (loss_ax, error_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for k, run_dir in enumerate(run_dirs):
+        m, color, label = read_metrics(run_dir), f'C{k}', run_label(run_dir)
+        loss_ax.plot(m['epoch'], m['train_loss'], '--', color=color, label=f'{label} train')
+        loss_ax.plot(m['epoch'], m['test_loss'], '-', color=color, label=f'{label} test')
+        error = 100 * (1 - m['test_acc'])
+        error_ax.plot(m['epoch'], error, 'o-', color=color, markersize=3,
+                      label=f'{label}: {error[-1]:.2f}%')
+    loss_ax.set(xlabel='epoch', ylabel='cross-entropy loss', yscale='log', title='Loss')
+    error_ax.set(xlabel='epoch', ylabel='test error (%)', yscale='log', title='Test error')
+    for ax in (loss_ax, error_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
+        ax.yaxis.set_minor_formatter(FuncFormatter(minor_label))
+        ax.grid(True, which='both', alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_curves(path, run_dirs):
+    """curves.png (1000 x 400 pixels) for the run folders ``run_dirs``."""
+    fig = curves_figure(run_dirs)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---- command line ---------------------------------------------------------------------
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description='compare.jpg, curves.png and stn_training.gif of runs')
+    p.add_argument('--out', default='result',
+                   help='the run folder written by train.py (with --curves: where curves.png goes)')
+    p.add_argument('--dataset', choices=distort.DATASETS, default=None,
+                   help='test images to show (default: the run\'s dataset from its config.json)')
+    p.add_argument('--data-dir', default=None, help='MNIST folder (default: $MNIST_DIR, else data/mnist)')
+    p.add_argument('--curves', nargs='*', metavar='RUN_DIR', default=None,
+                   help='write OUT/curves.png for these run folders (none given: OUT itself)')
+    p.add_argument('--animate', action='store_true',
+                   help='write OUT/stn_training.gif from OUT/snapshots.npz')
+    p.add_argument('--samples', action='store_true',
+                   help='write OUT/samples_DATASET.png, 64 test images of the set')
+    args = p.parse_args(argv)
+    config = read_config(args.out)
+    dataset = args.dataset or config.get('dataset', 'mnist')
+    seed = config.get('data_seed', 0)
+
+    if args.samples:
+        os.makedirs(args.out, exist_ok=True)
+        test_x = load_test_set(dataset, args.data_dir, seed)[0]
+        path = os.path.join(args.out, f'samples_{dataset}.png')
+        save_samples(test_x[:64], path, f'{dataset.upper()}: test images')
+        print(f'wrote {path}')
+    if args.curves is not None:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, 'curves.png')
+        write_curves(path, args.curves or [args.out])
+        print(f'wrote {path}')
+    if args.animate:
+        path = os.path.join(args.out, 'stn_training.gif')
+        write_animation(path, *load_snapshots(args.out))
+        print(f'wrote {path}')
+    if args.samples or args.curves is not None or args.animate:
+        return
+
+    if not os.path.isdir(args.out):
+        raise SystemExit(f'error: no run folder {args.out}: pass --out RUN_DIR written by train.py')
+    shape = distort.image_shape(dataset)
+    load_model(args.out, shape)  # model problems are reported before the data is loaded
+    test_x, test_y = load_test_set(dataset, args.data_dir, seed)
+    print(f'wrote {compare_run(args.out, test_x[:64], test_y[:64])}')
 
 
 if __name__ == '__main__':
