@@ -12,24 +12,30 @@ compare.jpg (input digits beside the transformer's output).
 import argparse
 import csv
 import json
+import logging
 import math
 import os
 import sys
 import tempfile
 import time
+import warnings
 
-import mxnet as mx
-import numpy as np
-from mxnet import autograd, gluon
-from tqdm import tqdm
+os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')  # no banner on every Module reshape
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mxnet import autograd, gluon  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-import mnist
-from net import Net
+import distort  # noqa: E402
+import mnist  # noqa: E402
+import symbolic  # noqa: E402
+import visualize  # noqa: E402
+from net import Net  # noqa: E402
 
-METRICS = ['epoch', 'train_loss', 'test_loss', 'test_acc', 'lr', 'imgs_per_s', 'epoch_s']
+METRICS = ['dataset', 'epoch', 'train_loss', 'test_loss', 'test_acc', 'lr', 'imgs_per_s', 'epoch_s']
 # Flags a resumed run takes from the run it continues; the others may change.
-RUN_FLAGS = ['batch_size', 'lr', 'lr_steps', 'lr_factor', 'optimizer', 'momentum',
-             'loc_lr_mult', 'seed', 'no_stn', 'train_size']
+RUN_FLAGS = ['api', 'dataset', 'data_seed', 'fresh_distortions', 'batch_size', 'lr', 'lr_steps',
+             'lr_factor', 'optimizer', 'momentum', 'loc_lr_mult', 'seed', 'no_stn', 'train_size']
 
 
 def positive(kind):
@@ -69,6 +75,14 @@ def context(text):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--api', choices=['gluon', 'symbol'], default='gluon',
+                   help='Gluon HybridBlocks, or sym.SpatialTransformer trained with mx.mod.Module')
+    p.add_argument('--dataset', choices=distort.DATASETS, default='mnist',
+                   help='MNIST or one of the paper\'s distorted sets (see distort.py)')
+    p.add_argument('--data-seed', type=int, default=0,
+                   help='seed of the distorted train/test sets (the test set is fixed by it)')
+    p.add_argument('--fresh-distortions', action='store_true',
+                   help='distort the training digits anew every epoch instead of once')
     p.add_argument('--epochs', type=positive(int), default=20)
     p.add_argument('--batch-size', type=positive(int), default=64)
     p.add_argument('--optimizer', choices=['adam', 'sgd'], default='adam')
@@ -127,15 +141,15 @@ def read_metrics(path, last_epoch):
     return rows
 
 
-def save_checkpoint(out, epoch, net, trainer):
+def save_checkpoint(out, epoch, model):
     """Write checkpoint-NNNN.{params,states}, then point checkpoint.json at them.
 
     The pointer is renamed into place last, so an interruption at any moment
     leaves checkpoint.json naming a complete earlier checkpoint.
     """
     stem = os.path.join(out, f'checkpoint-{epoch:04d}')
-    atomic_write(stem + '.params', net.save_parameters)
-    atomic_write(stem + '.states', trainer.save_states)
+    atomic_write(stem + '.params', model.save_params)
+    atomic_write(stem + '.states', model.save_states)
     previous = load_checkpoint_pointer(out)
     write_text(os.path.join(out, 'checkpoint.json'), json.dumps({'epoch': epoch}))
     if previous is not None and previous != epoch:
@@ -153,66 +167,211 @@ def load_checkpoint_pointer(out):
         return json.load(f)['epoch']
 
 
-def export(net, out, epoch):
-    """``HybridBlock.export`` to out/model-symbol.json + out/model-EPOCH.params, atomically."""
-    tmp = tempfile.mkdtemp(dir=out, prefix='.export')
-    net.export(os.path.join(tmp, 'model'), epoch=epoch)
-    for name in os.listdir(tmp):
-        os.replace(os.path.join(tmp, name), os.path.join(out, name))
-    os.rmdir(tmp)
-    return os.path.join(out, 'model')
-
-
 def learning_rate(args, epoch):
     """The learning rate for 1-based ``epoch``: step decay after each of --lr-steps."""
     return args.lr * args.lr_factor ** sum(epoch > step for step in args.lr_steps)
-
-
-def evaluate(net, x, y, ctx, batch_size=1000):
-    """Mean cross-entropy and accuracy over every example of (x, y)."""
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    accuracy, mean_loss = mx.metric.Accuracy(), mx.metric.Loss()
-    for i in range(0, len(x), batch_size):
-        data = mx.nd.array(x[i:i + batch_size], ctx=ctx)
-        label = mx.nd.array(y[i:i + batch_size], ctx=ctx)
-        logits = net(data)
-        accuracy.update(label, logits)
-        mean_loss.update(None, loss_fn(logits, label))
-    assert accuracy.num_inst == len(x)
-    return mean_loss.get()[1], accuracy.get()[1]
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
-def train_epoch(net, trainer, x, y, args, epoch, ctx):
-    """One pass over (x, y) in shuffled mini-batches sliced from the in-memory arrays.
+def check_loss(mean, epoch, step):
+    if not math.isfinite(mean):
+        raise NonFiniteLoss(f'the training loss became {mean} in epoch {epoch} (batch {step})')
 
-    Returns (mean training loss, images per second).
+
+def epoch_order(args, epoch, n):
+    """The shuffle of ``epoch``, and the dropout seed with it: a resumed run repeats both."""
+    mx.random.seed(args.seed * 1000 + epoch)
+    return np.random.RandomState(args.seed * 1000 + epoch).permutation(n)
+
+
+def progress_bar(epoch, batches):
+    return tqdm(total=batches, desc=f'epoch {epoch}', leave=False, unit='batch',
+                file=sys.stderr, disable=None)
+
+
+class GluonModel:
+    """net.Net trained with gluon.Trainer on batches sliced from the in-memory arrays."""
+
+    def __init__(self, args, data_shape, ctx, begin_epoch=0):
+        self.args, self.ctx = args, ctx
+        image_shape = data_shape[1:]
+        self.net = Net(use_stn=not args.no_stn, loc_lr_mult=args.loc_lr_mult)
+        self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=ctx)
+        self.net.hybridize(static_alloc=True, static_shape=True)
+        self.net(mx.nd.zeros((2, *image_shape), ctx=ctx))  # deferred init: shapes are known
+        params = {'learning_rate': args.lr}
+        if args.optimizer == 'sgd':
+            params['momentum'] = args.momentum
+        self.trainer = gluon.Trainer(self.net.collect_params(), args.optimizer, params)
+        self.num_params = sum(p.data().size for p in self.net.collect_params().values())
+
+    def fit_epoch(self, epoch, x, y):
+        """One pass over (x, y) in shuffled mini-batches; returns (mean loss, images/s)."""
+        args, ctx = self.args, self.ctx
+        self.trainer.set_learning_rate(learning_rate(args, epoch))
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        order = epoch_order(args, epoch, len(x))
+        total, seen, start = mx.nd.zeros(1, ctx=ctx), 0, time.time()
+        progress = progress_bar(epoch, math.ceil(len(x) / args.batch_size))
+        for step, i in enumerate(range(0, len(x), args.batch_size), 1):
+            idx = order[i:i + args.batch_size]
+            data, label = mx.nd.array(x[idx], ctx=ctx), mx.nd.array(y[idx], ctx=ctx)
+            with autograd.record():
+                loss = loss_fn(self.net(data), label)
+            loss.backward()
+            self.trainer.step(len(idx))
+            total += loss.sum()
+            seen += len(idx)
+            progress.update()
+            if step % 50 == 0 or seen == len(x):
+                check_loss(total.asscalar() / seen, epoch, step)
+                progress.set_postfix(loss=f'{total.asscalar() / seen:.4f}')
+        progress.close()
+        return total.asscalar() / seen, seen / (time.time() - start)
+
+    def evaluate(self, x, y, batch_size=1000):
+        """Mean cross-entropy and accuracy over every example of (x, y)."""
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        accuracy, mean_loss = mx.metric.Accuracy(), mx.metric.Loss()
+        for i in range(0, len(x), batch_size):
+            data = mx.nd.array(x[i:i + batch_size], ctx=self.ctx)
+            label = mx.nd.array(y[i:i + batch_size], ctx=self.ctx)
+            logits = self.net(data)
+            accuracy.update(label, logits)
+            mean_loss.update(None, loss_fn(logits, label))
+        assert accuracy.num_inst == len(x)
+        return mean_loss.get()[1], accuracy.get()[1]
+
+    def transform(self, images):
+        """The transformer's (output, theta) for ``images`` (N, C, H, W), as numpy arrays."""
+        out, theta = self.net.stn(mx.nd.array(images, ctx=self.ctx))
+        return out.asnumpy(), theta.asnumpy()
+
+    def save_params(self, path):
+        self.net.save_parameters(path)
+
+    def save_states(self, path):
+        self.trainer.save_states(path)
+
+    def load(self, stem):
+        self.net.load_parameters(stem + '.params', ctx=self.ctx)
+        self.trainer.load_states(stem + '.states')
+
+    def export(self, prefix, epoch):
+        """``HybridBlock.export``: prefix-symbol.json and prefix-EPOCH.params."""
+        self.net.export(prefix, epoch=epoch)
+
+
+class ModuleModel:
+    """symbolic.get_symbol() trained with mx.mod.Module.fit over mx.io.NDArrayIter.
+
+    ``fit`` runs one epoch per call, so that the epoch loop, the checkpoints and the
+    log line are the Gluon path's. The last partial batch of an epoch is dropped.
     """
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    order = np.random.RandomState(args.seed * 1000 + epoch).permutation(len(x))
-    mx.random.seed(args.seed * 1000 + epoch)  # dropout masks: a resumed run repeats them
-    total, seen, start = mx.nd.zeros(1, ctx=ctx), 0, time.time()
-    progress = tqdm(range(0, len(x), args.batch_size), desc=f'epoch {epoch}', leave=False,
-                    unit='batch', file=sys.stderr, disable=None)
-    for step, i in enumerate(progress):
-        idx = order[i:i + args.batch_size]
-        data, label = mx.nd.array(x[idx], ctx=ctx), mx.nd.array(y[idx], ctx=ctx)
-        with autograd.record():
-            loss = loss_fn(net(data), label)
-        loss.backward()
-        trainer.step(len(idx))
-        total += loss.sum()
-        seen += len(idx)
-        if step % 50 == 0 or seen == len(x):
-            mean = total.asscalar() / seen
-            if not math.isfinite(mean):
-                raise NonFiniteLoss(f'the training loss became {mean} in epoch {epoch} '
-                                    f'(batch {step + 1})')
-            progress.set_postfix(loss=f'{mean:.4f}')
-    return total.asscalar() / seen, seen / (time.time() - start)
+
+    def __init__(self, args, data_shape, ctx, begin_epoch=0):
+        """``begin_epoch``: epochs already done (the schedule counts updates from there)."""
+        self.args = args
+        num, *image_shape = data_shape
+        symbol = symbolic.get_symbol(add_stn=not args.no_stn, target_shape=image_shape[1:],
+                                     loc_lr_mult=args.loc_lr_mult)
+        self.logits = symbolic.logits_of(symbol)
+        quiet = logging.getLogger('module')
+        quiet.setLevel(logging.ERROR)
+        self.mod = mx.mod.Module(symbol, context=ctx, logger=quiet)
+        self.mod.bind(data_shapes=[('data', (args.batch_size, *image_shape))],
+                      label_shapes=[('softmax_label', (args.batch_size,))])
+        self.mod.init_params(mx.init.Xavier(magnitude=2.24), allow_missing=True,
+                             arg_params=symbolic.identity_params() if not args.no_stn else None)
+        self.num_params = symbolic.count_params(symbol, (1, *image_shape))
+        # Adam/SGD with the step schedule of --lr-steps, counted in updates.
+        batches = num // args.batch_size
+        params = {'learning_rate': args.lr, 'begin_num_update': begin_epoch * batches}
+        if args.lr_steps:
+            params['lr_scheduler'] = mx.lr_scheduler.MultiFactorScheduler(
+                [s * batches for s in args.lr_steps], args.lr_factor)
+        if args.optimizer == 'sgd':
+            params['momentum'] = args.momentum
+        self.mod.init_optimizer(optimizer=args.optimizer, optimizer_params=params)
+
+    def fit_epoch(self, epoch, x, y):
+        args = self.args
+        order = epoch_order(args, epoch, len(x))
+        batches = len(x) // args.batch_size
+        data = mx.io.NDArrayIter(x[order], y[order], args.batch_size, shuffle=False,
+                                 last_batch_handle='discard', label_name='softmax_label')
+        loss = mx.metric.CrossEntropy()
+        progress = progress_bar(epoch, batches)
+
+        def after_batch(param):
+            progress.update()
+            if param.nbatch % 50 == 0 or param.nbatch == batches - 1:
+                mean = loss.get()[1]
+                check_loss(mean, epoch, param.nbatch + 1)
+                progress.set_postfix(loss=f'{mean:.4f}')
+
+        start = time.time()
+        with warnings.catch_warnings():  # fit re-announces the bind and init done above
+            warnings.simplefilter('ignore')
+            self.mod.fit(data, eval_metric=loss, begin_epoch=epoch - 1, num_epoch=epoch,
+                         batch_end_callback=after_batch)
+        progress.close()
+        return loss.get()[1], batches * args.batch_size / (time.time() - start)
+
+    def evaluate(self, x, y, batch_size=1000):
+        """Mean cross-entropy and accuracy over every example of (x, y)."""
+        probs = self.mod.predict(mx.io.NDArrayIter(x, y, batch_size,
+                                                   label_name='softmax_label')).asnumpy()
+        assert len(probs) == len(x)
+        picked = probs[np.arange(len(y)), y]
+        return float(-np.log(np.maximum(picked, 1e-12)).mean()), float((probs.argmax(1) == y).mean())
+
+    def transform(self, images):
+        """The transformer's (output, theta) for ``images`` (N, C, H, W), as numpy arrays."""
+        internals = self.logits.get_internals()
+        outputs = mx.sym.Group([internals['net_stn_transformer_output'],
+                                internals['net_stn_regressor_fwd_output']])
+        args, aux = self.mod.get_params()
+        needed = {k: v for k, v in {**args, **aux}.items() if k in outputs.list_inputs()}
+        out, theta = outputs.eval(ctx=mx.cpu(), data=mx.nd.array(images), **needed)
+        return out.asnumpy(), theta.asnumpy()
+
+    def save_params(self, path):
+        self.mod.save_params(path)
+
+    def save_states(self, path):
+        self.mod.save_optimizer_states(path)
+
+    def load(self, stem):
+        self.mod.load_params(stem + '.params')
+        self.mod.load_optimizer_states(stem + '.states')
+
+    def export(self, prefix, epoch):
+        """The logits symbol (no SoftmaxOutput) and the weights, laid out like a Gluon export."""
+        args, aux = self.mod.get_params()
+        self.logits.save(f'{prefix}-symbol.json')
+        mx.nd.save(f'{prefix}-{epoch:04d}.params',
+                   {**{f'arg:{k}': v for k, v in args.items()},
+                    **{f'aux:{k}': v for k, v in aux.items()}})
+
+
+def snapshot(model, images, out, epoch):
+    """The transformer's output on a fixed batch, kept per epoch for stn_training.gif."""
+    if not model.args.no_stn:
+        visualize.record_snapshot(images, *model.transform(images), out, epoch)
+
+
+def export(model, out, epoch):
+    """Export ``model`` to out/model-symbol.json + out/model-EPOCH.params, atomically."""
+    tmp = tempfile.mkdtemp(dir=out, prefix='.export')
+    model.export(os.path.join(tmp, 'model'), epoch)
+    for name in os.listdir(tmp):
+        os.replace(os.path.join(tmp, name), os.path.join(out, name))
+    os.rmdir(tmp)
+    return os.path.join(out, 'model')
 
 
 def main(argv=None):
@@ -234,56 +393,55 @@ def main(argv=None):
 
     ctx = mx.cpu() if args.ctx == 'cpu' else mx.gpu(int(args.ctx))
     try:
-        train_x, train_y, test_x, test_y = mnist.load_mnist(args.data_dir)
+        digits = mnist.load_mnist(args.data_dir)
     except mnist.MNISTError as e:
         sys.exit(f'error: {e}')
+    train_x, train_y, test_x, test_y = distort.load(args.dataset, digits, args.data_seed)
+    digits = digits[0][:args.train_size] if args.fresh_distortions else None
     if args.train_size:
         train_x, train_y = train_x[:args.train_size], train_y[:args.train_size]
 
     mx.random.seed(args.seed)
     np.random.seed(args.seed)
-    net = Net(use_stn=not args.no_stn, loc_lr_mult=args.loc_lr_mult)
-    net.initialize(mx.init.Xavier(magnitude=2.24), ctx=ctx)
-    net.hybridize(static_alloc=True, static_shape=True)
-    net(mx.nd.array(test_x[:2], ctx=ctx))  # runs deferred init so parameters can be loaded
-    optimizer_params = {'learning_rate': learning_rate(args, start_epoch + 1)}
-    if args.optimizer == 'sgd':
-        optimizer_params['momentum'] = args.momentum
-    trainer = gluon.Trainer(net.collect_params(), args.optimizer, optimizer_params)
-    num_params = sum(p.data().size for p in net.collect_params().values())
+    model = (GluonModel if args.api == 'gluon' else ModuleModel)(args, train_x.shape, ctx,
+                                                                 start_epoch)
 
     if args.resume:
-        stem = os.path.join(args.out, f'checkpoint-{start_epoch:04d}')
-        net.load_parameters(stem + '.params', ctx=ctx)
-        trainer.load_states(stem + '.states')
+        model.load(os.path.join(args.out, f'checkpoint-{start_epoch:04d}'))
         rows = read_metrics(metrics_path, start_epoch)
     else:
         rows = []
-        config = dict(vars(args), dataset='mnist', num_params=num_params,
-                      train_images=len(train_x), mxnet=mx.__version__)
+        config = dict(vars(args), num_params=model.num_params, train_images=len(train_x),
+                      image_shape=train_x.shape[1:], mxnet=mx.__version__,
+                      distortion=dict(distort.check_params(args.dataset, {}),
+                                      version=distort.VERSION))
         write_text(config_path, json.dumps(config, indent=2) + '\n')
-        save_checkpoint(args.out, 0, net, trainer)  # so that Ctrl-C always leaves one
+        save_checkpoint(args.out, 0, model)  # so that Ctrl-C always leaves one
+        snapshot(model, test_x[:16], args.out, 0)
         write_metrics(metrics_path, rows)
 
-    print(f'{"STN + LeNet" if not args.no_stn else "LeNet"}, {num_params} parameters, '
-          f'{len(train_x)} training / {len(test_x)} test images, ctx {ctx}')
+    print(f'{"STN + LeNet" if not args.no_stn else "LeNet"} ({args.api} API), '
+          f'{model.num_params} parameters, '
+          f'{args.dataset}: {len(train_x)} training / {len(test_x)} test images '
+          f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {ctx}')
     print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')
     epoch = start_epoch
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
             start = time.time()
-            trainer.set_learning_rate(learning_rate(args, epoch))
-            train_loss, imgs_per_s = train_epoch(net, trainer, train_x, train_y, args, epoch, ctx)
-            test_loss, test_acc = evaluate(net, test_x, test_y, ctx)
-            row = dict(epoch=epoch, train_loss=f'{train_loss:.5f}', test_loss=f'{test_loss:.5f}',
-                       test_acc=f'{test_acc:.4f}', lr=f'{trainer.learning_rate:g}',
-                       imgs_per_s=f'{imgs_per_s:.0f}', epoch_s=f'{time.time() - start:.1f}')
-            rows.append(row)
+            if digits is not None:
+                train_x = distort.distort(args.dataset, digits, (args.data_seed, 2, epoch))[0]
+            train_loss, imgs_per_s = model.fit_epoch(epoch, train_x, train_y)
+            test_loss, test_acc = model.evaluate(test_x, test_y)
+            lr = learning_rate(args, epoch)
+            rows.append(dict(dataset=args.dataset, epoch=epoch, train_loss=f'{train_loss:.5f}',
+                             test_loss=f'{test_loss:.5f}', test_acc=f'{test_acc:.4f}', lr=f'{lr:g}',
+                             imgs_per_s=f'{imgs_per_s:.0f}', epoch_s=f'{time.time() - start:.1f}'))
             print(f'{epoch:5d}  {train_loss:10.4f}  {test_loss:9.4f}  {100 * test_acc:7.2f}%  '
-                  f'{trainer.learning_rate:6g}  {imgs_per_s:6.0f}  {time.time() - start:7.1f}',
-                  flush=True)
-            save_checkpoint(args.out, epoch, net, trainer)
+                  f'{lr:6g}  {imgs_per_s:6.0f}  {time.time() - start:7.1f}', flush=True)
+            save_checkpoint(args.out, epoch, model)
             write_metrics(metrics_path, rows)
+            snapshot(model, test_x[:16], args.out, epoch)
     except KeyboardInterrupt:
         sys.exit(f'\ninterrupted in epoch {epoch}; the checkpoint of epoch '
                  f'{load_checkpoint_pointer(args.out)} is in {args.out}: continue with '
@@ -293,13 +451,10 @@ def main(argv=None):
                  f'{load_checkpoint_pointer(args.out)}) is kept in {args.out}. '
                  f'Try a smaller --lr or --loc-lr-mult.')
 
-    prefix = export(net, args.out, args.epochs)
+    prefix = export(model, args.out, args.epochs)
     print(f'exported {prefix}-symbol.json and {prefix}-{args.epochs:04d}.params')
     if not args.no_stn:
-        import visualize
-        path = os.path.join(args.out, 'compare.jpg')
-        visualize.save_compare(net, test_x[:64], path)
-        print(f'wrote {path}')
+        print(f'wrote {visualize.compare_run(args.out, test_x[:64], test_y[:64])}')
 
 
 if __name__ == '__main__':

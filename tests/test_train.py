@@ -11,6 +11,7 @@ import time
 import pytest
 
 import train
+from conftest import QUICK, metrics
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (['--ctx', 'tpu'], "--ctx: 'tpu': use cpu or a GPU id"),
     (['--lr-steps', '16,12'], "--lr-steps: '16,12': epochs must be >= 1 and increasing"),
     (['--momentum', '1.5'], '--momentum: 1.5 must be in [0, 1)'),
+    (['--dataset', 'svhn'], "--dataset: invalid choice: 'svhn'"),
 ])
 def test_the_cli_rejects_bad_values(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -60,23 +62,8 @@ def test_missing_data_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch):
 
 # ---- short real runs ------------------------------------------------------------------
 
-QUICK = ['--train-size', '5000', '--epochs', '2', '--batch-size', '32']
-
-
 def run(out, *flags):
     train.main(['--data-dir', REAL_DIR, '--out', str(out), *QUICK, *flags])
-
-
-def metrics(out):
-    with open(os.path.join(out, 'metrics.csv')) as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope='module')
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp('quick')
-    run(out)
-    return out
 
 
 @needs_mnist
@@ -89,6 +76,7 @@ def test_a_short_run_learns_and_writes_its_files(quick_run):
     assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
     config = json.load(open(quick_run / 'config.json'))
     assert config['train_size'] == 5000 and config['dataset'] == 'mnist'
+    assert rows[0]['dataset'] == 'mnist'
     for name in ['model-symbol.json', 'model-0002.params', 'checkpoint.json',
                  'checkpoint-0002.params', 'checkpoint-0002.states', 'compare.jpg']:
         assert (quick_run / name).is_file(), name
@@ -121,7 +109,8 @@ def test_the_export_loads_in_a_fresh_process_without_project_code(quick_run):
 
 @needs_mnist
 def test_a_resumed_run_repeats_the_uninterrupted_one_exactly(quick_run, tmp_path):
-    run(tmp_path, '--epochs', '1')
+    api = json.load(open(quick_run / 'config.json'))['api']
+    run(tmp_path, '--epochs', '1', '--api', api)
     run(tmp_path, '--resume')
     same = ['epoch', 'train_loss', 'test_loss', 'test_acc', 'lr']
     assert [{k: r[k] for k in same} for r in metrics(tmp_path)] == \
@@ -153,3 +142,44 @@ def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(tmp_path):
     assert done >= 1
     train.main(['--data-dir', REAL_DIR, '--out', str(tmp_path), '--resume', '--epochs', str(done + 1)])
     assert [int(r['epoch']) for r in metrics(tmp_path)] == list(range(1, done + 2))
+
+
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('distorted'))
+
+
+@pytest.fixture
+def distorted_cache(cache_dir, monkeypatch):
+    monkeypatch.setattr(train.distort, 'CACHE_DIR', cache_dir)
+
+
+@needs_mnist
+@pytest.mark.parametrize('model', [[], ['--no-stn']], ids=['stn', 'lenet'])
+def test_a_distorted_set_trains_and_is_recorded(tmp_path, distorted_cache, model):
+    train.main(['--data-dir', REAL_DIR, '--out', str(tmp_path), '--dataset', 'rts',
+                '--train-size', '4000', '--epochs', '2', '--batch-size', '32', *model])
+    rows = metrics(tmp_path)
+    assert [row['dataset'] for row in rows] == ['rts', 'rts']
+    config = json.load(open(tmp_path / 'config.json'))
+    assert config['image_shape'] == [1, 42, 42]
+    assert config['distortion'] == dict(train.distort.DEFAULTS['rts'], version=train.distort.VERSION)
+    assert float(rows[1]['train_loss']) < float(rows[0]['train_loss'])
+    assert float(rows[1]['test_acc']) > 0.15  # above chance (0.11) after 8,000 images
+
+
+@needs_mnist
+def test_fresh_distortions_draw_a_new_training_set_every_epoch(tmp_path, distorted_cache,
+                                                              monkeypatch):
+    seeds = []
+    original = train.distort.distort
+
+    def spy(name, images, seed, **params):
+        seeds.append((name, len(images), seed))
+        return original(name, images, seed, **params)
+
+    monkeypatch.setattr(train.distort, 'distort', spy)
+    train.main(['--data-dir', REAL_DIR, '--out', str(tmp_path), '--dataset', 'r',
+                '--train-size', '500', '--epochs', '2', '--fresh-distortions'])
+    per_epoch = [s for s in seeds if s[1] == 500]
+    assert per_epoch == [('r', 500, (0, 2, 1)), ('r', 500, (0, 2, 2))]

@@ -1,0 +1,149 @@
+"""Classify images, or score a test set, with an exported network and no model code.
+
+    python predict.py --model result digit.png other.jpg     # a class per image
+    python predict.py --model result --dataset mnist          # accuracy on a test set
+    python predict.py --model result --loader module ...      # through mx.mod.Module
+
+--model is a run folder (or a file prefix) holding PREFIX-symbol.json and
+PREFIX-NNNN.params, as train.py writes for either API (--api gluon or symbol). The
+network is loaded with ``gluon.SymbolBlock.imports`` (--loader gluon) or with
+``mx.mod.Module.load`` (--loader module); nothing of net.py, stn.py or symbolic.py is
+used. Image files of any size are read as grayscale, resized to the network's input
+and scaled to [0, 1]; a mostly bright image is inverted, since the network was trained
+on white digits on a black background.
+"""
+import argparse
+import glob
+import os
+import re
+import sys
+
+os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mxnet import gluon  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+import distort  # noqa: E402  (data only: no model code)
+import mnist  # noqa: E402
+
+SIZES = [28, 42, 60] + list(range(8, 129))  # input sizes tried, the datasets' first
+
+
+class ModelError(RuntimeError):
+    """The exported files are missing, corrupt or do not fit together."""
+
+
+def model_files(model, epoch=None):
+    """(symbol file, params file, prefix, epoch) for a run folder or a file prefix."""
+    prefix = os.path.join(model, 'model') if os.path.isdir(model) else model
+    symbol = f'{prefix}-symbol.json'
+    if epoch is None:
+        found = sorted(glob.glob(f'{glob.escape(prefix)}-[0-9][0-9][0-9][0-9].params'))
+        if not found:
+            raise ModelError(f'no {prefix}-NNNN.params found: pass --model a run folder written '
+                             f'by train.py (it exports when a run finishes) or a file prefix')
+        epoch = int(re.search(r'-(\d{4})\.params$', found[-1]).group(1))
+    params = f'{prefix}-{epoch:04d}.params'
+    for path in (symbol, params):
+        if not os.path.isfile(path):
+            raise ModelError(f'{path} not found: pass --model a run folder or prefix with both '
+                             f'{prefix}-symbol.json and {prefix}-NNNN.params')
+    return symbol, params, prefix, epoch
+
+
+def load_arrays(symbol_file, params_file):
+    """The symbol (without a SoftmaxOutput loss) and the saved weights, checked."""
+    try:
+        symbol = mx.sym.load(symbol_file)
+    except Exception as e:
+        raise ModelError(f'{symbol_file} is not a readable MXNet symbol ({e})') from e
+    if symbol.name == 'softmax':
+        symbol = symbol.get_children()[0]
+    try:
+        saved = mx.nd.load(params_file)
+    except Exception as e:
+        raise ModelError(f'{params_file} is corrupt or not an MXNet parameter file ({e})') from e
+    weights = {k.split(':', 1)[-1]: v for k, v in saved.items()}
+    missing = [n for n in symbol.list_inputs() if n not in weights and n != 'data']
+    if missing:
+        raise ModelError(f'{params_file} does not match {symbol_file}: it lacks {missing[:3]}')
+    return symbol, weights
+
+
+def input_shape(symbol, weights):
+    """(1, H, W) of the images the saved weights fit; tries the datasets' sizes first."""
+    for size in SIZES:
+        try:
+            args, _, aux = symbol.infer_shape(data=(1, 1, size, size))
+        except mx.MXNetError:
+            continue
+        shapes = dict(zip(symbol.list_arguments(), args), **dict(zip(symbol.list_auxiliary_states(), aux)))
+        if all(tuple(shapes[n]) == weights[n].shape for n in shapes if n in weights):
+            return (1, size, size)
+    raise ModelError('the weights fit no square grayscale input of 8 to 128 pixels')
+
+
+def load(model, epoch=None, loader='gluon'):
+    """A function images (N, 1, H, W) -> class probabilities (N, K), and the input shape."""
+    symbol_file, params_file, prefix, epoch = model_files(model, epoch)
+    symbol, weights = load_arrays(symbol_file, params_file)
+    shape = input_shape(symbol, weights)
+    if loader == 'gluon':
+        net = gluon.SymbolBlock.imports(symbol_file, ['data'], params_file)
+        return lambda x: mx.nd.softmax(net(mx.nd.array(x))).asnumpy(), shape
+    _, arg_params, aux_params = mx.model.load_checkpoint(prefix, epoch)
+    module = mx.mod.Module(mx.sym.softmax(symbol), label_names=None, context=mx.cpu())
+    module.bind(data_shapes=[('data', (1, *shape))], for_training=False)
+    module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
+
+    def predict(x):
+        return module.predict(mx.io.NDArrayIter(x, batch_size=min(len(x), 1000))).asnumpy()
+    return predict, shape
+
+
+def read_image(path, shape):
+    """An image file as (1, H, W) float32 in [0, 1], white on black."""
+    try:
+        image = Image.open(path).convert('L').resize(shape[:0:-1], Image.BILINEAR)
+    except (OSError, UnidentifiedImageError) as e:
+        raise ModelError(f'{path}: not a readable image ({e})') from e
+    pixels = np.asarray(image, np.float32) / 255
+    if pixels.mean() > 0.5:
+        pixels = 1 - pixels
+    return pixels[None]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('images', nargs='*', help='PNG/JPEG files to classify')
+    p.add_argument('--model', default='result', help='run folder or file prefix of the export')
+    p.add_argument('--epoch', type=int, default=None, help='which PREFIX-NNNN.params (default: newest)')
+    p.add_argument('--loader', choices=['gluon', 'module'], default='gluon',
+                   help='gluon.SymbolBlock.imports or mx.mod.Module')
+    p.add_argument('--dataset', choices=distort.DATASETS, default=None,
+                   help='report the accuracy on this test set')
+    p.add_argument('--data-seed', type=int, default=0)
+    p.add_argument('--data-dir', default=None, help='MNIST folder (default: $MNIST_DIR, else data/mnist)')
+    args = p.parse_args(argv)
+    if not args.images and not args.dataset:
+        p.error('give image files to classify, or --dataset NAME to score a test set')
+    try:
+        predict, shape = load(args.model, args.epoch, args.loader)
+        if args.dataset:
+            wanted = distort.image_shape(args.dataset)
+            if wanted != shape:
+                raise ModelError(f'the model takes {shape[1]}x{shape[2]} images but {args.dataset} '
+                                 f'has {wanted[1]}x{wanted[2]}: pick the dataset it was trained on')
+            _, _, x, y = distort.load(args.dataset, mnist.load_mnist(args.data_dir), args.data_seed)
+            correct = int((predict(x).argmax(1) == y).sum())
+            print(f'{args.dataset} test accuracy: {correct / len(y):.4f} ({correct}/{len(y)})')
+        for path in args.images:
+            probs = predict(read_image(path, shape)[None])[0]
+            print(f'{path}: {probs.argmax()} (p = {probs.max():.3f})')
+    except (ModelError, mnist.MNISTError) as e:
+        sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    main()

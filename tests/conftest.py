@@ -1,0 +1,24 @@
+"""Shared fixtures: short real training runs (only when MNIST is available)."""
+import csv
+import os
+
+import pytest
+
+QUICK = ['--train-size', '5000', '--epochs', '2', '--batch-size', '32']
+
+
+def metrics(out):
+    with open(os.path.join(out, 'metrics.csv')) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='session', params=['gluon', 'symbol'])
+def quick_run(request, tmp_path_factory):
+    """A finished 2-epoch run on 5,000 MNIST images with the Gluon or the symbolic API."""
+    import train
+    from test_mnist import REAL_DIR, needs_mnist
+    if needs_mnist.args[0]:
+        pytest.skip(needs_mnist.kwargs['reason'])
+    out = tmp_path_factory.mktemp(f'quick-{request.param}')
+    train.main(['--data-dir', REAL_DIR, '--out', str(out), '--api', request.param, *QUICK])
+    return out
