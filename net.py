@@ -1,18 +1,71 @@
-"""The classifier: the seed port's LeNet with a spatial transformer in front.
+"""The classifiers: the seed port's LeNet and the paper's FCN and CNN, each with an
+optional spatial transformer of any family (stn.py) in front.
 
-    x (N, 1, H, W) -> [SpatialTransformer] -> LeNet -> logits (N, 10)
+    x (N, 1, H, W) -> [SpatialTransformer] -> [2x2 average pooling] -> classifier -> logits (N, 10)
 
-The dense layers infer their input size on the first batch, so the same code
-takes 28x28, 42x42 or 60x60 digits.
+``Net()`` is the seed network: an affine transformer with the seed's localisation net in
+front of LeNet. The paper's models (its distorted-MNIST experiments, section 4.1), ReLU
+throughout:
+
+    model  classifier (width w)              localisation (with a transformer)
+    lenet  the seed LeNet (w unused)         the seed's: conv 7x7 (8) -> maxpool 2x2
+                                             -> conv 5x5 (10) -> maxpool 2x2 -> fc 32
+    fcn    FCN: fc w -> fc w -> fc 10        ST-FCN: fc 32 -> fc 32 -> fc 32
+    cnn    CNN: conv 9x9 (w) -> maxpool 2x2  ST-CNN: on the input average-pooled 2x2,
+           -> conv 7x7 (2w) -> maxpool 2x2   conv 5x5 (20) -> maxpool 2x2 -> conv 5x5 (20)
+           -> fc 10 (the convs zero-padded   -> fc 20
+           to keep the size, so that 21x21
+           inputs work too)
+
+and then the transformer's regressor (6, 3, 8 or 2K outputs). ``pool_after_stn`` adds the
+2x2 average pooling between the transformer and the classifier that the paper uses for
+RTS and TC (train.py turns it on for those sets with fcn and cnn); a network without a
+transformer never pools, its classifier sees the full image.
+
+Sizes. The sources fix the layers but not the FCN/CNN widths; the paper only says that
+all models of one experiment have about the same number of parameters. So each
+experiment (input size) has a budget, ``BUDGETS``, and ``fit_width`` picks the classifier
+width w that brings each model, localisation net included, closest to it: the baselines
+get wider classifiers than their ST versions. The budget grows with the input so that
+the largest localisation net (ST-FCN's, whose first layer sees every pixel: 27k
+parameters at 28x28, 59k at 42x42, 118k at 60x60) stays below half of the model.
+Trainable parameters with the fitted widths (``python train.py --summary`` prints
+them per layer; the projective and TPS grid constants are not counted):
+
+    experiment (side)    budget   model             none     affine  attention projective        tps
+    mnist, r, p, e (28)  150,000  FCN  width         157        132        132        132        131
+                                       params    149,631    149,936    149,837    150,002    149,735
+                                  CNN  width          34         33         33         33         33
+                                       params    149,474    152,930    152,867    152,972    153,476
+    rts (42, pooled 21)  200,000  FCN  width         106        212        212        212        211
+                                       params    199,502    199,780    199,681    199,846    199,762
+                                  CNN  width          36         40         40         40         40
+                                       params    202,042    197,256    197,193    197,298    197,802
+    tc (60, pooled 30)   250,000  FCN  width          68        127        128        127        127
+                                       params    250,250    249,505    250,573    249,571    250,363
+                                  CNN  width          32         41         41         41         41
+                                       params    247,050    251,458    251,395    251,500    252,004
+
+('none' is the baseline; 'pooled 21': the transformer's 42x42 output is average-pooled to
+21x21, in the models with a transformer only.)
+
+The seed LeNet has 21,840 parameters at 28x28, 27,360 with its affine transformer.
+The dense layers infer their input size on the first batch, so the same code takes
+28x28, 42x42 or 60x60 digits.
 """
+import mxnet as mx
 from mxnet.gluon import nn
 
-from stn import SpatialTransformer
+from stn import SpatialTransformer, default_localisation
+
+MODELS = ('lenet', 'fcn', 'cnn')
+BUDGETS = {28: 150_000, 42: 200_000, 60: 250_000}   # parameters per experiment, by input side
+DEFAULT_WIDTH = {'fcn': 128, 'cnn': 32}             # when Net is given no width
 
 
-def lenet(num_classes=10):
+def lenet(num_classes=10, width=None):
     """Conv(10, k5) -> pool -> relu -> Conv(20, k5) -> channel dropout -> pool -> relu
-    -> Dense(50, relu) -> dropout -> Dense(num_classes)."""
+    -> Dense(50, relu) -> dropout -> Dense(num_classes). ``width`` is ignored."""
     net = nn.HybridSequential(prefix='lenet_')
     with net.name_scope():
         net.add(nn.Conv2D(10, kernel_size=5), nn.MaxPool2D(2, 2), nn.Activation('relu'),
@@ -23,18 +76,76 @@ def lenet(num_classes=10):
     return net
 
 
+def fcn(num_classes=10, width=DEFAULT_WIDTH['fcn']):
+    """The paper's FCN baseline: Dense(width, relu) -> Dense(width, relu) -> Dense(num_classes)."""
+    net = nn.HybridSequential(prefix='fcn_')
+    with net.name_scope():
+        net.add(nn.Dense(width, activation='relu'), nn.Dense(width, activation='relu'),
+                nn.Dense(num_classes))
+    return net
+
+
+def cnn(num_classes=10, width=DEFAULT_WIDTH['cnn']):
+    """The paper's CNN baseline: Conv(width, 9x9) -> maxpool 2x2 -> Conv(2 width, 7x7)
+    -> maxpool 2x2 -> Dense(num_classes), ReLU after each conv, convs zero-padded ('same')."""
+    net = nn.HybridSequential(prefix='cnn_')
+    with net.name_scope():
+        net.add(nn.Conv2D(width, kernel_size=9, padding=4, activation='relu'), nn.MaxPool2D(2, 2),
+                nn.Conv2D(2 * width, kernel_size=7, padding=3, activation='relu'),
+                nn.MaxPool2D(2, 2), nn.Dense(num_classes))
+    return net
+
+
+def fcn_localisation():
+    """ST-FCN localisation: three Dense(32, relu) layers (the regressor follows)."""
+    net = nn.HybridSequential(prefix='loc_')
+    with net.name_scope():
+        net.add(*[nn.Dense(32, activation='relu') for _ in range(3)])
+    return net
+
+
+def cnn_localisation():
+    """ST-CNN localisation, on the input downsampled 2x (2x2 average pooling): Conv(20, 5x5)
+    -> maxpool 2x2 -> Conv(20, 5x5) -> Dense(20), ReLU after each (the regressor follows)."""
+    net = nn.HybridSequential(prefix='loc_')
+    with net.name_scope():
+        net.add(nn.AvgPool2D(2, 2), nn.Conv2D(20, kernel_size=5, activation='relu'),
+                nn.MaxPool2D(2, 2), nn.Conv2D(20, kernel_size=5, activation='relu'),
+                nn.Dense(20, activation='relu'))
+    return net
+
+
+CLASSIFIERS = {'lenet': lenet, 'fcn': fcn, 'cnn': cnn}
+LOCALISATIONS = {'lenet': default_localisation, 'fcn': fcn_localisation, 'cnn': cnn_localisation}
+
+
 class Net(nn.HybridBlock):
-    """LeNet, with a ``SpatialTransformer`` (``self.stn``) in front when ``use_stn``.
+    """A ``model`` classifier ('lenet', 'fcn', 'cnn'), with a ``SpatialTransformer``
+    (``self.stn``) of family ``transform`` ('affine', 'attention', 'projective', 'tps';
+    'none' or ``use_stn=False`` for none) and the model's localisation net in front.
 
     Input (N, 1, H, W); output logits (N, num_classes). The transformer's output
-    and theta for a batch: ``net.stn(x)`` -> ``(output, theta)``.
+    and theta for a batch: ``net.stn(x)`` -> ``(output, theta)``. ``width``: the FCN's
+    hidden units, the CNN's first-layer filters (default ``DEFAULT_WIDTH``; see
+    ``fit_width``). ``pool_after_stn``: 2x2 average pooling of the transformer's
+    output (no effect without a transformer). ``tps_grid``: the TPS control grid.
     """
 
-    def __init__(self, use_stn=True, num_classes=10, loc_lr_mult=1.0, prefix='net_', **kwargs):
+    def __init__(self, use_stn=True, num_classes=10, loc_lr_mult=1.0, model='lenet',
+                 transform='affine', width=None, pool_after_stn=False, tps_grid=4,
+                 prefix='net_', **kwargs):
         super().__init__(prefix=prefix, **kwargs)
+        if model not in MODELS:
+            raise ValueError(f'model must be one of {MODELS}, not {model!r}')
+        transform = transform if use_stn else 'none'
         with self.name_scope():
-            self.stn = SpatialTransformer(loc_lr_mult=loc_lr_mult, prefix='stn_') if use_stn else None
-            self.classifier = lenet(num_classes)
+            self.stn = None
+            if transform != 'none':
+                self.stn = SpatialTransformer(localisation=LOCALISATIONS[model],
+                                              loc_lr_mult=loc_lr_mult, transform=transform,
+                                              tps_grid=tps_grid, prefix='stn_')
+            self.pool = nn.AvgPool2D(2, 2) if pool_after_stn and self.stn is not None else None
+            self.classifier = CLASSIFIERS[model](num_classes, width or DEFAULT_WIDTH.get(model))
 
     def forward(self, x, *args):
         if self.stn is not None:
@@ -44,4 +155,42 @@ class Net(nn.HybridBlock):
     def hybrid_forward(self, F, x):
         if self.stn is not None:
             x, _ = self.stn(x)
+            if self.pool is not None:
+                x = self.pool(x)
         return self.classifier((x - 0.1307) / 0.3081)
+
+
+def trainable_params(block):
+    """The number of trained parameters of an initialized block (grid constants excluded)."""
+    return sum(p.data().size for p in block.collect_params().values() if p.grad_req != 'null')
+
+
+def count_params(image_shape, **net_kwargs):
+    """Trainable parameters of ``Net(**net_kwargs)`` for inputs of ``image_shape`` (C, H, W)."""
+    net = Net(**net_kwargs)
+    net.initialize(mx.init.Zero())
+    net(mx.nd.zeros((1, *image_shape)))
+    return trainable_params(net)
+
+
+def fit_width(model, transform, image_shape, budget=None, **net_kwargs):
+    """The width whose ``Net(model=model, transform=transform, width=...)`` has the number
+    of trainable parameters closest to ``budget`` (default ``BUDGETS[H]``) for inputs of
+    ``image_shape`` (C, H, W); the parameter count grows with the width."""
+    if budget is None:
+        if image_shape[1] not in BUDGETS:
+            raise ValueError(f'no parameter budget for {image_shape[1]}-pixel inputs '
+                             f'(BUDGETS has {sorted(BUDGETS)}): pass budget')
+        budget = BUDGETS[image_shape[1]]
+
+    def count(width):
+        return count_params(image_shape, model=model, transform=transform, width=width,
+                            **net_kwargs)
+
+    low, high = 1, 1024   # count(low) < budget <= count(high), else the end is the answer
+    if count(low) >= budget:
+        return low
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if count(middle) < budget else (low, middle)
+    return min((low, high), key=lambda w: abs(count(w) - budget))

@@ -1,22 +1,132 @@
-"""The spatial transformer (Jaderberg et al., NIPS 2015, section 3) as a Gluon HybridBlock.
+"""The spatial transformer (Jaderberg et al., NIPS 2015, section 3) as a Gluon HybridBlock,
+with the paper's four transformation families.
 
-    U (N, C, H, W) --localisation--> theta (N, 6) --GridGenerator--> grid (N, 2, H', W')
+    U (N, C, H, W) --localisation + regressor--> theta (N, T)
+      --grid generator (family)--> grid (N, 2, H', W')
       --BilinearSampler(U, grid)--> V (N, C, H', W')
 
-Coordinate convention (MXNet's): theta maps *output* coordinates to *input*
-coordinates, both normalised so that -1 and +1 are the centres of the corner
-pixels; the grid holds x (width) first, then y. theta = [a, b, tx, c, d, ty]
-is the row-major 2x3 matrix of paper eq. 1:
-
-    (x_s, y_s)^T = [[a, b, tx], [c, d, ty]] (x_t, y_t, 1)^T
-
+Coordinate convention (MXNet's, shared by every family): the grid maps each *output*
+pixel to the *input* point it reads, both in normalised coordinates where -1 and +1 are
+the centres of the corner pixels (x = -1 + 2j/(W-1) for pixel column j, y likewise with
+rows). The grid holds x (width) first, then y: grid[n, 0] = x_s, grid[n, 1] = y_s.
 Samples that fall outside U read zeros (paper eq. 5 with zero padding).
+
+The families and their theta (T = the regressor's output size), each starting at the
+identity (``identity_theta``):
+
+    affine      T = 6   [a, b, tx, c, d, ty], the row-major 2x3 matrix of paper eq. 1:
+                        (x_s, y_s) = [[a, b, tx], [c, d, ty]] (x_t, y_t, 1)
+    attention   T = 3   [s, tx, ty]: isotropic scale and translation (paper eq. 2),
+                        the affine [s, 0, tx, 0, s, ty]
+    projective  T = 8   [h11, h12, h13, h21, h22, h23, h31, h32]: the 3x3 homography H
+                        with h33 = 1; (u, v, w) = H (x_t, y_t, 1), x_s = u / w, y_s = v / w
+                        with w kept at |w| >= PROJECTIVE_EPS, sign kept (``guard``)
+    tps         T = 2K  [x_1 .. x_K, y_1 .. y_K]: where the K control points (a regular
+                        ``tps_grid`` over [-1, 1]^2, row by row from the top left, see
+                        ``control_points``) read the input: all x first, then all y. The
+                        thin-plate spline through them maps every output point (paper
+                        section 3.2 and its appendix); identity = the control points
+
+affine and attention use MXNet's ``GridGenerator``; projective and tps build the grid
+from a constant the block holds as a parameter with ``grad_req='null'`` (the normalised
+target grid, or the precomputed TPS basis), so they hybridize and export like the rest.
+In a hybridized or exported graph the grid is PREFIX_gridgenerator0_output (affine,
+attention) or PREFIX_grid_output (projective, tps), the sampler's output
+PREFIX_bilinearsampler0_output and theta PREFIX_regressor_fwd_output.
 """
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-IDENTITY = np.array([1, 0, 0, 0, 1, 0], dtype=np.float32)
+from distort import tps_basis
+
+IDENTITY = np.array([1, 0, 0, 0, 1, 0], dtype=np.float32)   # the affine identity theta
+TRANSFORMS = ('affine', 'attention', 'projective', 'tps')
+PROJECTIVE_EPS = 1e-3   # smallest |w| the projective grid divides by
+
+
+# ---- constants ------------------------------------------------------------------------
+
+def tps_shape(tps_grid):
+    """(rows, cols) of the TPS control grid from an int n (n x n) or a pair; each >= 2."""
+    rows, cols = (tps_grid, tps_grid) if np.isscalar(tps_grid) else tuple(tps_grid)
+    if int(rows) != rows or int(cols) != cols or rows < 2 or cols < 2:
+        raise ValueError(f'tps_grid must be an int >= 2 or a pair of them, not {tps_grid!r}')
+    return int(rows), int(cols)
+
+
+def control_points(tps_grid=4):
+    """(K, 2) control points (x, y) of a rows x cols regular grid over [-1, 1]^2, row by
+    row from the top left (y = -1): point k = i * cols + j is (x_j, y_i)."""
+    rows, cols = tps_shape(tps_grid)
+    x, y = np.meshgrid(np.linspace(-1, 1, cols), np.linspace(-1, 1, rows))
+    return np.stack([x.ravel(), y.ravel()], 1)
+
+
+def target_points(target_shape):
+    """(P, 2) normalised (x, y) of the P = H' * W' output pixel centres, row-major."""
+    h, w = target_shape
+    y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing='ij')
+    return np.stack([x.ravel(), y.ravel()], 1)
+
+
+def identity_theta(transform='affine', tps_grid=4):
+    """The theta (T,) of the identity transformation: the regressor's initial bias."""
+    if transform == 'affine':
+        return IDENTITY.copy()
+    if transform == 'attention':
+        return np.array([1, 0, 0], np.float32)
+    if transform == 'projective':
+        return np.array([1, 0, 0, 0, 1, 0, 0, 0], np.float32)
+    if transform == 'tps':
+        return control_points(tps_grid).T.ravel().astype(np.float32)   # all x, then all y
+    raise ValueError(f'transform must be one of {TRANSFORMS}, not {transform!r}')
+
+
+def theta_size(transform='affine', tps_grid=4):
+    """T, the number of transformation parameters (the regressor's output size)."""
+    return len(identity_theta(transform, tps_grid))
+
+
+def grid_constant(transform, target_shape, tps_grid=4):
+    """The constant a family's grid generator needs for output size (H', W'), float32:
+
+    projective: (3, H', W'), the target points in homogeneous coordinates [x_t; y_t; 1];
+    tps: (K, H', W'), the transposed TPS basis M^T with M = B L^-1[:, :K] (P x K), where
+    L = [[U(C, C), 1, C], [1^T; C^T, 0]] is the (K+3)^2 TPS system of the control points
+    C, B = [U(target, C), 1, target] and U(r) = r^2 log r^2: the TPS grid through source
+    points S (K, 2) is then M S, a matrix product (``distort.tps_basis`` solves it).
+    affine, attention: None (MXNet's GridGenerator needs nothing).
+    """
+    h, w = target_shape
+    if transform == 'projective':
+        points = target_points(target_shape)
+        return np.concatenate([points.T, np.ones((1, h * w))]).reshape(3, h, w).astype(np.float32)
+    if transform == 'tps':
+        basis = tps_basis(control_points(tps_grid), target_points(target_shape))   # (P, K)
+        return basis.T.reshape(-1, h, w).astype(np.float32)
+    return None
+
+
+@mx.init.register
+class GridConstant(mx.init.Initializer):
+    """Fills a grid constant (``grid_constant``) from the shape of the array it is given:
+    (3, H', W') for projective, (K, H', W') for tps. The symbol's ``__init__`` attribute
+    keeps these few arguments, not the array (which the params file holds)."""
+
+    def __init__(self, transform, tps_grid=4):
+        super().__init__(transform=transform, tps_grid=list(tps_shape(tps_grid)))
+        self.transform, self.tps_grid = transform, tps_shape(tps_grid)
+
+    def _init_weight(self, _, arr):
+        arr[:] = grid_constant(self.transform, arr.shape[1:], self.tps_grid)
+
+
+# ---- grid generators (F is mx.nd or mx.sym) ----------------------------------------------
+
+def affine_grid(F, theta, target_shape):
+    """Paper eq. 1: theta (N, 6) -> grid (N, 2, H', W') through MXNet's GridGenerator."""
+    return F.GridGenerator(theta, transform_type='affine', target_shape=tuple(target_shape))
 
 
 def affine_sample(F, data, theta, target_shape):
@@ -24,9 +134,49 @@ def affine_sample(F, data, theta, target_shape):
 
     Paper eqs. 1 (grid generator) and 5 (bilinear sampler); returns (N, C, H', W').
     """
-    grid = F.GridGenerator(theta, transform_type='affine', target_shape=tuple(target_shape))
-    return F.BilinearSampler(data, grid)
+    return F.BilinearSampler(data, affine_grid(F, theta, target_shape))
 
+
+def attention_theta(F, theta):
+    """Paper eq. 2: attention theta (N, 3) = [s, tx, ty] -> affine theta (N, 6)
+    [s, 0, tx, 0, s, ty]."""
+    s, tx, ty = F.split(theta, num_outputs=3, axis=1)
+    zero = F.zeros_like(s)
+    return F.concat(s, zero, tx, zero, s, ty, dim=1)
+
+
+def guard(F, w, eps=PROJECTIVE_EPS):
+    """w with |w| raised to at least ``eps``, keeping its sign (w = 0 counts as positive).
+
+    Where w is raised, no gradient reaches it: points at (or beyond) the horizon of the
+    homography read from far outside the input, i.e. zeros."""
+    return F.where(w >= 0, F.maximum(w, eps), F.minimum(w, -eps))
+
+
+def projective_grid(F, theta, target, target_shape, eps=PROJECTIVE_EPS):
+    """Projective grid generator: theta (N, 8), ``target`` (3, H', W') from ``grid_constant``
+    -> grid (N, 2, H', W'): (u, v, w) = H (x_t, y_t, 1), (x_s, y_s) = (u, v) / guard(w)."""
+    h, w = target_shape
+    ones = F.ones_like(F.slice_axis(theta, axis=1, begin=0, end=1))
+    rows = F.reshape(F.concat(theta, ones, dim=1), shape=(-1, 3))            # (3N, 3): rows of H
+    source = F.dot(rows, F.reshape(target, shape=(3, -1)))                    # (3N, P)
+    source = F.reshape(source, shape=(-4, -1, 3, -2))                         # (N, 3, P)
+    uv = F.slice_axis(source, axis=1, begin=0, end=2)
+    depth = guard(F, F.slice_axis(source, axis=1, begin=2, end=3), eps)
+    return F.reshape(F.broadcast_div(uv, depth), shape=(0, 0, h, w), name='grid')
+
+
+def tps_grid(F, theta, basis, target_shape, num_points):
+    """TPS grid generator: theta (N, 2K) = source positions of the K control points (all x,
+    then all y), ``basis`` (K, H', W') from ``grid_constant`` -> grid (N, 2, H', W'),
+    the product (2N, K) x (K, P)."""
+    h, w = target_shape
+    source = F.reshape(theta, shape=(-1, num_points))                         # (2N, K): x, y rows
+    grid = F.dot(source, F.reshape(basis, shape=(num_points, -1)))            # (2N, P)
+    return F.reshape(grid, shape=(-1, 2, h, w), name='grid')
+
+
+# ---- the block ----------------------------------------------------------------------------
 
 def default_localisation():
     """The seed port's localisation net: two conv+pool stages and a 32-unit layer."""
@@ -42,23 +192,47 @@ class SpatialTransformer(nn.HybridBlock):
     """Localisation net -> theta -> sampling grid -> bilinear sampling.
 
     Input (N, C, H, W); returns ``(output, theta)`` with output (N, C, H', W') and
-    theta (N, 6). ``target_shape`` (H', W') defaults to the H x W of the first
-    input it sees. ``localisation`` is any block mapping the input to a feature
-    vector; a 6-unit regressor on top predicts theta. The regressor starts with
-    zero weights and the identity bias, so a fresh block returns its input.
-    ``loc_lr_mult`` scales the learning rate of the localisation net and the
-    regressor (``Parameter.lr_mult``, honoured by ``gluon.Trainer``).
+    theta (N, T) in the ``transform`` family's parameters (see the module docstring:
+    'affine' T = 6, 'attention' 3, 'projective' 8, 'tps' 2K with K the points of
+    ``tps_grid``, an int n for n x n or (rows, cols); default 4 x 4 = 16).
+    ``target_shape`` (H', W') defaults to the H x W of the first input it sees.
+    ``localisation`` is any block mapping the input to a feature vector, or a function
+    returning one (called in the transformer's name scope, so that its parameters are
+    named PREFIX_loc_...; default ``default_localisation``); a T-unit regressor on top
+    predicts theta. The regressor starts with zero weights and the
+    identity bias, so a fresh block returns its input. ``loc_lr_mult`` scales the
+    learning rate of the localisation net and the regressor (``Parameter.lr_mult``,
+    honoured by ``gluon.Trainer``).
     """
 
-    def __init__(self, target_shape=None, localisation=None, loc_lr_mult=1.0, **kwargs):
+    def __init__(self, target_shape=None, localisation=None, loc_lr_mult=1.0, transform='affine',
+                 tps_grid=4, **kwargs):
         super().__init__(**kwargs)
+        self.transform = transform
+        self.tps_grid = tps_shape(tps_grid)
+        identity = identity_theta(transform, self.tps_grid)
         self.target_shape = tuple(target_shape) if target_shape else None
         with self.name_scope():
-            self.localisation = localisation if localisation is not None else default_localisation()
-            self.regressor = nn.Dense(6, weight_initializer=mx.init.Zero(), prefix='regressor_',
-                                      bias_initializer=mx.init.Constant(IDENTITY))
+            if localisation is None or not isinstance(localisation, nn.Block):
+                localisation = (localisation or default_localisation)()   # named stn_loc_...
+            self.localisation = localisation
+            self.regressor = nn.Dense(len(identity), weight_initializer=mx.init.Zero(),
+                                      prefix='regressor_',
+                                      bias_initializer=mx.init.Constant(identity))
+        if transform in ('projective', 'tps'):
+            # (3 or K, H', W'); H' and W' are filled in once target_shape is known.
+            rows = 3 if transform == 'projective' else len(identity) // 2
+            self.grid_constant = self.params.get(
+                'target_grid' if transform == 'projective' else 'tps_basis', shape=(rows, 0, 0),
+                init=GridConstant(transform, self.tps_grid), differentiable=False,
+                allow_deferred_init=True)
+            self._shape_grid_constant()
         for param in self.collect_params().values():
             param.lr_mult = loc_lr_mult
+
+    def _shape_grid_constant(self):
+        if self.target_shape is not None and hasattr(self, 'grid_constant'):
+            self.grid_constant.shape = (self.grid_constant.shape[0], *self.target_shape)
 
     def default_target_shape(self, x):
         """Set an unset ``target_shape`` to the H x W of ``x``, an NDArray.
@@ -71,11 +245,21 @@ class SpatialTransformer(nn.HybridBlock):
                 raise ValueError('SpatialTransformer: pass target_shape=(H, W) to build it '
                                  'on a Symbol; it can only infer it from an NDArray input.')
             self.target_shape = tuple(x.shape[2:])
+            self._shape_grid_constant()
 
     def forward(self, x, *args):
         self.default_target_shape(x)
         return super().forward(x, *args)
 
-    def hybrid_forward(self, F, x):
+    def hybrid_forward(self, F, x, grid_constant=None):
         theta = self.regressor(self.localisation(x))
-        return affine_sample(F, x, theta, self.target_shape), theta
+        if self.transform == 'affine':
+            return affine_sample(F, x, theta, self.target_shape), theta
+        if self.transform == 'attention':
+            grid = affine_grid(F, attention_theta(F, theta), self.target_shape)
+        elif self.transform == 'projective':
+            grid = projective_grid(F, theta, grid_constant, self.target_shape)
+        else:
+            grid = tps_grid(F, theta, grid_constant, self.target_shape,
+                            self.tps_grid[0] * self.tps_grid[1])
+        return F.BilinearSampler(x, grid), theta

@@ -3,6 +3,14 @@
     python train.py                      # 20 epochs, writes result/
     python train.py --no-stn --out result/lenet
     python train.py --resume             # continue the run in --out
+    python train.py --dataset rts --model cnn --transform tps --out result/rts-st-cnn-tps
+    python train.py --dataset rts --model cnn --transform tps --summary   # layers, no training
+
+--model lenet|fcn|cnn picks the classifier (the seed LeNet, the paper's FCN or CNN) and
+--transform none|affine|attention|projective|tps the transformer in front (--no-stn is
+--transform none). fcn and cnn get the width that brings the model to its experiment's
+parameter budget (net.fit_width, net.BUDGETS) unless --width is given, and on RTS and TC
+average-pool the transformer's output 2x2 before the classifier (see net.py).
 
 Everything a run makes goes into --out: config.json, metrics.csv (one row per
 epoch), checkpoint-NNNN.{params,states} with checkpoint.json pointing at the
@@ -30,12 +38,15 @@ import distort  # noqa: E402
 import mnist  # noqa: E402
 import symbolic  # noqa: E402
 import visualize  # noqa: E402
-from net import Net  # noqa: E402
+import net  # noqa: E402
+from net import MODELS, Net  # noqa: E402
 
 METRICS = ['dataset', 'epoch', 'train_loss', 'test_loss', 'test_acc', 'lr', 'imgs_per_s', 'epoch_s']
 # Flags a resumed run takes from the run it continues; the others may change.
 RUN_FLAGS = ['api', 'dataset', 'data_seed', 'fresh_distortions', 'batch_size', 'lr', 'lr_steps',
-             'lr_factor', 'optimizer', 'momentum', 'loc_lr_mult', 'seed', 'no_stn', 'train_size']
+             'lr_factor', 'optimizer', 'momentum', 'loc_lr_mult', 'seed', 'no_stn', 'train_size',
+             'model', 'transform', 'tps_grid', 'width']
+TRANSFORMS = ['none', 'affine', 'attention', 'projective', 'tps']
 
 
 def positive(kind):
@@ -94,7 +105,18 @@ def parse_args(argv=None):
     p.add_argument('--loc-lr-mult', type=positive(float), default=0.1,
                    help='learning-rate multiplier of the localisation net and regressor')
     p.add_argument('--seed', type=int, default=1)
-    p.add_argument('--no-stn', action='store_true', help='plain LeNet, no transformer')
+    p.add_argument('--model', choices=MODELS, default='lenet',
+                   help='classifier: the seed LeNet, or the paper\'s FCN or CNN (see net.py)')
+    p.add_argument('--transform', choices=TRANSFORMS, default=None,
+                   help='spatial transformer family in front of the classifier (default: affine)')
+    p.add_argument('--no-stn', action='store_true', help='no transformer: --transform none')
+    p.add_argument('--tps-grid', type=positive(int), default=4,
+                   help='--transform tps: N x N control points')
+    p.add_argument('--width', type=positive(int), default=None,
+                   help='fcn: hidden units, cnn: first-layer filters (default: fitted to the '
+                        'experiment\'s parameter budget, net.BUDGETS)')
+    p.add_argument('--summary', action='store_true',
+                   help='print the layers and parameter counts of the model and exit')
     p.add_argument('--train-size', type=positive(int), default=None,
                    help='train on the first N training images only (quick runs)')
     p.add_argument('--data-dir', default=None,
@@ -105,6 +127,17 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 0 <= args.momentum < 1:
         p.error(f'argument --momentum: {args.momentum} must be in [0, 1)')
+    if args.no_stn and args.transform not in (None, 'none'):
+        p.error(f'argument --no-stn: not allowed with --transform {args.transform}')
+    args.transform = 'none' if args.no_stn else args.transform or 'affine'
+    args.no_stn = args.transform == 'none'
+    if args.tps_grid < 2:
+        p.error(f'argument --tps-grid: {args.tps_grid} must be >= 2')
+    if args.width is not None and args.model == 'lenet':
+        p.error('argument --width: only for --model fcn or cnn (LeNet\'s sizes are fixed)')
+    if args.api == 'symbol' and (args.model != 'lenet' or args.transform not in ('affine', 'none')):
+        p.error(f'argument --api: symbol builds only --model lenet with --transform affine or '
+                f'none, not --model {args.model} --transform {args.transform}; use --api gluon')
     return args
 
 
@@ -192,13 +225,62 @@ def progress_bar(epoch, batches):
                 file=sys.stderr, disable=None)
 
 
+def pool_after_stn(args):
+    """The paper's 2x2 average pooling after the transformer: FCN and CNN on RTS and TC."""
+    return args.dataset in ('rts', 'tc') and args.model in ('fcn', 'cnn') and not args.no_stn
+
+
+def resolve_width(args, image_shape):
+    """Set an unset ``args.width`` of fcn/cnn to the one that meets the parameter budget."""
+    if args.width is None and args.model != 'lenet':
+        args.width = net.fit_width(args.model, args.transform, image_shape,
+                                   pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid)
+
+
+def build_net(args):
+    """The net.Net of the run's flags (``args.width`` resolved)."""
+    return Net(model=args.model, transform=args.transform, width=args.width,
+               pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid,
+               loc_lr_mult=args.loc_lr_mult)
+
+
+def describe(args):
+    """'STN (affine) + LeNet', 'ST-CNN (tps)', 'FCN', ..."""
+    name = {'lenet': 'LeNet', 'fcn': 'FCN', 'cnn': 'CNN'}[args.model]
+    if args.no_stn:
+        return name
+    if args.model == 'lenet':
+        return f'STN ({args.transform}) + LeNet'
+    return f'ST-{name} ({args.transform})'
+
+
+def summary(args):
+    """Print the layers of the run's network with their parameter counts (``Block.summary``)."""
+    image_shape = distort.image_shape(args.dataset)
+    resolve_width(args, image_shape)
+    model = build_net(args)
+    model.initialize(mx.init.Xavier(magnitude=2.24))
+    x = mx.nd.zeros((1, *image_shape))
+    model(x)
+    print(f'{describe(args)} on {args.dataset} ({"x".join(map(str, image_shape[1:]))} inputs)'
+          + (f', width {args.width}' if args.width else '')
+          + (', 2x2 average pooling after the transformer' if pool_after_stn(args) else ''))
+    model.summary(x)
+    for name, part in [('transformer (localisation + regressor)', model.stn),
+                       ('classifier', model.classifier)]:
+        if part is not None:
+            print(f'{name:40s} {net.trainable_params(part):>9,d}')
+    print(f'{"total trainable":40s} {net.trainable_params(model):>9,d}'
+          + (f'   (budget {net.BUDGETS[image_shape[1]]:,d})' if args.model != 'lenet' else ''))
+
+
 class GluonModel:
     """net.Net trained with gluon.Trainer on batches sliced from the in-memory arrays."""
 
     def __init__(self, args, data_shape, ctx, begin_epoch=0):
         self.args, self.ctx = args, ctx
         image_shape = data_shape[1:]
-        self.net = Net(use_stn=not args.no_stn, loc_lr_mult=args.loc_lr_mult)
+        self.net = build_net(args)
         self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=ctx)
         self.net.hybridize(static_alloc=True, static_shape=True)
         self.net(mx.nd.zeros((2, *image_shape), ctx=ctx))  # deferred init: shapes are known
@@ -206,7 +288,7 @@ class GluonModel:
         if args.optimizer == 'sgd':
             params['momentum'] = args.momentum
         self.trainer = gluon.Trainer(self.net.collect_params(), args.optimizer, params)
-        self.num_params = sum(p.data().size for p in self.net.collect_params().values())
+        self.num_params = net.trainable_params(self.net)   # grid constants excluded
 
     def fit_epoch(self, epoch, x, y):
         """One pass over (x, y) in shuffled mini-batches; returns (mean loss, images/s)."""
@@ -358,9 +440,14 @@ class ModuleModel:
                     **{f'aux:{k}': v for k, v in aux.items()}})
 
 
+def draws_boxes(args):
+    """visualize.py draws the sampled region from an affine theta: affine runs only."""
+    return args.transform == 'affine'
+
+
 def snapshot(model, images, out, epoch):
     """The transformer's output on a fixed batch, kept per epoch for stn_training.gif."""
-    if not model.args.no_stn:
+    if draws_boxes(model.args):
         visualize.record_snapshot(images, *model.transform(images), out, epoch)
 
 
@@ -376,6 +463,8 @@ def export(model, out, epoch):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.summary:
+        return summary(args)
     os.makedirs(args.out, exist_ok=True)
     config_path = os.path.join(args.out, 'config.json')
     metrics_path = os.path.join(args.out, 'metrics.csv')
@@ -388,7 +477,10 @@ def main(argv=None):
         with open(config_path) as f:
             saved = json.load(f)
         for key in RUN_FLAGS:
-            setattr(args, key, saved[key])
+            if key in saved:  # runs from before a flag existed ran with its default
+                setattr(args, key, saved[key])
+        if 'transform' not in saved:
+            args.transform = 'none' if args.no_stn else 'affine'
         print(f'resuming {args.out} after epoch {start_epoch} (run settings from {config_path})')
 
     ctx = mx.cpu() if args.ctx == 'cpu' else mx.gpu(int(args.ctx))
@@ -401,6 +493,7 @@ def main(argv=None):
     if args.train_size:
         train_x, train_y = train_x[:args.train_size], train_y[:args.train_size]
 
+    resolve_width(args, train_x.shape[1:])
     mx.random.seed(args.seed)
     np.random.seed(args.seed)
     model = (GluonModel if args.api == 'gluon' else ModuleModel)(args, train_x.shape, ctx,
@@ -412,6 +505,7 @@ def main(argv=None):
     else:
         rows = []
         config = dict(vars(args), num_params=model.num_params, train_images=len(train_x),
+                      pool_after_stn=pool_after_stn(args),
                       image_shape=train_x.shape[1:], mxnet=mx.__version__,
                       distortion=dict(distort.check_params(args.dataset, {}),
                                       version=distort.VERSION))
@@ -420,7 +514,7 @@ def main(argv=None):
         snapshot(model, test_x[:16], args.out, 0)
         write_metrics(metrics_path, rows)
 
-    print(f'{"STN + LeNet" if not args.no_stn else "LeNet"} ({args.api} API), '
+    print(f'{describe(args)} ({args.api} API), '
           f'{model.num_params} parameters, '
           f'{args.dataset}: {len(train_x)} training / {len(test_x)} test images '
           f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {ctx}')
@@ -453,8 +547,11 @@ def main(argv=None):
 
     prefix = export(model, args.out, args.epochs)
     print(f'exported {prefix}-symbol.json and {prefix}-{args.epochs:04d}.params')
-    if not args.no_stn:
+    if draws_boxes(args):
         print(f'wrote {visualize.compare_run(args.out, test_x[:64], test_y[:64])}')
+    elif not args.no_stn:
+        print(f'no compare.jpg: visualize.py draws affine sampling boxes only, not '
+              f'--transform {args.transform}')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,223 @@
+"""The paper's models in net.py (FCN, CNN, ST-FCN, ST-CNN with every transformer family),
+their parameter budgets, and train.py's --model / --transform / --summary flags."""
+import json
+import re
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+
+import net
+import train
+from net import Net
+from test_mnist import REAL_DIR, needs_mnist
+
+TRANSFORMS = ['none', 'affine', 'attention', 'projective', 'tps']
+
+
+def images(n=2, size=28, seed=0):
+    return mx.nd.array(np.random.RandomState(seed).rand(n, 1, size, size).astype(np.float32))
+
+
+def built(size=28, **kwargs):
+    model = Net(**kwargs)
+    model.initialize(mx.init.Xavier())
+    model(images(size=size))
+    return model
+
+
+def shapes(model):
+    return {name[len('net_'):]: p.shape for name, p in model.collect_params().items()}
+
+
+# ---- Net() is still the seed network -------------------------------------------------------
+
+def test_net_without_arguments_is_the_seed_stn_and_lenet_with_the_same_names():
+    model = built()
+    assert list(shapes(model)) == [
+        'stn_loc_conv0_weight', 'stn_loc_conv0_bias', 'stn_loc_conv1_weight', 'stn_loc_conv1_bias',
+        'stn_loc_dense0_weight', 'stn_loc_dense0_bias', 'stn_regressor_weight',
+        'stn_regressor_bias', 'lenet_conv0_weight', 'lenet_conv0_bias', 'lenet_conv1_weight',
+        'lenet_conv1_bias', 'lenet_dense0_weight', 'lenet_dense0_bias', 'lenet_dense1_weight',
+        'lenet_dense1_bias']
+    assert net.trainable_params(model) == 27360
+    model.hybridize()
+    model(images())
+    internals = model(mx.sym.var('data')).get_internals().list_outputs()
+    assert {'net_stn_bilinearsampler0_output', 'net_stn_regressor_fwd_output',
+            'net_stn_gridgenerator0_output'} <= set(internals)
+
+
+# ---- the paper's layers --------------------------------------------------------------------
+
+def test_the_fcn_has_two_hidden_layers_and_the_st_fcn_localisation_three_of_32_units():
+    assert shapes(built(model='fcn', transform='none', width=100)) == {
+        'fcn_dense0_weight': (100, 784), 'fcn_dense0_bias': (100,),
+        'fcn_dense1_weight': (100, 100), 'fcn_dense1_bias': (100,),
+        'fcn_dense2_weight': (10, 100), 'fcn_dense2_bias': (10,)}
+    loc = {k: v for k, v in shapes(built(model='fcn', transform='affine')).items()
+           if k.startswith('stn_') and k.endswith('weight')}
+    assert loc == {'stn_loc_dense0_weight': (32, 784), 'stn_loc_dense1_weight': (32, 32),
+                   'stn_loc_dense2_weight': (32, 32), 'stn_regressor_weight': (6, 32)}
+
+
+def test_the_cnn_is_conv9_pool_conv7_pool_and_the_st_cnn_localisation_sees_half_the_input():
+    # 42x42 input: the localisation pools it to 21x21, 5x5 convs and a 2x2 pool leave 4x4.
+    weights = {k: v for k, v in shapes(built(42, model='cnn', transform='tps', width=12)).items()
+               if k.endswith('weight')}
+    assert weights == {'stn_loc_conv0_weight': (20, 1, 5, 5),
+                       'stn_loc_conv1_weight': (20, 20, 5, 5),
+                       'stn_loc_dense0_weight': (20, 20 * 4 * 4), 'stn_regressor_weight': (32, 20),
+                       'cnn_conv0_weight': (12, 1, 9, 9), 'cnn_conv1_weight': (24, 12, 7, 7),
+                       'cnn_dense0_weight': (10, 24 * 10 * 10)}
+
+
+@pytest.mark.parametrize('transform', ['affine', 'tps'])
+def test_pooling_after_the_transformer_halves_what_the_classifier_sees(transform):
+    pooled = built(42, model='cnn', transform=transform, width=8, pool_after_stn=True)
+    assert shapes(pooled)['cnn_dense0_weight'] == (10, 16 * 5 * 5)   # 21 -> 10 -> 5
+    assert pooled.stn(images(size=42))[0].shape == (2, 1, 42, 42)
+    # Without a transformer there is nothing to pool after: the baseline sees 42x42.
+    baseline = built(42, model='fcn', transform='none', width=8, pool_after_stn=True)
+    assert shapes(baseline)['fcn_dense0_weight'] == (8, 42 * 42)
+
+
+@pytest.mark.parametrize('transform', TRANSFORMS)
+@pytest.mark.parametrize('model', ['lenet', 'fcn', 'cnn'])
+def test_every_model_takes_every_family_and_hybridizes(model, transform):
+    for size, pool in [(28, False), (42, True)]:
+        m = Net(model=model, transform=transform, width=8, pool_after_stn=pool)
+        m.initialize(mx.init.Xavier())
+        x = images(size=size)
+        logits = m(x)
+        m.hybridize()
+        assert logits.shape == (2, 10)
+        np.testing.assert_allclose(m(x).asnumpy(), logits.asnumpy(), atol=1e-5)
+
+
+def test_an_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match='model must be one of'):
+        Net(model='resnet')
+
+
+def test_a_paper_model_exports_and_loads_with_symbolblock_imports(tmp_path):
+    model = built(42, model='cnn', transform='projective', width=8, pool_after_stn=True)
+    model.hybridize()
+    x = images(5, 42)
+    logits = model(x)
+    model.export(str(tmp_path / 'model'), epoch=1)
+    loaded = gluon.SymbolBlock.imports(str(tmp_path / 'model-symbol.json'), ['data'],
+                                       str(tmp_path / 'model-0001.params'))
+    np.testing.assert_allclose(loaded(x).asnumpy(), logits.asnumpy(), atol=1e-5)
+
+
+# ---- parameter budgets -----------------------------------------------------------------------
+
+def documented_table():
+    """{(side, model, transform): (width, params)} from net.py's docstring table."""
+    table, side = {}, None
+    lines = net.__doc__.splitlines()
+    for i, line in enumerate(lines):
+        found = re.search(r'\((\d+)(, pooled \d+)?\)\s+[\d,]+\s+(FCN|CNN)', line) or \
+            re.search(r'^\s+(CNN)\s+width', line)
+        if not found:
+            continue
+        side = int(found.group(1)) if found.lastindex >= 3 else side
+        model = found.group(found.lastindex).lower()
+        widths = [int(w) for w in line.split('width')[1].split()]
+        counts = [int(c.replace(',', '')) for c in lines[i + 1].split('params')[1].split()]
+        for transform, width, count in zip(TRANSFORMS, widths, counts):
+            table[side, model, transform] = width, count
+    return table
+
+
+def test_the_documented_widths_and_counts_are_what_the_code_builds():
+    table = documented_table()
+    assert len(table) == 3 * 2 * 5
+    for (side, model, transform), (width, count) in table.items():
+        budget = net.BUDGETS[side]
+        assert abs(count - budget) < 0.03 * budget, (side, model, transform)
+        assert net.count_params((1, side, side), model=model, transform=transform, width=width,
+                                pool_after_stn=side != 28) == count, (side, model, transform)
+
+
+@pytest.mark.parametrize('model, transform', [('fcn', 'none'), ('fcn', 'tps'), ('cnn', 'affine')])
+def test_fit_width_brings_a_model_to_its_experiments_budget(model, transform):
+    width = net.fit_width(model, transform, (1, 28, 28))
+    assert documented_table()[28, model, transform][0] == width
+    count = net.count_params((1, 28, 28), model=model, transform=transform, width=width)
+    assert abs(count - net.BUDGETS[28]) < 0.03 * net.BUDGETS[28]
+
+
+# ---- train.py ------------------------------------------------------------------------------
+
+def test_the_default_run_is_the_seed_lenet_with_an_affine_transformer():
+    args = train.parse_args([])
+    assert (args.model, args.transform, args.no_stn, args.width) == ('lenet', 'affine', False, None)
+
+
+@pytest.mark.parametrize('flags', [['--no-stn'], ['--transform', 'none']])
+def test_no_stn_is_a_synonym_of_transform_none(flags):
+    args = train.parse_args(flags)
+    assert (args.transform, args.no_stn) == ('none', True)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--model', 'vgg'], "--model: invalid choice: 'vgg'"),
+    (['--transform', 'similarity'], "--transform: invalid choice: 'similarity'"),
+    (['--no-stn', '--transform', 'tps'], '--no-stn: not allowed with --transform tps'),
+    (['--api', 'symbol', '--model', 'cnn'], 'symbol builds only --model lenet with --transform '
+                                            'affine or none'),
+    (['--api', 'symbol', '--transform', 'tps'], 'symbol builds only --model lenet'),
+    (['--width', '64'], '--width: only for --model fcn or cnn'),
+    (['--transform', 'tps', '--tps-grid', '1'], '--tps-grid: 1 must be >= 2'),
+])
+def test_the_cli_rejects_bad_model_and_transform_flags(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args(flags)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_symbol_api_still_takes_the_seed_network_with_or_without_a_transformer():
+    for flags in [['--api', 'symbol'], ['--api', 'symbol', '--no-stn'],
+                  ['--api', 'symbol', '--transform', 'none']]:
+        train.parse_args(flags)
+
+
+@pytest.mark.parametrize('dataset, model, pooled', [('rts', 'cnn', True), ('tc', 'fcn', True),
+                                                    ('rts', 'lenet', False), ('p', 'cnn', False)])
+def test_only_fcn_and_cnn_pool_after_the_transformer_and_only_on_rts_and_tc(dataset, model, pooled):
+    args = train.parse_args(['--dataset', dataset, '--model', model])
+    assert train.pool_after_stn(args) == pooled
+    args = train.parse_args(['--dataset', dataset, '--model', model, '--no-stn'])
+    assert not train.pool_after_stn(args)
+
+
+def test_summary_prints_the_layers_and_counts_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / 'run'
+    train.main(['--summary', '--dataset', 'rts', '--model', 'cnn', '--transform', 'tps',
+                '--out', str(out)])
+    text = capsys.readouterr().out
+    width, count = documented_table()[42, 'cnn', 'tps']
+    assert f'ST-CNN (tps) on rts (42x42 inputs), width {width}' in text
+    assert 'Conv2D' in text and 'SpatialTransformer' in text
+    assert re.search(rf'total trainable\s+{count:,d}\s+\(budget 200,000\)', text)
+    assert not out.exists()
+
+
+@needs_mnist
+def test_a_paper_model_run_records_its_model_and_family_and_resumes_with_them(tmp_path):
+    flags = ['--data-dir', REAL_DIR, '--out', str(tmp_path), '--train-size', '1000',
+             '--batch-size', '50']
+    train.main([*flags, '--model', 'fcn', '--transform', 'attention', '--epochs', '1'])
+    config = json.load(open(tmp_path / 'config.json'))
+    width = documented_table()[28, 'fcn', 'attention'][0]
+    assert (config['model'], config['transform'], config['width']) == ('fcn', 'attention', width)
+    assert config['num_params'] == documented_table()[28, 'fcn', 'attention'][1]
+    assert not (tmp_path / 'compare.jpg').exists()  # boxes are drawn for affine runs only
+    train.main([*flags, '--resume', '--epochs', '2'])  # model and family come from config.json
+    params = mx.nd.load(str(tmp_path / 'model-0002.params'))
+    assert params['arg:net_fcn_dense0_weight'].shape == (width, 784)
+    assert params['arg:net_stn_regressor_weight'].shape == (3, 32)
