@@ -1,0 +1,195 @@
+"""Reproduce the paper's Table 1 (distorted MNIST): train the model x dataset grid.
+
+    python reproduce.py                         # every cell, our schedule, seed 1
+    python reproduce.py --cells 'rts/*' --seeds 1,2,3
+    python reproduce.py --cells 'r/st-cnn-*,r/cnn' --schedule paper --ctx 0
+    python reproduce.py --table-only            # just rewrite the tables
+
+Every cell (dataset, model, seed) is its own train.py run in
+OUT/DATASET-MODEL-SCHEDULE-seedS/. A finished run leaves result.json there and is skipped
+next time; an unfinished one is continued with --resume. So the grid can be
+stopped at any moment and continued later, on this machine or another one that
+gets a copy of OUT. After every cell OUT/table1.md and OUT/table1.csv are
+rewritten: our test error (mean and spread over the seeds done) beside the
+paper's, with the schedule and the time each cell took.
+"""
+import argparse
+import csv
+import fnmatch
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The paper's Table 1: percentage test error (Jaderberg et al. 2015).
+PAPER = {
+    'fcn':          {'r': 2.1, 'rts': 5.2, 'p': 3.1, 'e': 3.2, 'tc': 13.2},
+    'cnn':          {'r': 1.2, 'rts': 0.8, 'p': 1.5, 'e': 1.4, 'tc': 3.5},
+    'st-fcn-aff':   {'r': 1.2, 'rts': 0.8, 'p': 1.5, 'e': 2.7, 'tc': 2.0},
+    'st-fcn-proj':  {'r': 1.3, 'rts': 0.9, 'p': 1.4, 'e': 2.6},
+    'st-fcn-tps':   {'r': 1.1, 'rts': 0.8, 'p': 1.4, 'e': 2.4},
+    'st-cnn-aff':   {'r': 0.7, 'rts': 0.5, 'p': 0.8, 'e': 1.2, 'tc': 1.7},
+    'st-cnn-proj':  {'r': 0.8, 'rts': 0.6, 'p': 0.8, 'e': 1.3},
+    'st-cnn-tps':   {'r': 0.7, 'rts': 0.5, 'p': 0.8, 'e': 1.1},
+}
+DATASETS = ['r', 'rts', 'p', 'e', 'tc']
+TRANSFORMS = {'aff': 'affine', 'proj': 'projective', 'tps': 'tps'}
+
+# Our schedule, and the paper's (150k iterations of batch 256 = 640 epochs of 60,000
+# images, SGD, learning rate 0.01 divided by 10 every 50k iterations).
+SCHEDULES = {
+    'ours': ['--optimizer', 'adam', '--lr', '0.001', '--batch-size', '64',
+             '--epochs', '10', '--lr-steps', '6,8'],
+    'paper': ['--optimizer', 'sgd', '--lr', '0.01', '--momentum', '0.9', '--batch-size', '256',
+              '--epochs', '640', '--lr-steps', '213,427'],
+}
+
+
+def cells():
+    """Every (dataset, model) of Table 1 as 'dataset/model' names, in the paper's order."""
+    return [f'{d}/{m}' for d in DATASETS for m in PAPER if d in PAPER[m]]
+
+
+def train_flags(cell):
+    """train.py's --dataset/--model/--transform for a cell such as 'rts/st-cnn-tps'."""
+    dataset, model = cell.split('/')
+    if model.startswith('st-'):
+        _, family, transform = model.split('-')
+        return ['--dataset', dataset, '--model', family, '--transform', TRANSFORMS[transform]]
+    return ['--dataset', dataset, '--model', model, '--transform', 'none']
+
+
+def run_dir(out, cell, seed, schedule):
+    return os.path.join(out, f'{cell.replace("/", "-")}-{schedule}-seed{seed}')
+
+
+def read_result(folder):
+    path = os.path.join(folder, 'result.json')
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_cell(cell, seed, args):
+    """Train one cell to the end (continuing an interrupted run) and save its result.json."""
+    folder = run_dir(args.out, cell, seed, args.schedule)
+    command = [sys.executable, os.path.join(HERE, 'train.py'), *train_flags(cell),
+               *SCHEDULES[args.schedule], '--seed', str(seed), '--out', folder, '--ctx', args.ctx]
+    if args.data_dir:
+        command += ['--data-dir', args.data_dir]
+    if os.path.exists(os.path.join(folder, 'checkpoint.json')):
+        command.append('--resume')
+    os.makedirs(folder, exist_ok=True)
+    print(f'{cell} seed {seed}: {" ".join(command[1:])}', flush=True)
+    with open(os.path.join(folder, 'train.log'), 'a') as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise SystemExit(f'error: {cell} seed {seed} failed (exit {code}); see '
+                         f'{os.path.join(folder, "train.log")}. Run reproduce.py again to '
+                         f'continue from its last checkpoint.')
+    with open(os.path.join(folder, 'metrics.csv')) as f:
+        rows = list(csv.DictReader(f))
+    result = {'cell': cell, 'seed': seed, 'schedule': args.schedule,
+              'test_error': round(100 * (1 - float(rows[-1]['test_acc'])), 2),
+              'epochs': len(rows), 'train_seconds': round(sum(float(r['epoch_s']) for r in rows)),
+              'command': ' '.join(['python'] + command[1:])}
+    tmp = os.path.join(folder, '.result.json.tmp')
+    with open(tmp, 'w') as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, os.path.join(folder, 'result.json'))
+    return result
+
+
+def write_tables(out, seeds, schedule):
+    """OUT/table1.csv and OUT/table1.md from every result.json found."""
+    rows = []
+    for cell in cells():
+        results = [r for r in (read_result(run_dir(out, cell, s, schedule)) for s in seeds) if r]
+        errors = [r['test_error'] for r in results]
+        dataset, model = cell.split('/')
+        rows.append({
+            'dataset': dataset, 'model': model, 'paper_error': PAPER[model][dataset],
+            'our_error': round(statistics.mean(errors), 2) if errors else '',
+            'spread': round(statistics.stdev(errors), 2) if len(errors) > 1 else '',
+            'seeds': len(errors), 'minutes': round(sum(r['train_seconds'] for r in results) / 60, 1)
+            if results else ''})
+    tmp = os.path.join(out, '.table1.csv.tmp')
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, os.path.join(out, 'table1.csv'))
+
+    def cell_text(model, dataset):
+        row = next((r for r in rows if r['model'] == model and r['dataset'] == dataset), None)
+        if row is None:
+            return ''
+        ours = '-' if row['our_error'] == '' else f'{row["our_error"]:.2f}'
+        if row['spread'] != '':
+            ours += f' ± {row["spread"]:.2f}'
+        return f'{ours} ({row["paper_error"]})'
+
+    lines = [f'Test error in %: ours (the paper\'s). Schedule `{schedule}`: '
+             f'`{" ".join(SCHEDULES[schedule])}`; seeds {",".join(map(str, seeds))}.', '',
+             '| model | ' + ' | '.join(d.upper() for d in DATASETS) + ' |',
+             '|---|' + '---|' * len(DATASETS)]
+    for model in PAPER:
+        lines.append(f'| {model} | ' + ' | '.join(cell_text(model, d) for d in DATASETS) + ' |')
+    lines += ['', 'Minutes of training per cell (all seeds):', '',
+              '| model | ' + ' | '.join(d.upper() for d in DATASETS) + ' |',
+              '|---|' + '---|' * len(DATASETS)]
+    for model in PAPER:
+        times = [next((str(r['minutes']) for r in rows if r['model'] == model
+                       and r['dataset'] == d), '') for d in DATASETS]
+        lines.append(f'| {model} | ' + ' | '.join(times) + ' |')
+    tmp = os.path.join(out, '.table1.md.tmp')
+    with open(tmp, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    os.replace(tmp, os.path.join(out, 'table1.md'))
+
+
+def seed_list(text):
+    try:
+        seeds = [int(s) for s in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a comma-separated list of seeds')
+    return seeds
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--cells', default='*',
+                   help='comma-separated patterns over DATASET/MODEL names, e.g. "rts/*,r/cnn"')
+    p.add_argument('--seeds', type=seed_list, default=[1])
+    p.add_argument('--schedule', choices=list(SCHEDULES), default='ours')
+    p.add_argument('--out', default=os.path.join('result', 'table1'))
+    p.add_argument('--data-dir', default=None)
+    p.add_argument('--ctx', default='cpu')
+    p.add_argument('--table-only', action='store_true', help='only rewrite the tables')
+    args = p.parse_args(argv)
+    patterns = args.cells.split(',')
+    chosen = [c for c in cells() if any(fnmatch.fnmatch(c, pat) for pat in patterns)]
+    if not chosen:
+        p.error(f'--cells {args.cells!r} matches none of: {", ".join(cells())}')
+    os.makedirs(args.out, exist_ok=True)
+    for cell in [] if args.table_only else chosen:
+        for seed in args.seeds:
+            if read_result(run_dir(args.out, cell, seed, args.schedule)) is None:
+                start = time.time()
+                result = run_cell(cell, seed, args)
+                print(f'{cell} seed {seed}: {result["test_error"]:.2f}% test error '
+                      f'(paper {PAPER[cell.split("/")[1]][cell.split("/")[0]]}%), '
+                      f'{(time.time() - start) / 60:.1f} min', flush=True)
+            write_tables(args.out, args.seeds, args.schedule)
+    write_tables(args.out, args.seeds, args.schedule)
+    print(f'wrote {os.path.join(args.out, "table1.md")} and table1.csv')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,78 @@
+"""reproduce.py: the Table 1 grid, resumable cells, and the tables it writes."""
+import json
+import os
+
+import pytest
+
+import reproduce
+
+
+def test_the_grid_is_table_1_plus_the_four_tc_cells():
+    cells = reproduce.cells()
+    assert len(cells) == 36 and len(set(cells)) == 36
+    assert sum(c.startswith('tc/') for c in cells) == 4
+    assert 'rts/st-cnn-tps' in cells and 'tc/st-cnn-tps' not in cells
+
+
+@pytest.mark.parametrize('cell, flags', [
+    ('r/fcn', ['--dataset', 'r', '--model', 'fcn', '--transform', 'none']),
+    ('rts/st-cnn-proj', ['--dataset', 'rts', '--model', 'cnn', '--transform', 'projective']),
+    ('e/st-fcn-tps', ['--dataset', 'e', '--model', 'fcn', '--transform', 'tps']),
+])
+def test_each_cell_names_its_dataset_model_and_transform(cell, flags):
+    assert reproduce.train_flags(cell) == flags
+
+
+def test_the_paper_schedule_is_150k_iterations_of_batch_256_with_two_tenfold_drops():
+    flags = dict(zip(reproduce.SCHEDULES['paper'][::2], reproduce.SCHEDULES['paper'][1::2]))
+    assert int(flags['--epochs']) * 60000 / int(flags['--batch-size']) == pytest.approx(150000, rel=0.01)
+    steps = [int(s) * 60000 / 256 for s in flags['--lr-steps'].split(',')]
+    assert steps == pytest.approx([50000, 100000], rel=0.01)
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """Stands in for train.py: records the command and writes a 2-epoch metrics.csv."""
+    commands = []
+
+    def call(command, stdout, stderr):
+        commands.append(command)
+        out = command[command.index('--out') + 1]
+        with open(os.path.join(out, 'metrics.csv'), 'w') as f:
+            f.write('dataset,epoch,train_loss,test_loss,test_acc,lr,imgs_per_s,epoch_s\n'
+                    'r,1,0.5,0.4,0.9800,0.001,1000,30.0\nr,2,0.4,0.3,0.9875,0.001,1000,30.0\n')
+        return 0
+
+    monkeypatch.setattr(reproduce.subprocess, 'call', call)
+    return commands
+
+
+def test_a_cell_runs_once_and_a_finished_cell_is_skipped(tmp_path, fake_train):
+    reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path)])
+    reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path)])
+    assert len(fake_train) == 1
+    result = json.load(open(tmp_path / 'r-cnn-ours-seed1' / 'result.json'))
+    assert result['test_error'] == 1.25 and result['train_seconds'] == 60
+
+
+def test_an_interrupted_cell_is_resumed(tmp_path, fake_train):
+    folder = tmp_path / 'r-cnn-ours-seed1'
+    folder.mkdir()
+    (folder / 'checkpoint.json').write_text('{"epoch": 1}')
+    reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path)])
+    assert fake_train[0][-1] == '--resume'
+
+
+def test_the_tables_put_our_mean_and_spread_beside_the_paper(tmp_path, fake_train):
+    reproduce.main(['--cells', 'rts/st-cnn-aff', '--seeds', '1,2', '--out', str(tmp_path)])
+    rows = (tmp_path / 'table1.csv').read_text().splitlines()
+    assert rows[0] == 'dataset,model,paper_error,our_error,spread,seeds,minutes'
+    assert 'rts,st-cnn-aff,0.5,1.25,0.0,2,2.0' in rows
+    table = (tmp_path / 'table1.md').read_text()
+    assert '| st-cnn-aff | - (0.7) | 1.25 ± 0.00 (0.5) |' in table
+
+
+def test_a_pattern_that_matches_no_cell_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as error:
+        reproduce.main(['--cells', 'mnist/*', '--out', str(tmp_path)])
+    assert error.value.code == 2 and 'matches none of' in capsys.readouterr().err
