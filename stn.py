@@ -176,6 +176,31 @@ def tps_grid(F, theta, basis, target_shape, num_points):
     return F.reshape(grid, shape=(-1, 2, h, w), name='grid')
 
 
+def sampling_grid(theta, transform, target_shape, tps_grid=4):
+    """The grid (N, 2, H', W') a ``transform`` family's theta (N, T) samples on a
+    ``target_shape`` (H', W') output, as a float32 numpy array, computed with mx.nd
+    through the block's own grid generators (and ``grid_constant``): what a
+    SpatialTransformer with this theta feeds its sampler. ``tps_grid``: the TPS control
+    grid (int n or (rows, cols)), used by 'tps' only."""
+    theta = mx.nd.array(np.asarray(theta, np.float32).reshape(len(theta), -1))
+    target_shape = tuple(int(n) for n in target_shape)
+    if transform == 'affine':
+        grid = affine_grid(mx.nd, theta, target_shape)
+    elif transform == 'attention':
+        grid = affine_grid(mx.nd, attention_theta(mx.nd, theta), target_shape)
+    elif transform == 'projective':
+        target = mx.nd.array(grid_constant(transform, target_shape))
+        grid = projective_grid(mx.nd, theta, target, target_shape)
+    elif transform == 'tps':
+        rows, cols = tps_shape(tps_grid)
+        basis = mx.nd.array(grid_constant(transform, target_shape, (rows, cols)))
+        generate = globals()['tps_grid']   # the function; the argument tps_grid hides it
+        grid = generate(mx.nd, theta, basis, target_shape, rows * cols)
+    else:
+        raise ValueError(f'transform must be one of {TRANSFORMS}, not {transform!r}')
+    return grid.asnumpy()
+
+
 # ---- the block ----------------------------------------------------------------------------
 
 def default_localisation():

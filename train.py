@@ -14,8 +14,10 @@ average-pool the transformer's output 2x2 before the classifier (see net.py).
 
 Everything a run makes goes into --out: config.json, metrics.csv (one row per
 epoch), checkpoint-NNNN.{params,states} with checkpoint.json pointing at the
-newest, the exported network (model-symbol.json + model-NNNN.params) and
-compare.jpg (input digits beside the transformer's output).
+newest, the exported network (model-symbol.json + model-NNNN.params) and, with a
+transformer of any family, compare.jpg (input digits with the regions the transformer
+samples outlined, beside its output) and snapshots.npz (its output and those outlines
+on 16 test digits after every epoch, for visualize.py --animate).
 """
 import argparse
 import csv
@@ -36,6 +38,7 @@ from tqdm import tqdm  # noqa: E402
 
 import distort  # noqa: E402
 import mnist  # noqa: E402
+import stn  # noqa: E402
 import symbolic  # noqa: E402
 import visualize  # noqa: E402
 import net  # noqa: E402
@@ -440,15 +443,14 @@ class ModuleModel:
                     **{f'aux:{k}': v for k, v in aux.items()}})
 
 
-def draws_boxes(args):
-    """visualize.py draws the sampled region from an affine theta: affine runs only."""
-    return args.transform == 'affine'
-
-
 def snapshot(model, images, out, epoch):
-    """The transformer's output on a fixed batch, kept per epoch for stn_training.gif."""
-    if draws_boxes(model.args):
-        visualize.record_snapshot(images, *model.transform(images), out, epoch)
+    """The transformer's output on a fixed batch and the outlines of the regions it
+    samples, kept per epoch for stn_training.gif (runs with a transformer)."""
+    args = model.args
+    if not args.no_stn:
+        transformed, theta = model.transform(images)
+        grid = stn.sampling_grid(theta, args.transform, transformed.shape[2:], args.tps_grid)
+        visualize.record_snapshot(images, transformed, grid, out, epoch)
 
 
 def export(model, out, epoch):
@@ -547,11 +549,8 @@ def main(argv=None):
 
     prefix = export(model, args.out, args.epochs)
     print(f'exported {prefix}-symbol.json and {prefix}-{args.epochs:04d}.params')
-    if draws_boxes(args):
+    if not args.no_stn:
         print(f'wrote {visualize.compare_run(args.out, test_x[:64], test_y[:64])}')
-    elif not args.no_stn:
-        print(f'no compare.jpg: visualize.py draws affine sampling boxes only, not '
-              f'--transform {args.transform}')
 
 
 if __name__ == '__main__':

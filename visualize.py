@@ -8,17 +8,19 @@
 compare.jpg: a fixed batch of test digits (the first 64 of the run's test set,
 "Dataset Images") beside the transformer's output for them ("Transformed
 Images"), shown as they are (pixels in [0, 1], black background). On each input
-the quadrilateral the transformer samples from is drawn (the output border mapped
-through theta, as in the paper's figures); each output carries the predicted
-class, in red where it is wrong. It needs only the exported network
-(model-symbol.json + model-NNNN.params): the transformer's output and theta are
-picked from the symbol's internals by name.
+the region the transformer samples from is outlined, as in the paper's figures:
+the border of the output mapped through the sampling grid, a quadrilateral for the
+affine, attention and projective families, a curve for TPS (clipped to the tile);
+each output carries the predicted class, in red where it is wrong. It needs only
+the exported network (model-symbol.json + model-NNNN.params): the transformer's
+output and sampling grid are picked from the symbol's internals by name.
 
 curves.png: train and test loss and test error per epoch from metrics.csv, one
 colour per run folder.
 
-stn_training.gif: the transformer's output on a fixed batch after every epoch,
-from the snapshots.npz that ``record_snapshot`` writes during training.
+stn_training.gif: the transformer's output on a fixed batch after every epoch, with
+the outlines of the sampled regions, from the snapshots.npz that ``record_snapshot``
+writes during training.
 """
 import argparse
 import csv
@@ -34,23 +36,28 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
+from matplotlib.patches import Polygon, Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from mxnet import gluon  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import distort  # noqa: E402
 import mnist  # noqa: E402
+import stn  # noqa: E402
 
 # Names of the transformer's outputs inside an exported symbol: net.py's Gluon export
-# and symbolic.py's sym.SpatialTransformer give the layers the same names.
+# and symbolic.py's sym.SpatialTransformer give the layers the same names. The grid is
+# GridGenerator's (affine, attention) or stn.py's (projective, tps); sym.SpatialTransformer
+# (symbolic.py, affine only) makes its grid inside, so load_model rebuilds it from theta.
 TRANSFORMED = ('net_stn_bilinearsampler0_output', 'net_stn_transformer_output')
 THETA = 'net_stn_regressor_fwd_output'
 GRID = 'net_stn_gridgenerator0_output'
+GRIDS = (GRID, 'net_stn_grid_output')
 BOX_COLOR = '#ffb000'
+SNAPSHOT_SIDE = 16   # segments per side of the outlines kept in snapshots.npz
 
 
-# ---- grids and boxes ------------------------------------------------------------------
+# ---- tiles and outlines ---------------------------------------------------------------
 
 def make_grid(images, nrow=8, pad=2, pad_value=0.5):
     """Tile images (N, C, H, W) into one (H', W') grayscale or (H', W', C) array, nrow per row."""
@@ -70,19 +77,39 @@ def tile_origins(n, height, width, nrow=8, pad=2):
     return np.stack([pad + col * (width + pad), pad + r * (height + pad)], 1).astype(float)
 
 
-def sampling_box(theta, height, width):
-    """Where the transformer samples from: (N, 4, 2) input pixel coordinates (x, y).
+def side_points(n, segments=None):
+    """Indices 0 .. n-1 of the points along a side of n grid points; with ``segments``,
+    about that many evenly spaced ones (both ends always kept)."""
+    if segments is None or segments >= n - 1:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, segments + 1)).astype(int))
 
-    theta (N, 6) = [a, b, tx, c, d, ty] maps output normalised coordinates to input
-    ones (MXNet's GridGenerator); the box is the image of the output border corners
-    (-1, -1), (1, -1), (1, 1), (-1, 1) in an input of height x width pixels, where -1
-    and +1 are the centres of the corner pixels. The identity gives the border through
-    the corner pixel centres, (0, 0) to (width - 1, height - 1).
+
+def outline(grid, height, width, per_side=None):
+    """Where the transformer samples from: (N, M, 2) input pixel coordinates (x, y) of
+    the border points of the sampling grid, in order around it.
+
+    ``grid`` (N, 2, H', W') holds the normalised input point (x first, then y; -1 and
+    +1 are the centres of the corner pixels) that each output pixel reads (stn.py's
+    convention); the input has height x width pixels, so x maps to column
+    (x + 1)(width - 1)/2 and y to row (y + 1)(height - 1)/2. The points run along the
+    top row left to right, down the right column, along the bottom row right to left
+    and up the left column, each corner once: M = 2 (H' + W') - 4. ``per_side`` thins
+    each side of n points to min(n, per_side + 1) evenly spaced ones, corners kept
+    (M = 4 per_side when H' and W' exceed per_side). This is
+    the output border mapped into the input: a straight-sided quadrilateral for affine,
+    attention and projective grids, a curve for TPS. The identity grid gives the image
+    border through the corner pixel centres, (0, 0) to (width - 1, height - 1).
     """
-    theta = np.asarray(theta, np.float64).reshape(-1, 2, 3)
-    corners = np.array([[-1, -1, 1], [1, -1, 1], [1, 1, 1], [-1, 1, 1]], np.float64)
-    normalised = corners @ theta.transpose(0, 2, 1)                          # (N, 4, 2)
-    return (normalised + 1) / 2 * np.array([width - 1, height - 1])
+    grid = np.asarray(grid, np.float64)
+    rows, cols = side_points(grid.shape[2], per_side), side_points(grid.shape[3], per_side)
+    top, bottom, left, right = rows[0], rows[-1], cols[0], cols[-1]
+    i = np.concatenate([np.full(len(cols), top), rows[1:], np.full(len(cols) - 1, bottom),
+                        rows[-2:0:-1]])
+    j = np.concatenate([cols, np.full(len(rows) - 1, right), cols[-2::-1],
+                        np.full(len(rows) - 2, left)])
+    points = grid[:, :, i, j].transpose(0, 2, 1)                             # (N, M, 2)
+    return (points + 1) / 2 * np.array([width - 1, height - 1])
 
 
 def to_unit(images):
@@ -105,19 +132,34 @@ def show_grid(ax, images, title, nrow):
     ax.axis('off')
 
 
-def compare_figure(images, transformed, theta, predicted=None, labels=None, nrow=8,
-                   figsize=(10, 5.4), title=None):
-    """Inputs (N, 1, H, W) with their sampling boxes beside the outputs (N, 1, H', W').
+def draw_outlines(ax, outlines, height, width, nrow):
+    """Draw each closed outline (M, 2) of ``outlines`` (N, M, 2) on its tile of
+    make_grid's layout in ``ax``, clipped to that tile's pixels; returns the patches."""
+    patches = []
+    for (x, y), points in zip(tile_origins(len(outlines), height, width, nrow), outlines):
+        polygon = Polygon(points + [x, y], closed=True, fill=False, edgecolor=BOX_COLOR,
+                          linewidth=0.9)
+        ax.add_patch(polygon)
+        tile = Rectangle((x - 0.5, y - 0.5), width, height, transform=ax.transData)
+        polygon.set_clip_path(tile)
+        patches.append(polygon)
+    return patches
 
-    theta (N, 6). ``predicted`` (N,) classes are written on the outputs, in red where
-    they differ from ``labels`` (N,). Returns the matplotlib figure.
+
+def compare_figure(images, transformed, outlines, predicted=None, labels=None, nrow=8,
+                   figsize=(10, 5.4), title=None):
+    """Inputs (N, 1, H, W) with the outlines of their sampled regions beside the outputs
+    (N, 1, H', W').
+
+    ``outlines`` (N, M, 2): input pixel coordinates (x, y) of each closed outline, as
+    ``outline`` gives them; each is drawn on its input's tile and clipped to it.
+    ``predicted`` (N,) classes are written on the outputs, in red where they differ
+    from ``labels`` (N,). Returns the matplotlib figure.
     """
     n, _, h, w = images.shape
     fig, (left, right) = plt.subplots(1, 2, figsize=figsize)
     show_grid(left, images, 'Dataset Images', nrow)
-    boxes = tile_origins(n, h, w, nrow)[:, None] + sampling_box(theta, h, w)
-    left.add_collection(PolyCollection(boxes, closed=True, facecolors='none',
-                                       edgecolors=BOX_COLOR, linewidths=0.9))
+    draw_outlines(left, outlines, h, w, nrow)
     heading = 'Transformed Images'
     if predicted is not None:
         heading += ' (prediction' + ('; red: wrong)' if labels is not None else ')')
@@ -133,9 +175,9 @@ def compare_figure(images, transformed, theta, predicted=None, labels=None, nrow
     return fig
 
 
-def write_compare(path, images, transformed, theta, predicted=None, labels=None):
+def write_compare(path, images, transformed, outlines, predicted=None, labels=None):
     """compare.jpg (1000 x 540 pixels) from arrays; see ``compare_figure``."""
-    fig = compare_figure(images, transformed, theta, predicted, labels)
+    fig = compare_figure(images, transformed, outlines, predicted, labels)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -174,11 +216,15 @@ def model_files(run_dir):
 
 
 def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
-    """The run's exported network as a block: x (N, C, H, W) -> (transformed, theta (N, 6), logits).
+    """The run's exported network as a block: x (N, C, H, W) -> (transformed (N, C, H', W'),
+    grid (N, 2, H', W'), logits (N, classes)), for a transformer of any family.
 
-    Built from model-symbol.json and model-NNNN.params alone (no Python classes).
-    ``image_shape`` (C, H, W), if given, is checked against the saved weights.
-    Problems exit with a message (SystemExit).
+    ``grid`` is the sampling grid (stn.py's convention: the normalised input point x, y
+    each output pixel reads; see ``outline``), the symbol's own grid node. Built from
+    model-symbol.json and model-NNNN.params alone (no Python classes); a symbolic-API
+    export (symbolic.py: affine, no grid node) gets its grid rebuilt from theta with
+    stn.affine_grid inside the block. ``image_shape`` (C, H, W), if given, is checked
+    against the saved weights. Problems exit with a message (SystemExit).
     """
     symbol_file, params_file = model_files(run_dir)
     for path in (symbol_file, params_file):
@@ -197,24 +243,56 @@ def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
                          f'show. Pass --out RUN_DIR of an STN run.')
     if image_shape is not None:
         check_input_shape(sym, params_file, tuple(image_shape))
-    outputs = mx.sym.Group([internals[transformed[0]], internals[THETA], sym])
+    outputs = mx.sym.Group([internals[transformed[0]], grid_of(internals, transformed[0], run_dir),
+                            sym])
     block = gluon.SymbolBlock(outputs, mx.sym.var('data', dtype='float32'))
     block.collect_params().load(params_file, ctx=ctx)
     return block
 
 
+def grid_of(internals, transformed, run_dir):
+    """The sampling grid among an exported symbol's ``internals``: its grid node, or for a
+    sym.SpatialTransformer (affine only; the grid is made inside the operator) the affine
+    grid of theta on the transformer's target_shape."""
+    names = internals.list_outputs()
+    for name in GRIDS:
+        if name in names:
+            return internals[name]
+    transform = read_config(run_dir).get('transform', 'affine')
+    target_shape = internals[transformed].attr('target_shape')
+    if THETA not in names or target_shape is None or transform != 'affine':
+        raise SystemExit(f'error: the exported symbol of {run_dir} has no sampling grid (none of '
+                         f'{GRIDS}) to rebuild for a {transform} transformer: export the run '
+                         f'again with this version of train.py.')
+    target_shape = tuple(int(n) for n in re.findall(r'\d+', target_shape))
+    return stn.affine_grid(mx.sym, internals[THETA], target_shape)
+
+
+def trained_shape(sym, saved):
+    """(H', W') of the transformer's output, which is the training images' H x W: from the
+    grid generator's target_shape, or the projective/TPS grid constant among the ``saved``
+    shapes by name; None if neither is there."""
+    internals = sym.get_internals()
+    for name in (GRID, 'net_stn_transformer_output'):
+        if name in internals.list_outputs() and internals[name].attr('target_shape'):
+            return tuple(int(n) for n in re.findall(r'\d+', internals[name].attr('target_shape')))
+    for name in ('net_stn_target_grid', 'net_stn_tps_basis'):
+        if name in saved:
+            return tuple(saved[name][1:])
+    return None
+
+
 def check_input_shape(sym, params_file, shape):
     """Exit with a message if the weights in ``params_file`` do not fit inputs of ``shape`` (C, H, W)."""
     saved = {k.split(':', 1)[-1]: v.shape for k, v in mx.nd.load(params_file).items()}
-    internals = sym.get_internals()
-    trained = internals[GRID].attr('target_shape') if GRID in internals.list_outputs() else None
+    trained = trained_shape(sym, saved)
     try:
         arg_shapes = sym.infer_shape(data=(1,) + shape)[0]
         fits = all(saved.get(name, s) == tuple(s) for name, s in zip(sym.list_arguments(), arg_shapes))
     except mx.MXNetError:
         fits = False
     if not fits:
-        trained = 'x'.join(re.findall(r'\d+', trained)) + ' images' if trained else 'other images'
+        trained = 'x'.join(map(str, trained)) + ' images' if trained else 'other images'
         raise SystemExit(f'error: {params_file} was trained on {trained} and does not take '
                          f'{"x".join(map(str, shape))} inputs. Pick the --dataset the run was '
                          f'trained on (see its config.json), or leave --dataset out.')
@@ -222,9 +300,9 @@ def check_input_shape(sym, params_file, shape):
 
 def compare_run(run_dir, images, labels=None):
     """RUN_DIR/compare.jpg for ``images`` (N, C, H, W), through the run's exported network."""
-    transformed, theta, logits = load_model(run_dir, images.shape[1:])(mx.nd.array(images))
+    transformed, grid, logits = load_model(run_dir, images.shape[1:])(mx.nd.array(images))
     path = os.path.join(run_dir, 'compare.jpg')
-    write_compare(path, images, transformed.asnumpy(), theta.asnumpy(),
+    write_compare(path, images, transformed.asnumpy(), outline(grid.asnumpy(), *images.shape[2:]),
                   logits.argmax(axis=1).asnumpy().astype(int), labels)
     return path
 
@@ -238,25 +316,28 @@ def load_test_set(dataset, data_dir, seed):
 
 # ---- stn_training.gif -----------------------------------------------------------------
 
-def record_snapshot(images, transformed, theta, out_dir, epoch):
+def record_snapshot(images, transformed, grid, out_dir, epoch):
     """Store the transformer's output for a fixed batch after ``epoch`` in out_dir/snapshots.npz.
 
     ``images`` (N, 1, H, W) in [0, 1], e.g. test_x[:16] (16 images make a 4 x 4
     animation; a 42x42 batch costs about 30 KB per epoch uncompressed), and the
-    transformer's ``transformed`` (N, 1, H', W') and ``theta`` (N, 6) for them, numpy
-    arrays. Epoch 0 is before training.
-    The file holds inputs (N, 1, H, W) uint8, frames (E, N, 1, H', W') uint8, theta
-    (E, N, 6) float32 and epochs (E,); frames of epochs >= ``epoch`` (a resumed run)
-    and of another input batch are dropped. Written atomically.
+    transformer's ``transformed`` (N, 1, H', W') and sampling ``grid`` (N, 2, H', W')
+    for them (stn.sampling_grid, or load_model's grid), numpy arrays. Epoch 0 is before
+    training. The file holds inputs (N, 1, H, W) uint8, frames (E, N, 1, H', W') uint8,
+    outlines (E, N, M, 2) float32 (``outline`` with per_side=SNAPSHOT_SIDE: M = 64 for
+    outputs of 17 pixels or more a side, about 8 KB per epoch for 16 images) and epochs
+    (E,); frames of epochs >= ``epoch`` (a resumed run) and of another input batch are
+    dropped. Written atomically.
     """
     inputs, frame = to_uint8(images), to_uint8(transformed)
+    lines = outline(grid, *images.shape[2:], per_side=SNAPSHOT_SIDE).astype(np.float32)
     path = os.path.join(out_dir, 'snapshots.npz')
-    epochs, frames, thetas = np.zeros(0, np.int64), frame[None][:0], theta[None][:0]
+    epochs, frames, outlines = np.zeros(0, np.int64), frame[None][:0], lines[None][:0]
     try:
-        with np.load(path) as old:
-            if np.array_equal(old['inputs'], inputs):
-                keep = old['epochs'] < epoch
-                epochs, frames, thetas = old['epochs'][keep], old['frames'][keep], old['theta'][keep]
+        old_inputs, old_frames, old_outlines, old_epochs = read_snapshots(path)
+        if np.array_equal(old_inputs, inputs) and old_outlines.shape[1:] == lines.shape:
+            keep = old_epochs < epoch
+            epochs, frames, outlines = old_epochs[keep], old_frames[keep], old_outlines[keep]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
         pass  # none yet, or unreadable: start afresh
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix='.snapshots', suffix='.npz.tmp')
@@ -264,7 +345,7 @@ def record_snapshot(images, transformed, theta, out_dir, epoch):
         with os.fdopen(fd, 'wb') as f:
             np.savez_compressed(f, inputs=inputs, epochs=np.append(epochs, epoch),
                                 frames=np.concatenate([frames, frame[None]]),
-                                theta=np.concatenate([thetas, theta[None]]).astype(np.float32))
+                                outlines=np.concatenate([outlines, lines[None]]))
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
@@ -272,15 +353,31 @@ def record_snapshot(images, transformed, theta, out_dir, epoch):
             os.remove(tmp)
 
 
+def read_snapshots(path):
+    """(inputs, frames, outlines, epochs) from a snapshots.npz. Files written before the
+    outlines were kept hold theta (E, N, 6) of affine runs instead; their outlines are
+    made from it (stn.sampling_grid)."""
+    with np.load(path) as s:
+        inputs, frames, epochs = s['inputs'], s['frames'], s['epochs']
+        if 'outlines' in s.files:
+            return inputs, frames, s['outlines'], epochs
+        theta = s['theta']
+    outlines = np.zeros((0, len(inputs), 4 * SNAPSHOT_SIDE, 2), np.float32)
+    if len(theta):
+        grid = stn.sampling_grid(theta.reshape(-1, 6), 'affine', frames.shape[-2:])
+        outlines = outline(grid, *inputs.shape[2:], per_side=SNAPSHOT_SIDE).astype(np.float32)
+        outlines = outlines.reshape(len(theta), len(inputs), -1, 2)
+    return inputs, frames, outlines, epochs
+
+
 def load_snapshots(run_dir):
-    """(inputs, frames, theta, epochs) from run_dir/snapshots.npz; see ``record_snapshot``."""
+    """(inputs, frames, outlines, epochs) from run_dir/snapshots.npz; see ``record_snapshot``."""
     path = os.path.join(run_dir, 'snapshots.npz')
     if not os.path.exists(path):
         raise SystemExit(f'error: {path} not found: train.py records the transformer\'s output on '
                          f'a fixed batch every epoch into it (runs trained before that have none). '
                          f'Train the run again, or pass --out RUN_DIR of a run that has one.')
-    with np.load(path) as s:
-        return s['inputs'], s['frames'], s['theta'], s['epochs']
+    return read_snapshots(path)
 
 
 def render(fig):
@@ -289,12 +386,14 @@ def render(fig):
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def write_animation(path, inputs, frames, theta, epochs, ms_per_frame=500):
-    """A GIF (640 x 340 pixels), one frame per epoch: inputs with boxes beside that epoch's output."""
+def write_animation(path, inputs, frames, outlines, epochs, ms_per_frame=500):
+    """A GIF (640 x 340 pixels), one frame per epoch: the inputs (N, 1, H, W) with that
+    epoch's outlines (E, N, M, 2) beside its output frames (E, N, 1, H', W'), as
+    ``load_snapshots`` gives them."""
     nrow = int(np.ceil(np.sqrt(len(inputs))))
     pictures = []
-    for frame, t, epoch in zip(frames, theta, epochs):
-        fig = compare_figure(inputs, frame, t, nrow=nrow, figsize=(6.4, 3.4),
+    for frame, lines, epoch in zip(frames, outlines, epochs):
+        fig = compare_figure(inputs, frame, lines, nrow=nrow, figsize=(6.4, 3.4),
                              title=f'epoch {epoch}' + (' (before training)' if epoch == 0 else ''))
         pictures.append(Image.fromarray(render(fig)).quantize(64))
         plt.close(fig)

@@ -216,7 +216,7 @@ def test_a_paper_model_run_records_its_model_and_family_and_resumes_with_them(tm
     width = documented_table()[28, 'fcn', 'attention'][0]
     assert (config['model'], config['transform'], config['width']) == ('fcn', 'attention', width)
     assert config['num_params'] == documented_table()[28, 'fcn', 'attention'][1]
-    assert not (tmp_path / 'compare.jpg').exists()  # boxes are drawn for affine runs only
+    assert (tmp_path / 'compare.jpg').exists()  # every run with a transformer gets one
     train.main([*flags, '--resume', '--epochs', '2'])  # model and family come from config.json
     params = mx.nd.load(str(tmp_path / 'model-0002.params'))
     assert params['arg:net_fcn_dense0_weight'].shape == (width, 784)

@@ -1,16 +1,24 @@
-"""visualize.py: compare.jpg, the sampling box, curves.png and the training animation."""
+"""visualize.py: compare.jpg with the outlines of the sampled regions (every transformer
+family), stn.sampling_grid, curves.png and the training animation."""
+import argparse
 import json
 import os
 
+import matplotlib.colors
 import mxnet as mx
 import numpy as np
 import pytest
 from PIL import Image
 
+import stn
+import symbolic
+import train
 import visualize
 from net import Net
 from stn import IDENTITY
 from test_mnist import REAL_DIR, needs_mnist
+
+FAMILIES = list(stn.TRANSFORMS)
 
 
 def digits(n=16, size=28, seed=0):
@@ -19,28 +27,63 @@ def digits(n=16, size=28, seed=0):
     return (rng.rand(n, 1, size, size) * (rng.rand(n, 1, size, size) > 0.8)).astype(np.float32)
 
 
-def fresh_net(size=28):
+def fresh_net(size=28, transform='affine', tps_grid=4):
     """An initialised STN + LeNet; its transformer is the identity until trained."""
     mx.random.seed(0)
-    net = Net()
+    net = Net(transform=transform, tps_grid=tps_grid)
     net.initialize(mx.init.Xavier())
     net(mx.nd.zeros((2, 1, size, size)))
     return net
 
 
-def exported_run(folder, size=28, use_stn=True, epochs=3):
-    """A run folder with config.json and a freshly initialised network exported as train.py does."""
+def moved(theta, seed=1):
+    """``theta`` (T,) of some family nudged away from the identity: a non-identity transformation
+    (the projective h31, h32 less, to stay far from the horizon)."""
+    step = np.random.RandomState(seed).uniform(-0.2, 0.2, len(theta)).astype(np.float32)
+    if len(theta) == 8:
+        step[6:] *= 0.2
+    return theta + step
+
+
+def write_config(folder, size, epochs, **config):
+    dataset = {28: 'mnist', 42: 'rts', 60: 'tc'}[size]
+    config = dict(dataset=dataset, data_seed=0, epochs=epochs, image_shape=[1, size, size],
+                  **config)
+    with open(os.path.join(folder, 'config.json'), 'w') as f:
+        json.dump(config, f)
+
+
+def exported_run(folder, size=28, use_stn=True, epochs=3, transform='affine', bias=None,
+                 tps_grid=4):
+    """A run folder with config.json and a freshly initialised network exported as train.py
+    does; ``bias``: the transformer's regressor bias (theta), instead of the identity."""
     mx.random.seed(0)
-    net = Net(use_stn=use_stn)
+    net = Net(use_stn=use_stn, transform=transform, tps_grid=tps_grid)
     net.initialize(mx.init.Xavier())
     net.hybridize()
     net(mx.nd.zeros((2, 1, size, size)))
+    if bias is not None:
+        net.stn.regressor.bias.set_data(mx.nd.array(bias))
     net.export(os.path.join(folder, 'model'), epoch=epochs)
-    dataset = {28: 'mnist', 42: 'rts', 60: 'tc'}[size]
-    config = dict(dataset=dataset, data_seed=0, no_stn=not use_stn, epochs=epochs,
-                  image_shape=[1, size, size])
-    with open(os.path.join(folder, 'config.json'), 'w') as f:
-        json.dump(config, f)
+    write_config(folder, size, epochs, no_stn=not use_stn,
+                 transform=transform if use_stn else 'none', tps_grid=tps_grid)
+    return str(folder)
+
+
+def symbolic_run(folder, theta, size=28, epochs=3):
+    """A run folder as ``train.py --api symbol`` leaves it: the symbolic LeNet (no grid node;
+    sym.SpatialTransformer makes the grid inside) with random weights and regressor bias
+    ``theta``, saved as ModuleModel.export does, and a config.json without 'transform'."""
+    logits = symbolic.get_symbol(target_shape=(size, size), softmax=False)
+    shapes = dict(zip(logits.list_arguments(), logits.infer_shape(data=(1, 1, size, size))[0]))
+    rng = np.random.RandomState(0)
+    params = {f'arg:{name}': mx.nd.array(rng.normal(0, 0.1, shape))
+              for name, shape in shapes.items() if name != 'data'}
+    params['arg:net_stn_regressor_weight'] = mx.nd.zeros(shapes['net_stn_regressor_weight'])
+    params['arg:net_stn_regressor_bias'] = mx.nd.array(theta)
+    logits.save(os.path.join(folder, 'model-symbol.json'))
+    mx.nd.save(os.path.join(folder, f'model-{epochs:04d}.params'), params)
+    write_config(folder, size, epochs, api='symbol', no_stn=False)
     return str(folder)
 
 
@@ -54,27 +97,109 @@ def write_metrics(folder, test_acc):
     return str(folder)
 
 
-# ---- the sampling box -----------------------------------------------------------------
+# ---- the sampling grid and its outline ----------------------------------------------------
 
-def test_the_box_of_the_identity_is_the_image_border_through_the_corner_pixel_centres():
-    box = visualize.sampling_box(IDENTITY[None], 20, 30)
-    assert box.shape == (1, 4, 2)
-    np.testing.assert_allclose(box[0], [[0, 0], [29, 0], [29, 19], [0, 19]], atol=1e-6)
-
-
-def test_the_box_of_a_half_scale_crop_is_the_centre_half_of_the_image():
-    box = visualize.sampling_box([[0.5, 0, 0, 0, 0.5, 0]], 29, 29)
-    np.testing.assert_allclose(box[0], [[7, 7], [21, 7], [21, 21], [7, 21]], atol=1e-6)
+def border(height, width):
+    """The border pixels (x, y) of a height x width image, clockwise from the top left."""
+    top = [(j, 0) for j in range(width)]
+    right = [(width - 1, i) for i in range(1, height)]
+    bottom = [(j, height - 1) for j in range(width - 2, -1, -1)]
+    left = [(0, i) for i in range(height - 2, 0, -1)]
+    return np.array(top + right + bottom + left, float)
 
 
-def test_the_box_corners_are_where_mxnets_grid_generator_samples_the_output_corners():
-    theta = np.random.RandomState(1).uniform(-1, 1, (5, 6)).astype(np.float32)
-    height, width = 17, 23
-    grid = mx.nd.GridGenerator(mx.nd.array(theta), transform_type='affine',
-                               target_shape=(height, width)).asnumpy()          # (N, 2, H, W)
-    corners = grid[:, :, [0, 0, -1, -1], [0, -1, -1, 0]].transpose(0, 2, 1)     # (N, 4, 2)
-    pixels = (corners + 1) / 2 * [width - 1, height - 1]
-    np.testing.assert_allclose(visualize.sampling_box(theta, height, width), pixels, atol=1e-4)
+@pytest.mark.parametrize('family', FAMILIES)
+def test_the_identity_theta_of_every_family_gives_the_regular_grid(family):
+    grid = stn.sampling_grid(stn.identity_theta(family, 3)[None], family, (5, 7), tps_grid=3)
+    assert grid.shape == (1, 2, 5, 7) and grid.dtype == np.float32
+    y, x = np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 7), indexing='ij')
+    np.testing.assert_allclose(grid[0], [x, y], atol=1e-6)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_sampling_grid_is_the_grid_inside_the_exported_block(tmp_path, family):
+    theta = moved(stn.identity_theta(family, 3))
+    run = exported_run(tmp_path, transform=family, bias=theta, tps_grid=3)
+    symbol = mx.sym.load(os.path.join(run, 'model-symbol.json')).get_internals()
+    grid = [symbol[name] for name in visualize.GRIDS if name in symbol.list_outputs()][0]
+    block = mx.gluon.SymbolBlock(grid, mx.sym.var('data'))
+    block.collect_params().load(os.path.join(run, 'model-0003.params'), ignore_extra=True)
+    inside = block(mx.nd.array(digits(2))).asnumpy()
+    mine = stn.sampling_grid(np.tile(theta, (2, 1)), family, (28, 28), tps_grid=3)
+    assert not np.allclose(mine, stn.sampling_grid(
+        np.tile(stn.identity_theta(family, 3), (2, 1)), family, (28, 28), tps_grid=3), atol=1e-2)
+    np.testing.assert_allclose(mine, inside, atol=1e-5)
+
+
+def test_the_outline_of_the_identity_is_the_image_border_through_the_corner_pixel_centres():
+    grid = stn.sampling_grid(IDENTITY[None], 'affine', (20, 30))
+    lines = visualize.outline(grid, 20, 30)
+    assert lines.shape == (1, 2 * (20 + 30) - 4, 2)
+    np.testing.assert_allclose(lines[0], border(20, 30), atol=1e-4)
+    np.testing.assert_allclose(lines[0, [0, 29, 48, 77]], [[0, 0], [29, 0], [29, 19], [0, 19]],
+                               atol=1e-4)
+
+
+def test_the_outline_of_a_half_scale_crop_is_the_centre_half_of_the_image():
+    grid = stn.sampling_grid([[0.5, 0, 0, 0, 0.5, 0]], 'affine', (29, 29))
+    lines = visualize.outline(grid, 29, 29)
+    np.testing.assert_allclose(lines[0, [0, 28, 56, 84]], [[7, 7], [21, 7], [21, 21], [7, 21]],
+                               atol=1e-4)
+    np.testing.assert_allclose(lines[0], 7 + border(29, 29) / 2, atol=1e-4)
+
+
+def test_the_outline_maps_the_grid_into_the_input_in_pixels_not_the_outputs():
+    grid = stn.sampling_grid(IDENTITY[None], 'affine', (5, 9))   # a 5x9 output of a 41x21 input
+    corners = visualize.outline(grid, 41, 21)[0, [0, 8, 12, 20]]
+    np.testing.assert_allclose(corners, [[0, 0], [20, 0], [20, 40], [0, 40]], atol=1e-4)
+
+
+def test_outlines_thinned_to_a_few_points_per_side_keep_the_corners_in_order():
+    grid = stn.sampling_grid(IDENTITY[None], 'affine', (42, 42))
+    lines = visualize.outline(grid, 42, 42, per_side=16)
+    assert lines.shape == (1, 64, 2)
+    np.testing.assert_allclose(lines[0, [0, 16, 32, 48]], [[0, 0], [41, 0], [41, 41], [0, 41]],
+                               atol=1e-4)
+    steps = np.diff(np.vstack([lines[0], lines[0, :1]]), axis=0)
+    assert (np.abs(steps).max(1) <= 3 + 1e-4).all() and (np.abs(steps).min(1) < 1e-4).all()
+
+
+def sides(lines, height, width):
+    """The four sides (top, right, bottom, left) of a full outline (M, 2) of a height x width
+    grid, each with both its corners."""
+    corners = [0, width - 1, width + height - 2, 2 * width + height - 3, len(lines)]
+    closed = np.vstack([lines, lines[:1]])
+    return [closed[a:b + 1] for a, b in zip(corners, corners[1:])]
+
+
+def off_line(points):
+    """The largest distance of ``points`` (P, 2) from the straight line through the first
+    and the last."""
+    a, b = points[0], points[-1]
+    d = (b - a) / np.linalg.norm(b - a)
+    return np.abs((points - a) @ [-d[1], d[0]]).max()
+
+
+@pytest.mark.parametrize('family', ['affine', 'attention', 'projective'])
+def test_the_outlines_of_affine_attention_and_projective_grids_have_straight_sides(family):
+    grid = stn.sampling_grid(moved(stn.identity_theta(family))[None], family, (12, 16))
+    lines = visualize.outline(grid, 28, 28)[0]
+    assert max(off_line(side) for side in sides(lines, 12, 16)) < 1e-3
+    assert np.abs(lines - visualize.outline(stn.sampling_grid(
+        stn.identity_theta(family)[None], family, (12, 16)), 28, 28)[0]).max() > 0.5
+
+
+def test_a_tps_with_displaced_control_points_has_a_curved_outline():
+    theta = stn.identity_theta('tps', 4)
+    theta[16 + 1] += 0.3   # the y of control point 1 (top row, second column) moves down
+    theta[5] += 0.3        # and the x of an inner one (row 1, column 1) right
+    grid = stn.sampling_grid(theta[None], 'tps', (12, 16), tps_grid=4)
+    lines = visualize.outline(grid, 28, 28)[0]
+    top = sides(lines, 12, 16)[0]
+    assert off_line(top) > 2 and top[:, 1].max() > 3   # the top bends down by 0.3 * 13.5 pixels
+    identity = stn.sampling_grid(stn.identity_theta('tps', 4)[None], 'tps', (12, 16), tps_grid=4)
+    straight = visualize.outline(identity, 28, 28)[0]
+    assert max(off_line(side) for side in sides(straight, 12, 16)) < 1e-3
 
 
 # ---- compare.jpg ----------------------------------------------------------------------
@@ -89,20 +214,55 @@ def test_make_grid_tiles_images_row_by_row_between_padding():
                                          [0, 0, 0, 0, 0]])
 
 
-def test_with_an_identity_transformer_the_two_panels_are_identical_and_the_boxes_are_the_tile_borders():
-    net, images = fresh_net(), digits(16)
+def identity_outlines(n, size=28):
+    return visualize.outline(stn.sampling_grid(np.tile(IDENTITY, (n, 1)), 'affine',
+                                               (size, size)), size, size)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_with_an_identity_transformer_the_two_panels_are_identical_and_the_outlines_are_the_tile_borders(
+        family):
+    net, images = fresh_net(transform=family), digits(16)
     transformed, theta = net.stn(mx.nd.array(images))
-    fig = visualize.compare_figure(images, transformed.asnumpy(), theta.asnumpy())
+    grid = stn.sampling_grid(theta.asnumpy(), family, (28, 28))
+    fig = visualize.compare_figure(images, transformed.asnumpy(), visualize.outline(grid, 28, 28))
     left, right = fig.axes
     np.testing.assert_allclose(right.images[0].get_array(), left.images[0].get_array(), atol=1e-5)
-    drawn = np.array([path.vertices[:4] for path in left.collections[0].get_paths()])
+    drawn = np.array([patch.get_xy()[:-1] for patch in left.patches])   # closed: first repeats
     origins = visualize.tile_origins(16, 28, 28)[:, None]
-    np.testing.assert_allclose(drawn, origins + [[0, 0], [27, 0], [27, 27], [0, 27]], atol=1e-4)
+    np.testing.assert_allclose(drawn, origins + border(28, 28), atol=1e-4)
+
+
+def test_each_outline_is_clipped_to_its_own_tile_and_the_identity_border_stays_inside_it():
+    images = digits(2)
+    lines = identity_outlines(2)
+    lines[0] = (lines[0] - 13.5) * 3 + 13.5   # three times the image: reaches into the next tile
+    fig = visualize.compare_figure(images, images, lines, nrow=2)
+    left = fig.axes[0]
+    for patch, (x, y) in zip(left.patches, visualize.tile_origins(2, 28, 28, nrow=2)):
+        box = patch.get_clip_box().get_points()
+        tile = left.transData.transform([[x - 0.5, y - 0.5], [x + 27.5, y + 27.5]])
+        np.testing.assert_allclose(box, [tile.min(0), tile.max(0)], atol=1e-6)
+        assert patch.get_clip_on()
+    # Rendered: the identity border of tile 2 is drawn, the big outline of tile 1 is not in it.
+    picture = visualize.render(fig).astype(float)
+    x, y = visualize.tile_origins(2, 28, 28, nrow=2)[1]
+    (x0, y0), (x1, y1) = left.transData.transform([[x - 0.5, y - 0.5], [x + 27.5, y + 27.5]])
+    height = picture.shape[0]
+    rows = slice(int(round(height - max(y0, y1))), int(round(height - min(y0, y1))))
+    tile2 = picture[rows, int(round(min(x0, x1))):int(round(max(x0, x1)))]
+    orange = np.array(matplotlib.colors.to_rgb(visualize.BOX_COLOR)) * 255
+    near = np.abs(tile2 - orange).max(-1) < 60
+    edge = int(np.ceil(tile2.shape[1] / 28))   # the border runs half a pixel inside the tile
+    assert near[:, :edge].any() and near[:, -edge:].any() and near[:edge].any() \
+        and near[-edge:].any()
+    assert near[:, :edge].any(1).mean() > 0.9 and near[:edge].any(0).mean() > 0.9   # all along
+    assert not near[2 * edge:-2 * edge, 2 * edge:-2 * edge].any()   # tile 1's 3x outline stays out
 
 
 def test_the_panels_show_pixels_as_they_are_on_a_black_background():
     images = digits(4)
-    fig = visualize.compare_figure(images, images, np.tile(IDENTITY, (4, 1)))
+    fig = visualize.compare_figure(images, images, identity_outlines(4))
     shown = fig.axes[0].images[0]
     assert shown.get_clim() == (0, 1)
     np.testing.assert_array_equal(shown.get_array()[2:30, 2:30], images[0, 0])
@@ -110,7 +270,7 @@ def test_the_panels_show_pixels_as_they_are_on_a_black_background():
 
 def test_wrong_predictions_are_labelled_in_red():
     images = digits(3)
-    fig = visualize.compare_figure(images, images, np.tile(IDENTITY, (3, 1)),
+    fig = visualize.compare_figure(images, images, identity_outlines(3),
                                    predicted=np.array([1, 2, 3]), labels=np.array([1, 5, 3]))
     texts = fig.axes[1].texts
     assert [t.get_text() for t in texts] == ['1', '2', '3']
@@ -125,14 +285,46 @@ def test_compare_run_writes_a_1000_by_540_jpeg_from_the_export(tmp_path):
 
 # ---- the exported model ---------------------------------------------------------------
 
-def test_the_exported_symbol_alone_gives_the_transformers_output_theta_and_logits(tmp_path):
-    model = visualize.load_model(exported_run(tmp_path, size=42), (1, 42, 42))
+@pytest.mark.parametrize('family', FAMILIES)
+def test_the_exported_symbol_alone_gives_the_transformers_output_grid_and_logits(tmp_path, family):
+    run = exported_run(tmp_path, size=42, transform=family)
+    os.remove(os.path.join(run, 'config.json'))        # the two exported files suffice
+    model = visualize.load_model(run, (1, 42, 42))
     assert isinstance(model, mx.gluon.SymbolBlock)
     images = digits(5, size=42)
-    transformed, theta, logits = model(mx.nd.array(images))
+    transformed, grid, logits = model(mx.nd.array(images))
     np.testing.assert_allclose(transformed.asnumpy(), images, atol=1e-5)
-    np.testing.assert_allclose(theta.asnumpy(), np.tile(IDENTITY, (5, 1)), atol=1e-6)
+    identity = stn.sampling_grid(np.tile(stn.identity_theta(family), (5, 1)), family, (42, 42))
+    np.testing.assert_allclose(grid.asnumpy(), identity, atol=1e-5)
     assert logits.shape == (5, 10)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_the_exported_grid_of_a_moved_transformer_is_the_one_it_samples(tmp_path, family):
+    theta = moved(stn.identity_theta(family))
+    model = visualize.load_model(exported_run(tmp_path, transform=family, bias=theta))
+    x = mx.nd.array(digits(3))
+    transformed, grid, _ = model(x)
+    np.testing.assert_allclose(grid.asnumpy(), stn.sampling_grid(np.tile(theta, (3, 1)), family,
+                                                                 (28, 28)), atol=1e-5)
+    np.testing.assert_allclose(mx.nd.BilinearSampler(x, grid).asnumpy(), transformed.asnumpy(),
+                               atol=1e-5)
+
+
+def test_a_symbolic_api_export_without_a_grid_node_gets_the_affine_grid_of_its_theta(tmp_path):
+    theta = np.array([0.8, 0.1, 0.2, -0.1, 0.9, -0.1], np.float32)
+    run = symbolic_run(tmp_path, theta)
+    names = mx.sym.load(os.path.join(run, 'model-symbol.json')).get_internals().list_outputs()
+    assert not set(visualize.GRIDS) & set(names)
+    x = mx.nd.array(digits(3))
+    transformed, grid, logits = visualize.load_model(run, (1, 28, 28))(x)
+    np.testing.assert_allclose(grid.asnumpy(), stn.sampling_grid(np.tile(theta, (3, 1)), 'affine',
+                                                                 (28, 28)), atol=1e-6)
+    np.testing.assert_allclose(mx.nd.BilinearSampler(x, grid).asnumpy(), transformed.asnumpy(),
+                               atol=1e-5)
+    assert logits.shape == (3, 10)
+    visualize.compare_run(run, digits(64))
+    assert Image.open(os.path.join(run, 'compare.jpg')).size == (1000, 540)
 
 
 def test_missing_model_files_exit_with_a_message_naming_the_file(tmp_path):
@@ -140,8 +332,10 @@ def test_missing_model_files_exit_with_a_message_naming_the_file(tmp_path):
         visualize.main(['--out', str(tmp_path)])
 
 
-def test_a_model_trained_on_other_image_sizes_exits_with_a_message_naming_both_shapes(tmp_path):
-    run = exported_run(tmp_path, size=28)
+@pytest.mark.parametrize('family', ['affine', 'tps'])
+def test_a_model_trained_on_other_image_sizes_exits_with_a_message_naming_both_shapes(tmp_path,
+                                                                                     family):
+    run = exported_run(tmp_path, size=28, transform=family)
     with pytest.raises(SystemExit, match=r'model-0003.params was trained on 28x28 images and does '
                                          r'not take 1x42x42 inputs. Pick the --dataset'):
         visualize.main(['--out', run, '--dataset', 'rts'])
@@ -181,9 +375,10 @@ def test_curves_of_a_folder_without_metrics_exit_with_a_message(tmp_path):
 
 # ---- snapshots and the animation ------------------------------------------------------
 
-def snapshot(net, images, out_dir, epoch):
+def snapshot(net, images, out_dir, epoch, transform='affine', tps_grid=4):
     transformed, theta = net.stn(mx.nd.array(images))
-    visualize.record_snapshot(images, transformed.asnumpy(), theta.asnumpy(), out_dir, epoch)
+    grid = stn.sampling_grid(theta.asnumpy(), transform, images.shape[2:], tps_grid)
+    visualize.record_snapshot(images, transformed.asnumpy(), grid, out_dir, epoch)
 
 
 def test_snapshots_keep_earlier_epochs_and_a_resumed_epoch_replaces_later_ones(tmp_path):
@@ -191,12 +386,29 @@ def test_snapshots_keep_earlier_epochs_and_a_resumed_epoch_replaces_later_ones(t
     for epoch in (0, 1, 2, 3):
         snapshot(net, images, str(tmp_path), epoch)
     snapshot(net, images, str(tmp_path), 2)     # resumed after epoch 1
-    inputs, frames, theta, epochs = visualize.load_snapshots(str(tmp_path))
+    inputs, frames, outlines, epochs = visualize.load_snapshots(str(tmp_path))
     assert epochs.tolist() == [0, 1, 2]
     assert inputs.dtype == frames.dtype == np.uint8
-    assert frames.shape == (3, 16, 1, 28, 28) and theta.shape == (3, 16, 6)
+    assert frames.shape == (3, 16, 1, 28, 28) and outlines.shape == (3, 16, 64, 2)
     np.testing.assert_array_equal(frames[0], visualize.to_uint8(images))   # identity at start
+    np.testing.assert_allclose(outlines[0, :, [0, 16, 32, 48]],
+                               np.tile([[0, 0], [27, 0], [27, 27], [0, 27]], (16, 1, 1))
+                               .transpose(1, 0, 2), atol=1e-4)             # the image borders
     assert os.listdir(tmp_path) == ['snapshots.npz']                     # no temp files left
+
+
+def test_snapshots_written_with_theta_before_outlines_still_load(tmp_path):
+    images, half = digits(4), np.array([0.5, 0, 0, 0, 0.5, 0], np.float32)
+    np.savez_compressed(tmp_path / 'snapshots.npz', inputs=visualize.to_uint8(images),
+                        frames=visualize.to_uint8(np.stack([images, images])),
+                        theta=np.stack([np.tile(IDENTITY, (4, 1)), np.tile(half, (4, 1))]),
+                        epochs=np.array([0, 1]))
+    outlines = visualize.load_snapshots(str(tmp_path))[2]
+    assert outlines.shape == (2, 4, 64, 2)
+    np.testing.assert_allclose(outlines[1, :, 0], np.full((4, 2), 6.75), atol=1e-4)
+    net = fresh_net()
+    snapshot(net, images, str(tmp_path), 2)   # a resumed old run appends to its old epochs
+    assert visualize.load_snapshots(str(tmp_path))[3].tolist() == [0, 1, 2]
 
 
 def test_animate_writes_a_gif_with_one_frame_per_epoch(tmp_path):
@@ -207,6 +419,34 @@ def test_animate_writes_a_gif_with_one_frame_per_epoch(tmp_path):
     gif = Image.open(tmp_path / 'stn_training.gif')
     assert (gif.size, gif.n_frames) == ((640, 340), 3)
     assert os.path.getsize(tmp_path / 'stn_training.gif') < 500_000
+
+
+def test_train_snapshots_a_tps_net_and_animate_draws_its_curved_outlines(tmp_path):
+    net, images = fresh_net(42, transform='tps', tps_grid=3), digits(16, size=42)
+
+    class Model:   # what train.snapshot needs of train.GluonModel
+        args = argparse.Namespace(no_stn=False, transform='tps', tps_grid=3)
+
+        def transform(self, x):
+            out, theta = net.stn(mx.nd.array(x))
+            return out.asnumpy(), theta.asnumpy()
+
+    model = Model()
+    train.snapshot(model, images, str(tmp_path), 0)
+    theta = moved(stn.identity_theta('tps', 3))
+    net.stn.regressor.bias.set_data(mx.nd.array(theta))
+    train.snapshot(model, images, str(tmp_path), 1)
+    inputs, frames, outlines, epochs = visualize.load_snapshots(str(tmp_path))
+    assert frames.shape == (2, 16, 1, 42, 42) and outlines.shape == (2, 16, 64, 2)
+    np.testing.assert_allclose(outlines[0, 0, [0, 16, 32, 48]],
+                               [[0, 0], [41, 0], [41, 41], [0, 41]], atol=1e-4)
+    grid = stn.sampling_grid(theta[None], 'tps', (42, 42), tps_grid=3)
+    np.testing.assert_allclose(outlines[1, 0], visualize.outline(grid, 42, 42, per_side=16)[0],
+                               atol=1e-4)
+    assert max(off_line(side) for side in np.split(np.vstack([outlines[1, 0], outlines[1, 0, :1]]),
+                                                   [17, 33, 49])) > 0.5   # curved
+    visualize.main(['--out', str(tmp_path), '--animate'])
+    assert Image.open(tmp_path / 'stn_training.gif').n_frames == 2
 
 
 def test_animate_without_snapshots_exits_with_a_message(tmp_path):
