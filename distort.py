@@ -18,12 +18,12 @@ that does not load or was made with other parameters is regenerated.
 """
 import json
 import os
-import tempfile
 import zipfile
 
 import mxnet as mx
 import numpy as np
 
+import atomic
 import mnist
 
 VERSION = 1
@@ -285,9 +285,5 @@ def load(name, digits, seed=0, **params):
     train = distort(name, train_x, (seed, 0), **p)[0]
     test = distort(name, test_x, (seed, 1), **p)[0]
     to_bytes = lambda a: np.round(a * 255).astype(np.uint8)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.npz.tmp')
-    with os.fdopen(fd, 'wb') as f:
-        np.savez_compressed(f, stamp=np.array(stamp), train_x=to_bytes(train), test_x=to_bytes(test))
-    os.replace(tmp, path)
+    atomic.write_npz(path, stamp=np.array(stamp), train_x=to_bytes(train), test_x=to_bytes(test))
     return to_bytes(train) / np.float32(255), train_y, to_bytes(test) / np.float32(255), test_y

@@ -16,10 +16,11 @@ Pixel scaling: images come back as float32 in [0, 1] (raw byte / 255), shape
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.request
 
 import numpy as np
+
+import atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DIR = os.path.join(HERE, 'data', 'mnist')
@@ -129,12 +130,8 @@ def download(name, folder, timeout=30):
         if hashlib.sha256(content).hexdigest() != sha:
             errors.append(f'{url}: checksum mismatch')
             continue
-        os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, name + '.gz')
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + name, suffix='.tmp')
-        with os.fdopen(fd, 'wb') as f:
-            f.write(payload)
-        os.replace(tmp, path)
+        atomic.write_bytes(path, payload)
         return path
     raise MNISTError(f'{name} is not in {folder} and could not be downloaded:\n  '
                      + '\n  '.join(errors) + f'\n{HOW_TO_SUPPLY}')

@@ -16,12 +16,15 @@ paper's, with the schedule and the time each cell took.
 import argparse
 import csv
 import fnmatch
+import io
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+
+import atomic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -98,10 +101,7 @@ def run_cell(cell, seed, args):
               'test_error': round(100 * (1 - float(rows[-1]['test_acc'])), 2),
               'epochs': len(rows), 'train_seconds': round(sum(float(r['epoch_s']) for r in rows)),
               'command': ' '.join(['python'] + command[1:])}
-    tmp = os.path.join(folder, '.result.json.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, os.path.join(folder, 'result.json'))
+    atomic.write_text(os.path.join(folder, 'result.json'), json.dumps(result, indent=2))
     return result
 
 
@@ -118,12 +118,11 @@ def write_tables(out, seeds, schedule):
             'spread': round(statistics.stdev(errors), 2) if len(errors) > 1 else '',
             'seeds': len(errors), 'minutes': round(sum(r['train_seconds'] for r in results) / 60, 1)
             if results else ''})
-    tmp = os.path.join(out, '.table1.csv.tmp')
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, os.path.join(out, 'table1.csv'))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, list(rows[0]), lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(os.path.join(out, 'table1.csv'), text.getvalue())
 
     def cell_text(model, dataset):
         row = next((r for r in rows if r['model'] == model and r['dataset'] == dataset), None)
@@ -147,10 +146,7 @@ def write_tables(out, seeds, schedule):
         times = [next((str(r['minutes']) for r in rows if r['model'] == model
                        and r['dataset'] == d), '') for d in DATASETS]
         lines.append(f'| {model} | ' + ' | '.join(times) + ' |')
-    tmp = os.path.join(out, '.table1.md.tmp')
-    with open(tmp, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    os.replace(tmp, os.path.join(out, 'table1.md'))
+    atomic.write_text(os.path.join(out, 'table1.md'), '\n'.join(lines) + '\n')
 
 
 def seed_list(text):

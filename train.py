@@ -37,6 +37,7 @@ from mxnet import autograd, gluon  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import distort  # noqa: E402
+from atomic import atomic_write, write_text  # noqa: E402
 import mnist  # noqa: E402
 import stn  # noqa: E402
 import symbolic  # noqa: E402
@@ -142,26 +143,6 @@ def parse_args(argv=None):
         p.error(f'argument --api: symbol builds only --model lenet with --transform affine or '
                 f'none, not --model {args.model} --transform {args.transform}; use --api gluon')
     return args
-
-
-def atomic_write(path, write):
-    """Call ``write(tmp_path)``, then rename the temp file onto ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path), suffix='.tmp')
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_text(path, text):
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            f.write(text)
-    atomic_write(path, write)
 
 
 def write_metrics(path, rows):

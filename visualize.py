@@ -28,7 +28,6 @@ import glob
 import json
 import os
 import re
-import tempfile
 import zipfile
 
 import matplotlib
@@ -41,6 +40,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from mxnet import gluon  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import atomic  # noqa: E402
 import distort  # noqa: E402
 import mnist  # noqa: E402
 import stn  # noqa: E402
@@ -340,17 +340,9 @@ def record_snapshot(images, transformed, grid, out_dir, epoch):
             epochs, frames, outlines = old_epochs[keep], old_frames[keep], old_outlines[keep]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
         pass  # none yet, or unreadable: start afresh
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix='.snapshots', suffix='.npz.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez_compressed(f, inputs=inputs, epochs=np.append(epochs, epoch),
-                                frames=np.concatenate([frames, frame[None]]),
-                                outlines=np.concatenate([outlines, lines[None]]))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic.write_npz(path, inputs=inputs, epochs=np.append(epochs, epoch),
+                     frames=np.concatenate([frames, frame[None]]),
+                     outlines=np.concatenate([outlines, lines[None]]))
 
 
 def read_snapshots(path):

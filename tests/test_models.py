@@ -163,23 +163,6 @@ def test_no_stn_is_a_synonym_of_transform_none(flags):
     assert (args.transform, args.no_stn) == ('none', True)
 
 
-@pytest.mark.parametrize('flags, message', [
-    (['--model', 'vgg'], "--model: invalid choice: 'vgg'"),
-    (['--transform', 'similarity'], "--transform: invalid choice: 'similarity'"),
-    (['--no-stn', '--transform', 'tps'], '--no-stn: not allowed with --transform tps'),
-    (['--api', 'symbol', '--model', 'cnn'], 'symbol builds only --model lenet with --transform '
-                                            'affine or none'),
-    (['--api', 'symbol', '--transform', 'tps'], 'symbol builds only --model lenet'),
-    (['--width', '64'], '--width: only for --model fcn or cnn'),
-    (['--transform', 'tps', '--tps-grid', '1'], '--tps-grid: 1 must be >= 2'),
-])
-def test_the_cli_rejects_bad_model_and_transform_flags(flags, message, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        train.parse_args(flags)
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
-
-
 def test_the_symbol_api_still_takes_the_seed_network_with_or_without_a_transformer():
     for flags in [['--api', 'symbol'], ['--api', 'symbol', '--no-stn'],
                   ['--api', 'symbol', '--transform', 'none']]:

@@ -1,5 +1,4 @@
 """train.py: the command line, the schedule, and short real runs when MNIST is available."""
-import csv
 import json
 import os
 import signal
@@ -29,6 +28,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (['--lr-steps', '16,12'], "--lr-steps: '16,12': epochs must be >= 1 and increasing"),
     (['--momentum', '1.5'], '--momentum: 1.5 must be in [0, 1)'),
     (['--dataset', 'svhn'], "--dataset: invalid choice: 'svhn'"),
+    (['--model', 'vgg'], "--model: invalid choice: 'vgg'"),
+    (['--transform', 'similarity'], "--transform: invalid choice: 'similarity'"),
+    (['--no-stn', '--transform', 'tps'], '--no-stn: not allowed with --transform tps'),
+    (['--api', 'symbol', '--model', 'cnn'], 'symbol builds only --model lenet with --transform '
+                                            'affine or none'),
+    (['--api', 'symbol', '--transform', 'tps'], 'symbol builds only --model lenet'),
+    (['--width', '64'], '--width: only for --model fcn or cnn'),
+    (['--transform', 'tps', '--tps-grid', '1'], '--tps-grid: 1 must be >= 2'),
 ])
 def test_the_cli_rejects_bad_values(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
