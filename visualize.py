@@ -346,20 +346,9 @@ def record_snapshot(images, transformed, grid, out_dir, epoch):
 
 
 def read_snapshots(path):
-    """(inputs, frames, outlines, epochs) from a snapshots.npz. Files written before the
-    outlines were kept hold theta (E, N, 6) of affine runs instead; their outlines are
-    made from it (stn.sampling_grid)."""
+    """(inputs, frames, outlines, epochs) from a snapshots.npz; see ``record_snapshot``."""
     with np.load(path) as s:
-        inputs, frames, epochs = s['inputs'], s['frames'], s['epochs']
-        if 'outlines' in s.files:
-            return inputs, frames, s['outlines'], epochs
-        theta = s['theta']
-    outlines = np.zeros((0, len(inputs), 4 * SNAPSHOT_SIDE, 2), np.float32)
-    if len(theta):
-        grid = stn.sampling_grid(theta.reshape(-1, 6), 'affine', frames.shape[-2:])
-        outlines = outline(grid, *inputs.shape[2:], per_side=SNAPSHOT_SIDE).astype(np.float32)
-        outlines = outlines.reshape(len(theta), len(inputs), -1, 2)
-    return inputs, frames, outlines, epochs
+        return s['inputs'], s['frames'], s['outlines'], s['epochs']
 
 
 def load_snapshots(run_dir):

@@ -397,20 +397,6 @@ def test_snapshots_keep_earlier_epochs_and_a_resumed_epoch_replaces_later_ones(t
     assert os.listdir(tmp_path) == ['snapshots.npz']                     # no temp files left
 
 
-def test_snapshots_written_with_theta_before_outlines_still_load(tmp_path):
-    images, half = digits(4), np.array([0.5, 0, 0, 0, 0.5, 0], np.float32)
-    np.savez_compressed(tmp_path / 'snapshots.npz', inputs=visualize.to_uint8(images),
-                        frames=visualize.to_uint8(np.stack([images, images])),
-                        theta=np.stack([np.tile(IDENTITY, (4, 1)), np.tile(half, (4, 1))]),
-                        epochs=np.array([0, 1]))
-    outlines = visualize.load_snapshots(str(tmp_path))[2]
-    assert outlines.shape == (2, 4, 64, 2)
-    np.testing.assert_allclose(outlines[1, :, 0], np.full((4, 2), 6.75), atol=1e-4)
-    net = fresh_net()
-    snapshot(net, images, str(tmp_path), 2)   # a resumed old run appends to its old epochs
-    assert visualize.load_snapshots(str(tmp_path))[3].tolist() == [0, 1, 2]
-
-
 def test_animate_writes_a_gif_with_one_frame_per_epoch(tmp_path):
     net, images = fresh_net(42), digits(16, size=42)
     for epoch in range(3):
