@@ -1,4 +1,4 @@
-"""Train a spatial transformer network (STN + LeNet) on MNIST with Gluon.
+"""Train a spatial transformer network on MNIST or the paper's distorted MNIST sets.
 
     python train.py                      # 20 epochs, writes result/
     python train.py --no-stn --out result/lenet
@@ -460,10 +460,7 @@ def main(argv=None):
         with open(config_path) as f:
             saved = json.load(f)
         for key in RUN_FLAGS:
-            if key in saved:  # runs from before a flag existed ran with its default
-                setattr(args, key, saved[key])
-        if 'transform' not in saved:
-            args.transform = 'none' if args.no_stn else 'affine'
+            setattr(args, key, saved[key])
         print(f'resuming {args.out} after epoch {start_epoch} (run settings from {config_path})')
 
     ctx = mx.cpu() if args.ctx == 'cpu' else mx.gpu(int(args.ctx))
