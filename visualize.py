@@ -298,9 +298,11 @@ def check_input_shape(sym, params_file, shape):
                          f'trained on (see its config.json), or leave --dataset out.')
 
 
-def compare_run(run_dir, images, labels=None):
-    """RUN_DIR/compare.jpg for ``images`` (N, C, H, W), through the run's exported network."""
-    transformed, grid, logits = load_model(run_dir, images.shape[1:])(mx.nd.array(images))
+def compare_run(run_dir, images, labels=None, model=None):
+    """RUN_DIR/compare.jpg for ``images`` (N, C, H, W), through the run's exported network
+    (``model``: that network from ``load_model``, if already loaded)."""
+    model = model or load_model(run_dir, images.shape[1:])
+    transformed, grid, logits = model(mx.nd.array(images))
     path = os.path.join(run_dir, 'compare.jpg')
     write_compare(path, images, transformed.asnumpy(), outline(grid.asnumpy(), *images.shape[2:]),
                   logits.argmax(axis=1).asnumpy().astype(int), labels)
@@ -480,9 +482,9 @@ def main(argv=None):
     if not os.path.isdir(args.out):
         raise SystemExit(f'error: no run folder {args.out}: pass --out RUN_DIR written by train.py')
     shape = distort.image_shape(dataset)
-    load_model(args.out, shape)  # model problems are reported before the data is loaded
+    model = load_model(args.out, shape)  # model problems are reported before the data loads
     test_x, test_y = load_test_set(dataset, args.data_dir, seed)
-    print(f'wrote {compare_run(args.out, test_x[:64], test_y[:64])}')
+    print(f'wrote {compare_run(args.out, test_x[:64], test_y[:64], model)}')
 
 
 if __name__ == '__main__':
