@@ -117,7 +117,7 @@ def test_target_shape_sets_the_output_size_of_every_family(family):
 @pytest.mark.parametrize('family', FAMILIES)
 def test_numerical_gradient_wrt_theta_matches_autograd(family):
     # MXNet's sampler is float32-only: central differences with a step of 1e-3 on a
-    # smooth image, compared as vectors (relative error < 1%), as in test_stn.py.
+    # smooth image, compared as vectors (relative error < 1%).
     yy, xx = np.mgrid[0:24, 0:24]
     image = nd.array(np.exp(-((xx - 11.3) ** 2 + (yy - 12.6) ** 2) / 30.0)[None, None])
     weights = nd.array(np.random.RandomState(0).randn(1, 1, 20, 20))

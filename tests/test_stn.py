@@ -105,33 +105,6 @@ def test_a_custom_localisation_block_is_used():
     assert localisation[1].weight.shape == (16, 400)
 
 
-def test_numerical_gradient_wrt_theta_matches_autograd():
-    # MXNet's grid generator is float32-only: central differences with a step of
-    # 1e-3 on a smooth image, compared as vectors (relative error < 1%).
-    rng = np.random.RandomState(0)
-    yy, xx = np.mgrid[0:24, 0:24]
-    blob = np.exp(-((xx - 11.3) ** 2 + (yy - 12.6) ** 2) / 30.0)
-    image = nd.array(blob[None, None])
-    weights = nd.array(rng.randn(1, 1, 20, 20))
-    theta0 = np.array([[0.9, 0.2, 0.1, -0.15, 1.05, -0.05]])
-
-    def objective(theta):
-        return (affine_sample(nd, image, nd.array(theta), (20, 20)) * weights).sum()
-
-    theta = nd.array(theta0)
-    theta.attach_grad()
-    with autograd.record():
-        value = objective(theta)
-    value.backward()
-    eps = 1e-3
-    numeric = np.array([(objective(theta0 + eps * np.eye(6)[i]).asscalar()
-                         - objective(theta0 - eps * np.eye(6)[i]).asscalar()) / (2 * eps)
-                        for i in range(6)])
-    analytic = theta.grad.asnumpy()[0]
-    assert np.abs(numeric).max() > 1.0  # the objective really depends on theta
-    assert np.linalg.norm(analytic - numeric) < 1e-2 * np.linalg.norm(numeric)
-
-
 def test_hybridized_and_imperative_outputs_agree():
     block = SpatialTransformer(target_shape=(20, 20))
     block.initialize(mx.init.Xavier())
