@@ -13,9 +13,9 @@ throughout:
     fcn    FCN: fc w -> fc w -> fc 10        ST-FCN: fc 32 -> fc 32 -> fc 32
     cnn    CNN: conv 9x9 (w) -> maxpool 2x2  ST-CNN: on the input average-pooled 2x2,
            -> conv 7x7 (2w) -> maxpool 2x2   conv 5x5 (20) -> maxpool 2x2 -> conv 5x5 (20)
-           -> fc 10 (the convs zero-padded   -> fc 20
-           to keep the size, so that 21x21
-           inputs work too)
+           -> fc 10 (the 7x7 conv zero-      -> fc 20
+           padded by 2, so that 21x21
+           inputs fit too)
 
 and then the transformer's regressor (6, 3, 8 or 2K outputs). ``pool_after_stn`` adds the
 2x2 average pooling between the transformer and the classifier that the paper uses for
@@ -35,16 +35,16 @@ them per layer; the projective and TPS grid constants are not counted):
     experiment (side)    budget   model             none     affine  attention projective        tps
     mnist, r, p, e (28)  150,000  FCN  width         157        132        132        132        131
                                        params    149,631    149,936    149,837    150,002    149,735
-                                  CNN  width          34         33         33         33         33
-                                       params    149,474    152,930    152,867    152,972    153,476
+                                  CNN  width          37         36         36         36         36
+                                       params    149,120    152,648    152,585    152,690    153,194
     rts (42, pooled 21)  200,000  FCN  width         106        212        212        212        211
                                        params    199,502    199,780    199,681    199,846    199,762
-                                  CNN  width          36         40         40         40         40
-                                       params    202,042    197,256    197,193    197,298    197,802
+                                  CNN  width          40         42         42         42         42
+                                       params    199,370    196,856    196,793    196,898    197,402
     tc (60, pooled 30)   250,000  FCN  width          68        127        128        127        127
                                        params    250,250    249,505    250,573    249,571    250,363
-                                  CNN  width          32         41         41         41         41
-                                       params    247,050    251,458    251,395    251,500    252,004
+                                  CNN  width          38         44         44         44         44
+                                       params    254,154    250,600    250,537    250,642    251,146
 
 ('none' is the baseline; 'pooled 21': the transformer's 42x42 output is average-pooled to
 21x21, in the models with a transformer only.)
@@ -87,11 +87,13 @@ def fcn(num_classes=10, width=DEFAULT_WIDTH['fcn']):
 
 def cnn(num_classes=10, width=DEFAULT_WIDTH['cnn']):
     """The paper's CNN baseline: Conv(width, 9x9) -> maxpool 2x2 -> Conv(2 width, 7x7)
-    -> maxpool 2x2 -> Dense(num_classes), ReLU after each conv, convs zero-padded ('same')."""
+    -> maxpool 2x2 -> Dense(num_classes), ReLU after each conv. The first conv is unpadded;
+    the second is zero-padded by 2, the least with which a 21x21 input still fits (21 -> 13
+    -> 6 -> 4 -> 2; 28 -> 20 -> 10 -> 8 -> 4)."""
     net = nn.HybridSequential(prefix='cnn_')
     with net.name_scope():
-        net.add(nn.Conv2D(width, kernel_size=9, padding=4, activation='relu'), nn.MaxPool2D(2, 2),
-                nn.Conv2D(2 * width, kernel_size=7, padding=3, activation='relu'),
+        net.add(nn.Conv2D(width, kernel_size=9, activation='relu'), nn.MaxPool2D(2, 2),
+                nn.Conv2D(2 * width, kernel_size=7, padding=2, activation='relu'),
                 nn.MaxPool2D(2, 2), nn.Dense(num_classes))
     return net
 

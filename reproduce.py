@@ -46,7 +46,7 @@ TRANSFORMS = {'aff': 'affine', 'proj': 'projective', 'tps': 'tps'}
 # images, SGD, learning rate 0.01 divided by 10 every 50k iterations).
 SCHEDULES = {
     'ours': ['--optimizer', 'adam', '--lr', '0.001', '--batch-size', '64',
-             '--epochs', '10', '--lr-steps', '6,8'],
+             '--epochs', '5', '--lr-steps', '3,4'],
     'paper': ['--optimizer', 'sgd', '--lr', '0.01', '--momentum', '0.9', '--batch-size', '256',
               '--epochs', '640', '--lr-steps', '213,427'],
 }

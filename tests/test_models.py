@@ -63,20 +63,22 @@ def test_the_fcn_has_two_hidden_layers_and_the_st_fcn_localisation_three_of_32_u
 
 
 def test_the_cnn_is_conv9_pool_conv7_pool_and_the_st_cnn_localisation_sees_half_the_input():
-    # 42x42 input: the localisation pools it to 21x21, 5x5 convs and a 2x2 pool leave 4x4.
+    # 42x42 input: the localisation pools it to 21x21, 5x5 convs and a 2x2 pool leave 4x4;
+    # the classifier's unpadded 9x9 conv leaves 34, pooled 17, the 7x7 conv padded by 2
+    # leaves 15, pooled 7.
     weights = {k: v for k, v in shapes(built(42, model='cnn', transform='tps', width=12)).items()
                if k.endswith('weight')}
     assert weights == {'stn_loc_conv0_weight': (20, 1, 5, 5),
                        'stn_loc_conv1_weight': (20, 20, 5, 5),
                        'stn_loc_dense0_weight': (20, 20 * 4 * 4), 'stn_regressor_weight': (32, 20),
                        'cnn_conv0_weight': (12, 1, 9, 9), 'cnn_conv1_weight': (24, 12, 7, 7),
-                       'cnn_dense0_weight': (10, 24 * 10 * 10)}
+                       'cnn_dense0_weight': (10, 24 * 7 * 7)}
 
 
 @pytest.mark.parametrize('transform', ['affine', 'tps'])
 def test_pooling_after_the_transformer_halves_what_the_classifier_sees(transform):
     pooled = built(42, model='cnn', transform=transform, width=8, pool_after_stn=True)
-    assert shapes(pooled)['cnn_dense0_weight'] == (10, 16 * 5 * 5)   # 21 -> 10 -> 5
+    assert shapes(pooled)['cnn_dense0_weight'] == (10, 16 * 2 * 2)   # 21 -> 13 -> 6 -> 4 -> 2
     assert pooled.stn(images(size=42))[0].shape == (2, 1, 42, 42)
     # Without a transformer there is nothing to pool after: the baseline sees 42x42.
     baseline = built(42, model='fcn', transform='none', width=8, pool_after_stn=True)
