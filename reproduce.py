@@ -3,6 +3,7 @@
     python reproduce.py                         # every cell, our schedule, seed 1
     python reproduce.py --cells 'rts/*' --seeds 1,2,3
     python reproduce.py --cells 'r/st-cnn-*,r/cnn' --schedule paper --ctx 0
+    python reproduce.py --epochs 20             # our schedule, twice as long
     python reproduce.py --table-only            # just rewrite the tables
 
 Every cell (dataset, model, seed) is its own train.py run in
@@ -52,6 +53,22 @@ SCHEDULES = {
 }
 
 
+def schedule_flags(schedule, epochs=None):
+    """train.py's optimiser flags for ``schedule``; ``epochs`` shortens or lengthens it, with
+    the learning-rate steps kept at the same fractions of the run (those that fall on or
+    after the last epoch dropped)."""
+    flags = list(SCHEDULES[schedule])
+    if epochs is None:
+        return flags
+    at = flags.index('--epochs') + 1
+    scale = epochs / int(flags[at])
+    flags[at] = str(epochs)
+    at = flags.index('--lr-steps') + 1
+    steps = sorted({max(1, round(int(s) * scale)) for s in flags[at].split(',')})
+    flags[at] = ','.join(str(s) for s in steps if s < epochs)
+    return flags
+
+
 def cells():
     """Every (dataset, model) of Table 1 as 'dataset/model' names, in the paper's order."""
     return [f'{d}/{m}' for d in DATASETS for m in PAPER if d in PAPER[m]]
@@ -64,6 +81,11 @@ def train_flags(cell):
         _, family, transform = model.split('-')
         return ['--dataset', dataset, '--model', family, '--transform', TRANSFORMS[transform]]
     return ['--dataset', dataset, '--model', model, '--transform', 'none']
+
+
+def label(args):
+    """The schedule's name in folders and tables: 'ours', or 'ours-20ep' with --epochs 20."""
+    return args.schedule if args.epochs is None else f'{args.schedule}-{args.epochs}ep'
 
 
 def run_dir(out, cell, seed, schedule):
@@ -80,9 +102,10 @@ def read_result(folder):
 
 def run_cell(cell, seed, args):
     """Train one cell to the end (continuing an interrupted run) and save its result.json."""
-    folder = run_dir(args.out, cell, seed, args.schedule)
+    folder = run_dir(args.out, cell, seed, label(args))
     command = [sys.executable, os.path.join(HERE, 'train.py'), *train_flags(cell),
-               *SCHEDULES[args.schedule], '--seed', str(seed), '--out', folder, '--ctx', args.ctx]
+               *schedule_flags(args.schedule, args.epochs), '--seed', str(seed), '--out', folder,
+               '--ctx', args.ctx]
     if args.data_dir:
         command += ['--data-dir', args.data_dir]
     if os.path.exists(os.path.join(folder, 'checkpoint.json')):
@@ -97,7 +120,7 @@ def run_cell(cell, seed, args):
                          f'continue from its last checkpoint.')
     with open(os.path.join(folder, 'metrics.csv')) as f:
         rows = list(csv.DictReader(f))
-    result = {'cell': cell, 'seed': seed, 'schedule': args.schedule,
+    result = {'cell': cell, 'seed': seed, 'schedule': label(args),
               'test_error': round(100 * (1 - float(rows[-1]['test_acc'])), 2),
               'epochs': len(rows), 'train_seconds': round(sum(float(r['epoch_s']) for r in rows)),
               'command': ' '.join(['python'] + command[1:])}
@@ -105,8 +128,9 @@ def run_cell(cell, seed, args):
     return result
 
 
-def write_tables(out, seeds, schedule):
+def write_tables(args):
     """OUT/table1.csv and OUT/table1.md from every result.json found."""
+    out, seeds, schedule = args.out, args.seeds, label(args)
     rows = []
     for cell in cells():
         results = [r for r in (read_result(run_dir(out, cell, s, schedule)) for s in seeds) if r]
@@ -133,8 +157,9 @@ def write_tables(out, seeds, schedule):
             ours += f' ± {row["spread"]:.2f}'
         return f'{ours} ({row["paper_error"]})'
 
-    lines = [f'Test error in %: ours (the paper\'s). Schedule `{schedule}`: '
-             f'`{" ".join(SCHEDULES[schedule])}`; seeds {",".join(map(str, seeds))}.', '',
+    flags = ' '.join(schedule_flags(args.schedule, args.epochs))
+    lines = [f'Test error in %: ours (the paper\'s). Schedule `{schedule}`: `{flags}`; '
+             f'seeds {",".join(map(str, seeds))}.', '',
              '| model | ' + ' | '.join(d.upper() for d in DATASETS) + ' |',
              '|---|' + '---|' * len(DATASETS)]
     for model in PAPER:
@@ -157,6 +182,12 @@ def seed_list(text):
     return seeds
 
 
+def positive_int(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of epochs >= 1')
+    return int(text)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -164,6 +195,9 @@ def main(argv=None):
                    help='comma-separated patterns over DATASET/MODEL names, e.g. "rts/*,r/cnn"')
     p.add_argument('--seeds', type=seed_list, default=[1])
     p.add_argument('--schedule', choices=list(SCHEDULES), default='ours')
+    p.add_argument('--epochs', type=positive_int, default=None,
+                   help="the schedule's length in epochs, if not its own (its learning-rate "
+                        "steps scale along; runs go to folders named SCHEDULE-Nep)")
     p.add_argument('--out', default=os.path.join('result', 'table1'))
     p.add_argument('--data-dir', default=None)
     p.add_argument('--ctx', default='cpu')
@@ -176,14 +210,14 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     for cell in [] if args.table_only else chosen:
         for seed in args.seeds:
-            if read_result(run_dir(args.out, cell, seed, args.schedule)) is None:
+            if read_result(run_dir(args.out, cell, seed, label(args))) is None:
                 start = time.time()
                 result = run_cell(cell, seed, args)
                 print(f'{cell} seed {seed}: {result["test_error"]:.2f}% test error '
                       f'(paper {PAPER[cell.split("/")[1]][cell.split("/")[0]]}%), '
                       f'{(time.time() - start) / 60:.1f} min', flush=True)
-            write_tables(args.out, args.seeds, args.schedule)
-    write_tables(args.out, args.seeds, args.schedule)
+            write_tables(args)
+    write_tables(args)
     print(f'wrote {os.path.join(args.out, "table1.md")} and table1.csv')
 
 

@@ -76,3 +76,18 @@ def test_a_pattern_that_matches_no_cell_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as error:
         reproduce.main(['--cells', 'mnist/*', '--out', str(tmp_path)])
     assert error.value.code == 2 and 'matches none of' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('epochs, steps', [(None, '3,4'), (10, '6,8'), (20, '12,16'), (2, '1')])
+def test_epochs_stretch_our_schedule_with_its_steps_at_the_same_fractions(epochs, steps):
+    flags = reproduce.schedule_flags('ours', epochs)
+    assert flags[flags.index('--lr-steps') + 1] == steps
+    assert flags[flags.index('--epochs') + 1] == str(epochs or 5)
+
+
+def test_a_stretched_schedule_runs_in_folders_of_its_own(tmp_path, fake_train):
+    reproduce.main(['--cells', 'r/cnn', '--epochs', '20', '--out', str(tmp_path)])
+    command = fake_train[0]
+    assert command[command.index('--epochs') + 1] == '20'
+    assert json.load(open(tmp_path / 'r-cnn-ours-20ep-seed1' / 'result.json'))['schedule'] == 'ours-20ep'
+    assert 'Schedule `ours-20ep`' in (tmp_path / 'table1.md').read_text()
