@@ -142,7 +142,7 @@ def cache(tmp_path, monkeypatch):
 def test_a_set_is_cached_once_and_read_back_as_the_same_bytes(cache, capsys):
     folder, digits = cache
     first = distort.load('r', digits, seed=5)
-    assert os.listdir(folder) == ['r-seed5-v1.npz']
+    assert os.listdir(folder) == [f'r-seed5-v{distort.VERSION}.npz']
     assert 'generating' in capsys.readouterr().out
     again = distort.load('r', digits, seed=5)
     assert 'generating' not in capsys.readouterr().out
@@ -157,15 +157,35 @@ def test_a_cache_made_with_other_parameters_is_regenerated(cache, capsys):
     smaller = distort.load('rts', digits, scale_max=0.8)[2]
     assert 'other parameters: regenerating' in capsys.readouterr().out
     assert mass(smaller).mean() < mass(default).mean()
-    assert os.listdir(folder) == ['rts-seed0-v1.npz']
+    assert os.listdir(folder) == [f'rts-seed0-v{distort.VERSION}.npz']
 
 
 def test_a_corrupt_cache_is_regenerated_not_trusted(cache, capsys):
     folder, digits = cache
     good = distort.load('e', digits)[0]
-    path = folder / 'e-seed0-v1.npz'
+    path = folder / f'e-seed0-v{distort.VERSION}.npz'
     path.write_bytes(path.read_bytes()[:1000])
     capsys.readouterr()
     again = distort.load('e', digits)[0]
     assert 'unreadable' in capsys.readouterr().out
     assert again.tobytes() == good.tobytes()
+
+
+def test_p_never_folds_the_page_and_shows_nothing_beyond_its_horizon():
+    page = np.ones((500, 1, 28, 28), np.float32)        # an all-white page shows every artefact
+    out, info = distort.distort('p', page, seed=3)
+    assert distort.convex(info['corners']).all()
+    points = np.concatenate([distort.normalised_grid(28), np.ones((784, 1))], 1).T
+    w = (info['homography'] @ points)[:, 2]                  # (N, P)
+    inside = np.concatenate([info['corners'].mean(1), np.ones((500, 1))], 1)
+    side = np.einsum('nij,nj->ni', info['homography'], inside)[:, 2:]
+    beyond = w * np.sign(side) < 0
+    assert beyond.any()        # the default corner_std does put horizons inside some images
+    assert (out.reshape(500, -1)[beyond] == 0).all()
+
+
+def test_a_folded_quadrilateral_is_not_convex():
+    square = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]], float)
+    folded = square.copy()
+    folded[3] = [-0.9, -0.9]                                 # the corner crossed the diagonal
+    assert distort.convex(np.stack([square, square[::-1], folded])).tolist() == [True, True, False]
