@@ -3,8 +3,9 @@
     R    rotation uniform in [-rotation, +rotation] degrees; 28x28
     RTS  rotation in [-rotation, +rotation], scale in [scale_min, scale_max], placed at a
          uniformly random position in a canvas x canvas image (the digit stays inside)
-    P    scale in [scale_min, scale_max], then a projective warp moving each image corner
-         by a Gaussian offset of corner_std pixels (redrawn if the corners fold); 28x28
+    P    scale in [scale_min, scale_max], then a projective warp: the output's corners read
+         the input at its corners moved by Gaussian offsets of corner_std pixels
+         (redrawn if they fold); 28x28
     E    scale in [scale_min, scale_max], then a thin-plate-spline warp whose control
          points on a tps_grid x tps_grid grid move by Gaussian offsets of tps_std pixels
     TC   the digit at a uniformly random position in a canvas x canvas image, plus
@@ -26,7 +27,7 @@ import numpy as np
 import atomic
 import mnist
 
-VERSION = 2   # 2: P redraws folded corners and blanks what lies beyond the horizon
+VERSION = 2   # 2: P reads the input through a moved-corner quadrilateral (1 warped it)
 DATASETS = ['mnist', 'r', 'rts', 'p', 'e', 'tc']
 DEFAULTS = {
     'mnist': {},
@@ -177,26 +178,23 @@ def distort_p(images, rng, scale_min, scale_max, corner_std):
     n = len(images)
     scale = rng.uniform(scale_min, scale_max, n)
     corners = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]], float)
-    moved = scale[:, None, None] * corners + rng.normal(0, corner_std / 13.5, (n, 4, 2))
-    # A corner moved across the opposite diagonal folds the image, which no view of a flat
-    # page gives: draw those offsets again (about 1 image in 40 at corner_std 5).
+
+    def draw(k, s):
+        return corners / s[:, None, None] + rng.normal(0, corner_std / 13.5, (k, 4, 2))
+
+    # The output's corners read the input at its own corners divided by the scale (the
+    # digit shrinks by `scale`), each moved by a Gaussian offset. Offsets that fold the
+    # quadrilateral (a corner across the opposite diagonal) are drawn again.
+    moved = draw(n, scale)
     while not convex(moved).all():
         redo = ~convex(moved)
-        moved[redo] = scale[redo, None, None] * corners + \
-            rng.normal(0, corner_std / 13.5, (redo.sum(), 4, 2))
-    # Backward map: the output corners come from the image corners.
-    h = homographies(moved, np.broadcast_to(corners, (n, 4, 2)))
+        moved[redo] = draw(redo.sum(), scale[redo])
+    h = homographies(np.broadcast_to(corners, (n, 4, 2)), moved)   # output -> input (backward)
     points = np.concatenate([normalised_grid(28), np.ones((28 * 28, 1))], 1).T   # (3, P)
-    # Output points beyond the homography's horizon (w of the other sign than at the
-    # quadrilateral's centre) see nothing of the page: send them outside, to read zeros.
-    centre = h @ np.concatenate([moved.mean(1), np.ones((n, 1))], 1)[..., None]   # (n, 3, 1)
 
     def grid_of(chunk):
         source = h[chunk] @ points
-        w = source[:, 2:]
-        grid = source[:, :2] / np.where(np.abs(w) < 1e-6, 1e-6, w)
-        behind = (w * np.sign(centre[chunk, 2:])) <= 1e-6
-        return np.where(behind, 2.0, grid)
+        return source[:, :2] / source[:, 2:]   # a convex quadrilateral: w > 0 on the square
 
     return sample(images, grid_of, 28), {'scale': scale, 'corners': moved, 'homography': h}
 

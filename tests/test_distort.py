@@ -78,14 +78,12 @@ def test_p_and_e_scale_within_range_and_keep_most_of_the_ink(digits, name):
     assert 0.5 < np.median(ratio) < 1.5
 
 
-def test_p_homography_maps_the_moved_corners_back_to_the_image_corners(digits):
+def test_p_reads_each_output_corner_from_a_moved_input_corner(digits):
     _, info = distort.distort('p', digits, seed=0)
-    moved = np.concatenate([info['corners'], np.ones((len(digits), 4, 1))], 2)
-    back = np.einsum('nij,nkj->nki', info['homography'], moved)
     corners = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]])
-    np.testing.assert_allclose(back[..., :2] / back[..., 2:], np.broadcast_to(corners, back[..., :2].shape),
-                               atol=1e-9)
-    offsets = (info['corners'] - info['scale'][:, None, None] * corners) * 13.5  # in pixels
+    read = np.einsum('nij,kj->nki', info['homography'], np.concatenate([corners, np.ones((4, 1))], 1))
+    np.testing.assert_allclose(read[..., :2] / read[..., 2:], info['corners'], atol=1e-9)
+    offsets = (info['corners'] - corners / info['scale'][:, None, None]) * 13.5  # in pixels
     assert 3.5 < offsets.std() < 6.5  # corner_std 5 px
 
 
@@ -171,17 +169,13 @@ def test_a_corrupt_cache_is_regenerated_not_trusted(cache, capsys):
     assert again.tobytes() == good.tobytes()
 
 
-def test_p_never_folds_the_page_and_shows_nothing_beyond_its_horizon():
-    page = np.ones((500, 1, 28, 28), np.float32)        # an all-white page shows every artefact
-    out, info = distort.distort('p', page, seed=3)
+def test_p_never_folds_the_page_so_every_output_pixel_sees_it_from_the_front():
+    page = np.ones((500, 1, 28, 28), np.float32)
+    _, info = distort.distort('p', page, seed=3)
     assert distort.convex(info['corners']).all()
     points = np.concatenate([distort.normalised_grid(28), np.ones((784, 1))], 1).T
-    w = (info['homography'] @ points)[:, 2]                  # (N, P)
-    inside = np.concatenate([info['corners'].mean(1), np.ones((500, 1))], 1)
-    side = np.einsum('nij,nj->ni', info['homography'], inside)[:, 2:]
-    beyond = w * np.sign(side) < 0
-    assert beyond.any()        # the default corner_std does put horizons inside some images
-    assert (out.reshape(500, -1)[beyond] == 0).all()
+    w = (info['homography'] @ points)[:, 2]
+    assert (w > 0).all()
 
 
 def test_a_folded_quadrilateral_is_not_convex():
