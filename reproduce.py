@@ -198,7 +198,8 @@ def main(argv=None):
     p.add_argument('--epochs', type=positive_int, default=None,
                    help="the schedule's length in epochs, if not its own (its learning-rate "
                         "steps scale along; runs go to folders named SCHEDULE-Nep)")
-    p.add_argument('--out', default=os.path.join('result', 'table1'))
+    p.add_argument('--out', default='result',
+                   help='where the cell folders, table1.md and table1.csv go')
     p.add_argument('--data-dir', default=None)
     p.add_argument('--ctx', default='cpu')
     p.add_argument('--table-only', action='store_true', help='only rewrite the tables')
