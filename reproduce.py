@@ -3,7 +3,8 @@
     python reproduce.py                         # every cell, our schedule, seed 1
     python reproduce.py --cells 'rts/*' --seeds 1,2,3
     python reproduce.py --cells 'r/st-cnn-*,r/cnn' --schedule paper --ctx 0
-    python reproduce.py --epochs 20             # our schedule, twice as long
+    python reproduce.py --epochs 20             # our schedule, 4x longer
+    python reproduce.py --fresh-distortions     # new training distortions every epoch
     python reproduce.py --table-only            # just rewrite the tables
 
 Every cell (dataset, model, seed) is its own train.py run in
@@ -84,8 +85,10 @@ def train_flags(cell):
 
 
 def label(args):
-    """The schedule's name in folders and tables: 'ours', or 'ours-20ep' with --epochs 20."""
-    return args.schedule if args.epochs is None else f'{args.schedule}-{args.epochs}ep'
+    """The schedule's name in folders and tables: 'ours', 'ours-20ep' with --epochs 20,
+    'ours-fresh' with --fresh-distortions."""
+    name = args.schedule if args.epochs is None else f'{args.schedule}-{args.epochs}ep'
+    return name + '-fresh' if args.fresh_distortions else name
 
 
 def run_dir(out, cell, seed, schedule):
@@ -106,6 +109,8 @@ def run_cell(cell, seed, args):
     command = [sys.executable, os.path.join(HERE, 'train.py'), *train_flags(cell),
                *schedule_flags(args.schedule, args.epochs), '--seed', str(seed), '--out', folder,
                '--ctx', args.ctx]
+    if args.fresh_distortions:
+        command.append('--fresh-distortions')
     if args.data_dir:
         command += ['--data-dir', args.data_dir]
     if os.path.exists(os.path.join(folder, 'checkpoint.json')):
@@ -198,6 +203,9 @@ def main(argv=None):
     p.add_argument('--epochs', type=positive_int, default=None,
                    help="the schedule's length in epochs, if not its own (its learning-rate "
                         "steps scale along; runs go to folders named SCHEDULE-Nep)")
+    p.add_argument('--fresh-distortions', action='store_true',
+                   help='distort the training digits anew every epoch (train.py\'s flag), '
+                        'as training for as long as the paper needs')
     p.add_argument('--out', default='result',
                    help='where the cell folders, table1.md and table1.csv go')
     p.add_argument('--data-dir', default=None)

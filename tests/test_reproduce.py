@@ -91,3 +91,9 @@ def test_a_stretched_schedule_runs_in_folders_of_its_own(tmp_path, fake_train):
     assert command[command.index('--epochs') + 1] == '20'
     assert json.load(open(tmp_path / 'r-cnn-ours-20ep-seed1' / 'result.json'))['schedule'] == 'ours-20ep'
     assert 'Schedule `ours-20ep`' in (tmp_path / 'table1.md').read_text()
+
+
+def test_fresh_distortions_reach_train_py_and_get_folders_of_their_own(tmp_path, fake_train):
+    reproduce.main(['--cells', 'tc/fcn', '--fresh-distortions', '--out', str(tmp_path)])
+    assert '--fresh-distortions' in fake_train[0]
+    assert (tmp_path / 'tc-fcn-ours-fresh-seed1' / 'result.json').exists()
