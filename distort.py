@@ -169,8 +169,8 @@ def convex(quads):
     its edges, walked around, all turn the same way."""
     ring = quads[:, [0, 1, 3, 2]]
     edges = np.roll(ring, -1, axis=1) - ring
-    turns = edges[..., 0] * np.roll(edges, -1, axis=1)[..., 1] - \
-        edges[..., 1] * np.roll(edges, -1, axis=1)[..., 0]
+    following = np.roll(edges, -1, axis=1)
+    turns = edges[..., 0] * following[..., 1] - edges[..., 1] * following[..., 0]
     return (turns > 0).all(1) | (turns < 0).all(1)
 
 
@@ -186,9 +186,10 @@ def distort_p(images, rng, scale_min, scale_max, corner_std):
     # digit shrinks by `scale`), each moved by a Gaussian offset. Offsets that fold the
     # quadrilateral (a corner across the opposite diagonal) are drawn again.
     moved = draw(n, scale)
-    while not convex(moved).all():
-        redo = ~convex(moved)
+    redo = ~convex(moved)
+    while redo.any():
         moved[redo] = draw(redo.sum(), scale[redo])
+        redo = ~convex(moved)
     h = homographies(np.broadcast_to(corners, (n, 4, 2)), moved)   # output -> input (backward)
     points = np.concatenate([normalised_grid(28), np.ones((28 * 28, 1))], 1).T   # (3, P)
 

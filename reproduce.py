@@ -91,8 +91,9 @@ def label(args):
     return name + '-fresh' if args.fresh_distortions else name
 
 
-def run_dir(out, cell, seed, schedule):
-    return os.path.join(out, f'{cell.replace("/", "-")}-{schedule}-seed{seed}')
+def run_dir(args, cell, seed):
+    """OUT/DATASET-MODEL-SCHEDULE-seedS, SCHEDULE as ``label`` names it."""
+    return os.path.join(args.out, f'{cell.replace("/", "-")}-{label(args)}-seed{seed}')
 
 
 def read_result(folder):
@@ -105,7 +106,7 @@ def read_result(folder):
 
 def run_cell(cell, seed, args):
     """Train one cell to the end (continuing an interrupted run) and save its result.json."""
-    folder = run_dir(args.out, cell, seed, label(args))
+    folder = run_dir(args, cell, seed)
     command = [sys.executable, os.path.join(HERE, 'train.py'), *train_flags(cell),
                *schedule_flags(args.schedule, args.epochs), '--seed', str(seed), '--out', folder,
                '--ctx', args.ctx]
@@ -135,10 +136,10 @@ def run_cell(cell, seed, args):
 
 def write_tables(args):
     """OUT/table1.csv and OUT/table1.md from every result.json found."""
-    out, seeds, schedule = args.out, args.seeds, label(args)
+    out, seeds = args.out, args.seeds
     rows = []
     for cell in cells():
-        results = [r for r in (read_result(run_dir(out, cell, s, schedule)) for s in seeds) if r]
+        results = [r for r in (read_result(run_dir(args, cell, s)) for s in seeds) if r]
         errors = [r['test_error'] for r in results]
         dataset, model = cell.split('/')
         rows.append({
@@ -163,7 +164,7 @@ def write_tables(args):
         return f'{ours} ({row["paper_error"]})'
 
     flags = ' '.join(schedule_flags(args.schedule, args.epochs))
-    lines = [f'Test error in %: ours (the paper\'s). Schedule `{schedule}`: `{flags}`; '
+    lines = [f'Test error in %: ours (the paper\'s). Schedule `{label(args)}`: `{flags}`; '
              f'seeds {",".join(map(str, seeds))}.', '',
              '| model | ' + ' | '.join(d.upper() for d in DATASETS) + ' |',
              '|---|' + '---|' * len(DATASETS)]
@@ -219,13 +220,13 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     for cell in [] if args.table_only else chosen:
         for seed in args.seeds:
-            if read_result(run_dir(args.out, cell, seed, label(args))) is None:
+            if read_result(run_dir(args, cell, seed)) is None:
                 start = time.time()
                 result = run_cell(cell, seed, args)
                 print(f'{cell} seed {seed}: {result["test_error"]:.2f}% test error '
                       f'(paper {PAPER[cell.split("/")[1]][cell.split("/")[0]]}%), '
                       f'{(time.time() - start) / 60:.1f} min', flush=True)
-            write_tables(args)
+                write_tables(args)
     write_tables(args)
     print(f'wrote {os.path.join(args.out, "table1.md")} and table1.csv')
 

@@ -43,20 +43,6 @@ def warp(images, theta, target_shape):
     return affine_sample(nd, images, nd.array([theta] * images.shape[0]), target_shape)
 
 
-@pytest.mark.parametrize('hybridize', [False, True])
-def test_a_fresh_transformer_returns_its_input_unchanged(hybridize):
-    block = SpatialTransformer()
-    # A global initializer must not override the regressor's identity start.
-    block.initialize(mx.init.Uniform(1.0))
-    if hybridize:
-        block.hybridize()
-    x = random_images((4, 3, 28, 28))
-    out, theta = block(x)
-    assert out.shape == x.shape
-    assert (out - x).abs().max().asscalar() < 1e-5
-    np.testing.assert_array_equal(theta.asnumpy(), np.tile(IDENTITY, (4, 1)))
-
-
 def test_regressor_starts_with_zero_weights_and_identity_bias():
     block = SpatialTransformer()
     block.initialize(mx.init.Xavier())
@@ -103,21 +89,6 @@ def test_a_custom_localisation_block_is_used():
     block(random_images((2, 1, 20, 20)))
     assert block.localisation is localisation
     assert localisation[1].weight.shape == (16, 400)
-
-
-def test_hybridized_and_imperative_outputs_agree():
-    block = SpatialTransformer(target_shape=(20, 20))
-    block.initialize(mx.init.Xavier())
-    x = random_images((3, 1, 28, 28))
-    block(x)
-    # Move away from the identity so the comparison covers a real warp.
-    block.regressor.weight.set_data(nd.array(np.random.RandomState(2).randn(6, 32) * 0.05))
-    block.regressor.bias.set_data(nd.array([0.9, 0.1, 0.05, -0.1, 0.8, 0.0]))
-    out, theta = block(x)
-    block.hybridize()
-    out_h, theta_h = block(x)
-    np.testing.assert_allclose(out_h.asnumpy(), out.asnumpy(), atol=1e-6)
-    np.testing.assert_allclose(theta_h.asnumpy(), theta.asnumpy(), atol=1e-6)
 
 
 def one_update_of_the_regressor_bias(loc_lr_mult):
