@@ -20,12 +20,15 @@ that does not load or was made with other parameters is regenerated.
 import json
 import os
 import zipfile
+from collections import namedtuple
 
+import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
 import numpy as np
 
 import atomic
 import mnist
+from geometry import control_points, target_points, tps_basis
 
 VERSION = 2   # 2: P reads the input through a moved-corner quadrilateral (1 warped it)
 DATASETS = ['mnist', 'r', 'rts', 'p', 'e', 'tc']
@@ -75,12 +78,6 @@ def image_shape(name):
     return (1, size, size)
 
 
-def normalised_grid(size):
-    """Output pixel centres in normalised coordinates: (size*size, 2) rows of (x, y)."""
-    y, x = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing='ij')
-    return np.stack([x.ravel(), y.ravel()], axis=1)
-
-
 def sample(images, grid_of, size):
     """Bilinearly sample ``images`` (N, 1, 28, 28) onto a size x size grid, in chunks.
 
@@ -97,7 +94,7 @@ def sample(images, grid_of, size):
 
 def warp_affine(images, theta, size):
     """Sample with theta (N, 2, 3) mapping output normalised coordinates to input ones."""
-    points = normalised_grid(size).T.astype(np.float32)                     # (2, P)
+    points = target_points((size, size)).T.astype(np.float32)                     # (2, P)
     theta = theta.astype(np.float32)
     return sample(images, lambda c: theta[c, :, :2] @ points + theta[c, :, 2:], size)
 
@@ -191,7 +188,7 @@ def distort_p(images, rng, scale_min, scale_max, corner_std):
         moved[redo] = draw(redo.sum(), scale[redo])
         redo = ~convex(moved)
     h = homographies(np.broadcast_to(corners, (n, 4, 2)), moved)   # output -> input (backward)
-    points = np.concatenate([normalised_grid(28), np.ones((28 * 28, 1))], 1).T   # (3, P)
+    points = np.concatenate([target_points((28, 28)), np.ones((28 * 28, 1))], 1).T   # (3, P)
 
     def grid_of(chunk):
         source = h[chunk] @ points
@@ -200,31 +197,12 @@ def distort_p(images, rng, scale_min, scale_max, corner_std):
     return sample(images, grid_of, 28), {'scale': scale, 'corners': moved, 'homography': h}
 
 
-def tps_kernel(r2):
-    """The TPS radial basis U(r) = r^2 log r^2 (0 at r = 0)."""
-    return np.where(r2 > 0, r2 * np.log(np.maximum(r2, 1e-12)), 0.0)
-
-
-def tps_basis(control, points):
-    """(P, K + 3) matrix B such that B @ coeffs is the TPS at ``points`` whose value at
-    the K ``control`` points is given: coeffs = L^-1 [values; 0] solved once here."""
-    k = len(control)
-    r2 = ((control[:, None] - control[None]) ** 2).sum(-1)
-    ones = np.ones((k, 1))
-    system = np.block([[tps_kernel(r2), ones, control],
-                       [np.concatenate([ones, control], 1).T, np.zeros((3, 3))]])
-    r2p = ((points[:, None] - control[None]) ** 2).sum(-1)
-    at_points = np.concatenate([tps_kernel(r2p), np.ones((len(points), 1)), points], 1)
-    return at_points @ np.linalg.inv(system)[:, :k]                           # (P, K)
-
-
 def distort_e(images, rng, scale_min, scale_max, tps_grid, tps_std):
     n, g = len(images), int(tps_grid)
     scale = rng.uniform(scale_min, scale_max, n)
-    line = np.linspace(-1, 1, g)
-    control = np.stack(np.meshgrid(line, line), -1).reshape(-1, 2)          # (K, 2) x, y
+    control = control_points(g)                                             # (K, 2) x, y
     offsets = rng.normal(0, tps_std / 13.5, (n, g * g, 2))
-    basis = tps_basis(control, normalised_grid(28)).T                       # (K, P)
+    basis = tps_basis(control, target_points((28, 28))).T                       # (K, P)
     # Backward map: output control point c reads the input at (c + offset) / scale.
     source = ((control + offsets) / scale[:, None, None]).transpose(0, 2, 1)  # (N, 2, K)
     return sample(images, lambda c: source[c] @ basis, 28), {'scale': scale, 'offsets': offsets}
@@ -277,6 +255,24 @@ def distort(name, images, seed, **params):
 
 def cache_path(name, seed):
     return os.path.join(CACHE_DIR, f'{name}-seed{seed}-v{VERSION}.npz')
+
+
+Dataset = namedtuple('Dataset', 'train_x train_y test_x test_y digits')
+
+
+def load_dataset(name, data_dir=None, seed=0):
+    """Set ``name`` with the MNIST files of ``data_dir`` (``mnist.load_mnist``'s rules) and
+    ``seed``, as a ``Dataset``: train_x, train_y, test_x, test_y (see ``load``) and digits,
+    the undistorted MNIST training images (for ``fresh_training_set``). Raises
+    ``mnist.MNISTError`` for missing or corrupt MNIST files."""
+    digits = mnist.load_mnist(data_dir)
+    return Dataset(*load(name, digits, seed), digits=digits[0])
+
+
+def fresh_training_set(name, digits, seed, epoch):
+    """The training ``digits`` distorted anew for ``epoch``: a stream of ``seed`` apart from
+    the fixed training (seed, 0) and test (seed, 1) sets."""
+    return distort(name, digits, (seed, 2, epoch))[0]
 
 
 def load(name, digits, seed=0, **params):

@@ -53,6 +53,7 @@ The seed LeNet has 21,840 parameters at 28x28, 27,360 with its affine transforme
 The dense layers infer their input size on the first batch, so the same code takes
 28x28, 42x42 or 60x60 digits.
 """
+import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
 from mxnet.gluon import nn
 
@@ -61,6 +62,7 @@ from stn import SpatialTransformer, default_localisation
 MODELS = ('lenet', 'fcn', 'cnn')
 BUDGETS = {28: 150_000, 42: 200_000, 60: 250_000}   # parameters per experiment, by input side
 DEFAULT_WIDTH = {'fcn': 128, 'cnn': 32}             # when Net is given no width
+MEAN, STD = 0.1307, 0.3081   # MNIST's pixel mean and std: the classifier standardises its input
 
 
 def lenet(num_classes=10, width=None):
@@ -124,7 +126,7 @@ LOCALISATIONS = {'lenet': default_localisation, 'fcn': fcn_localisation, 'cnn': 
 class Net(nn.HybridBlock):
     """A ``model`` classifier ('lenet', 'fcn', 'cnn'), with a ``SpatialTransformer``
     (``self.stn``) of family ``transform`` ('affine', 'attention', 'projective', 'tps';
-    'none' or ``use_stn=False`` for none) and the model's localisation net in front.
+    'none' for none) and the model's localisation net in front.
 
     Input (N, 1, H, W); output logits (N, num_classes). The transformer's output
     and theta for a batch: ``net.stn(x)`` -> ``(output, theta)``. ``width``: the FCN's
@@ -133,13 +135,11 @@ class Net(nn.HybridBlock):
     output (no effect without a transformer). ``tps_grid``: the TPS control grid.
     """
 
-    def __init__(self, use_stn=True, num_classes=10, loc_lr_mult=1.0, model='lenet',
-                 transform='affine', width=None, pool_after_stn=False, tps_grid=4,
-                 prefix='net_', **kwargs):
+    def __init__(self, transform='affine', num_classes=10, loc_lr_mult=1.0, model='lenet',
+                 width=None, pool_after_stn=False, tps_grid=4, prefix='net_', **kwargs):
         super().__init__(prefix=prefix, **kwargs)
         if model not in MODELS:
             raise ValueError(f'model must be one of {MODELS}, not {model!r}')
-        transform = transform if use_stn else 'none'
         with self.name_scope():
             self.stn = None
             if transform != 'none':
@@ -159,7 +159,7 @@ class Net(nn.HybridBlock):
             x, _ = self.stn(x)
             if self.pool is not None:
                 x = self.pool(x)
-        return self.classifier((x - 0.1307) / 0.3081)
+        return self.classifier((x - MEAN) / STD)
 
 
 def trainable_params(block):

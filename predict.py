@@ -13,43 +13,23 @@ and scaled to [0, 1]; a mostly bright image is inverted, since the network was t
 on white digits on a black background.
 """
 import argparse
-import glob
-import os
-import re
 import sys
 
-os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
-import mxnet as mx  # noqa: E402
-import numpy as np  # noqa: E402
-from mxnet import gluon  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+import compat  # noqa: F401  (before mxnet)
+import mxnet as mx
+import numpy as np
+from mxnet import gluon
+from PIL import Image, UnidentifiedImageError
 
-import distort  # noqa: E402  (data only: no model code)
-import mnist  # noqa: E402
+import distort  # data only: no model code
+import mnist
+import rundir
 
 SIZES = [28, 42, 60] + list(range(8, 129))  # input sizes tried, the datasets' first
 
 
 class ModelError(RuntimeError):
     """The exported files are missing, corrupt or do not fit together."""
-
-
-def model_files(model, epoch=None):
-    """(symbol file, params file, prefix, epoch) for a run folder or a file prefix."""
-    prefix = os.path.join(model, 'model') if os.path.isdir(model) else model
-    symbol = f'{prefix}-symbol.json'
-    if epoch is None:
-        found = sorted(glob.glob(f'{glob.escape(prefix)}-[0-9][0-9][0-9][0-9].params'))
-        if not found:
-            raise ModelError(f'no {prefix}-NNNN.params found: pass --model a run folder written '
-                             f'by train.py (it exports when a run finishes) or a file prefix')
-        epoch = int(re.search(r'-(\d{4})\.params$', found[-1]).group(1))
-    params = f'{prefix}-{epoch:04d}.params'
-    for path in (symbol, params):
-        if not os.path.isfile(path):
-            raise ModelError(f'{path} not found: pass --model a run folder or prefix with both '
-                             f'{prefix}-symbol.json and {prefix}-NNNN.params')
-    return symbol, params, prefix, epoch
 
 
 def load_arrays(symbol_file, params_file):
@@ -86,7 +66,7 @@ def input_shape(symbol, weights):
 
 def load(model, epoch=None, loader='gluon'):
     """A function images (N, 1, H, W) -> class probabilities (N, K), and the input shape."""
-    symbol_file, params_file, prefix, epoch = model_files(model, epoch)
+    symbol_file, params_file, prefix, epoch = rundir.model_files(model, epoch)
     symbol, weights = load_arrays(symbol_file, params_file)
     shape = input_shape(symbol, weights)
     if loader == 'gluon':
@@ -135,13 +115,14 @@ def main(argv=None):
             if wanted != shape:
                 raise ModelError(f'the model takes {shape[1]}x{shape[2]} images but {args.dataset} '
                                  f'has {wanted[1]}x{wanted[2]}: pick the dataset it was trained on')
-            _, _, x, y = distort.load(args.dataset, mnist.load_mnist(args.data_dir), args.data_seed)
+            data = distort.load_dataset(args.dataset, args.data_dir, args.data_seed)
+            x, y = data.test_x, data.test_y
             correct = int((predict(x).argmax(1) == y).sum())
             print(f'{args.dataset} test accuracy: {correct / len(y):.4f} ({correct}/{len(y)})')
         for path in args.images:
             probs = predict(read_image(path, shape)[None])[0]
             print(f'{path}: {probs.argmax()} (p = {probs.max():.3f})')
-    except (ModelError, mnist.MNISTError) as e:
+    except (ModelError, rundir.RunError, mnist.MNISTError) as e:
         sys.exit(f'error: {e}')
 
 

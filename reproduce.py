@@ -19,7 +19,6 @@ import argparse
 import csv
 import fnmatch
 import io
-import json
 import os
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ import sys
 import time
 
 import atomic
+import rundir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -96,14 +96,6 @@ def run_dir(args, cell, seed):
     return os.path.join(args.out, f'{cell.replace("/", "-")}-{label(args)}-seed{seed}')
 
 
-def read_result(folder):
-    path = os.path.join(folder, 'result.json')
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def run_cell(cell, seed, args):
     """Train one cell to the end (continuing an interrupted run) and save its result.json."""
     folder = run_dir(args, cell, seed)
@@ -114,7 +106,7 @@ def run_cell(cell, seed, args):
         command.append('--fresh-distortions')
     if args.data_dir:
         command += ['--data-dir', args.data_dir]
-    if os.path.exists(os.path.join(folder, 'checkpoint.json')):
+    if rundir.checkpoint_epoch(folder) is not None:
         command.append('--resume')
     os.makedirs(folder, exist_ok=True)
     print(f'{cell} seed {seed}: {" ".join(command[1:])}', flush=True)
@@ -124,13 +116,12 @@ def run_cell(cell, seed, args):
         raise SystemExit(f'error: {cell} seed {seed} failed (exit {code}); see '
                          f'{os.path.join(folder, "train.log")}. Run reproduce.py again to '
                          f'continue from its last checkpoint.')
-    with open(os.path.join(folder, 'metrics.csv')) as f:
-        rows = list(csv.DictReader(f))
+    rows = rundir.read_metrics(folder)
     result = {'cell': cell, 'seed': seed, 'schedule': label(args),
               'test_error': round(100 * (1 - float(rows[-1]['test_acc'])), 2),
               'epochs': len(rows), 'train_seconds': round(sum(float(r['epoch_s']) for r in rows)),
               'command': ' '.join(['python'] + command[1:])}
-    atomic.write_text(os.path.join(folder, 'result.json'), json.dumps(result, indent=2))
+    rundir.write_result(folder, result)
     return result
 
 
@@ -139,7 +130,7 @@ def write_tables(args):
     out, seeds = args.out, args.seeds
     rows = []
     for cell in cells():
-        results = [r for r in (read_result(run_dir(args, cell, s)) for s in seeds) if r]
+        results = [r for r in (rundir.read_result(run_dir(args, cell, s)) for s in seeds) if r]
         errors = [r['test_error'] for r in results]
         dataset, model = cell.split('/')
         rows.append({
@@ -220,7 +211,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     for cell in [] if args.table_only else chosen:
         for seed in args.seeds:
-            if read_result(run_dir(args, cell, seed)) is None:
+            if rundir.read_result(run_dir(args, cell, seed)) is None:
                 start = time.time()
                 result = run_cell(cell, seed, args)
                 print(f'{cell} seed {seed}: {result["test_error"]:.2f}% test error '

@@ -27,99 +27,26 @@ identity (``identity_theta``):
                         thin-plate spline through them maps every output point (paper
                         section 3.2 and its appendix); identity = the control points
 
-affine and attention use MXNet's ``GridGenerator``; projective and tps build the grid
-from a constant the block holds as a parameter with ``grad_req='null'`` (the normalised
-target grid, or the precomputed TPS basis), so they hybridize and export like the rest.
-In a hybridized or exported graph the grid is PREFIX_gridgenerator0_output (affine,
-attention) or PREFIX_grid_output (projective, tps), the sampler's output
-PREFIX_bilinearsampler0_output and theta PREFIX_regressor_fwd_output.
+Each family is one entry of ``FAMILIES``: its identity theta, the constant its grid
+generator needs and that generator; the block, ``sampling_grid`` and the tests all go
+through it, so a new family is one entry here. affine and attention use MXNet's
+``GridGenerator``; projective and tps build the grid from a constant the block holds as
+a parameter with ``grad_req='null'`` (the normalised target grid, or the precomputed TPS
+basis), so they hybridize and export like the rest. In a hybridized or exported graph
+the grid is PREFIX_gridgenerator0_output (affine, attention) or PREFIX_grid_output
+(projective, tps), the sampler's output PREFIX_bilinearsampler0_output and theta
+PREFIX_regressor_fwd_output (``rundir.py`` looks them up by these names).
 """
+from collections import namedtuple
+
+import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-from distort import tps_basis
+from geometry import control_points, target_points, tps_basis, tps_shape
 
-IDENTITY = np.array([1, 0, 0, 0, 1, 0], dtype=np.float32)   # the affine identity theta
-TRANSFORMS = ('affine', 'attention', 'projective', 'tps')
 PROJECTIVE_EPS = 1e-3   # smallest |w| the projective grid divides by
-
-
-# ---- constants ------------------------------------------------------------------------
-
-def tps_shape(tps_grid):
-    """(rows, cols) of the TPS control grid from an int n (n x n) or a pair; each >= 2."""
-    rows, cols = (tps_grid, tps_grid) if np.isscalar(tps_grid) else tuple(tps_grid)
-    if int(rows) != rows or int(cols) != cols or rows < 2 or cols < 2:
-        raise ValueError(f'tps_grid must be an int >= 2 or a pair of them, not {tps_grid!r}')
-    return int(rows), int(cols)
-
-
-def control_points(tps_grid=4):
-    """(K, 2) control points (x, y) of a rows x cols regular grid over [-1, 1]^2, row by
-    row from the top left (y = -1): point k = i * cols + j is (x_j, y_i)."""
-    rows, cols = tps_shape(tps_grid)
-    x, y = np.meshgrid(np.linspace(-1, 1, cols), np.linspace(-1, 1, rows))
-    return np.stack([x.ravel(), y.ravel()], 1)
-
-
-def target_points(target_shape):
-    """(P, 2) normalised (x, y) of the P = H' * W' output pixel centres, row-major."""
-    h, w = target_shape
-    y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing='ij')
-    return np.stack([x.ravel(), y.ravel()], 1)
-
-
-def identity_theta(transform='affine', tps_grid=4):
-    """The theta (T,) of the identity transformation: the regressor's initial bias."""
-    if transform == 'affine':
-        return IDENTITY.copy()
-    if transform == 'attention':
-        return np.array([1, 0, 0], np.float32)
-    if transform == 'projective':
-        return np.array([1, 0, 0, 0, 1, 0, 0, 0], np.float32)
-    if transform == 'tps':
-        return control_points(tps_grid).T.ravel().astype(np.float32)   # all x, then all y
-    raise ValueError(f'transform must be one of {TRANSFORMS}, not {transform!r}')
-
-
-def theta_size(transform='affine', tps_grid=4):
-    """T, the number of transformation parameters (the regressor's output size)."""
-    return len(identity_theta(transform, tps_grid))
-
-
-def grid_constant(transform, target_shape, tps_grid=4):
-    """The constant a family's grid generator needs for output size (H', W'), float32:
-
-    projective: (3, H', W'), the target points in homogeneous coordinates [x_t; y_t; 1];
-    tps: (K, H', W'), the transposed TPS basis M^T with M = B L^-1[:, :K] (P x K), where
-    L = [[U(C, C), 1, C], [1^T; C^T, 0]] is the (K+3)^2 TPS system of the control points
-    C, B = [U(target, C), 1, target] and U(r) = r^2 log r^2: the TPS grid through source
-    points S (K, 2) is then M S, a matrix product (``distort.tps_basis`` solves it).
-    affine, attention: None (MXNet's GridGenerator needs nothing).
-    """
-    h, w = target_shape
-    if transform == 'projective':
-        points = target_points(target_shape)
-        return np.concatenate([points.T, np.ones((1, h * w))]).reshape(3, h, w).astype(np.float32)
-    if transform == 'tps':
-        basis = tps_basis(control_points(tps_grid), target_points(target_shape))   # (P, K)
-        return basis.T.reshape(-1, h, w).astype(np.float32)
-    return None
-
-
-@mx.init.register
-class GridConstant(mx.init.Initializer):
-    """Fills a grid constant (``grid_constant``) from the shape of the array it is given:
-    (3, H', W') for projective, (K, H', W') for tps. The symbol's ``__init__`` attribute
-    keeps these few arguments, not the array (which the params file holds)."""
-
-    def __init__(self, transform, tps_grid=4):
-        super().__init__(transform=transform, tps_grid=list(tps_shape(tps_grid)))
-        self.transform, self.tps_grid = transform, tps_shape(tps_grid)
-
-    def _init_weight(self, _, arr):
-        arr[:] = grid_constant(self.transform, arr.shape[1:], self.tps_grid)
 
 
 # ---- grid generators (F is mx.nd or mx.sym) ----------------------------------------------
@@ -166,39 +93,111 @@ def projective_grid(F, theta, target, target_shape, eps=PROJECTIVE_EPS):
     return F.reshape(F.broadcast_div(uv, depth), shape=(0, 0, h, w), name='grid')
 
 
-def tps_grid(F, theta, basis, target_shape, num_points):
+def tps_grid(F, theta, basis, target_shape):
     """TPS grid generator: theta (N, 2K) = source positions of the K control points (all x,
     then all y), ``basis`` (K, H', W') from ``grid_constant`` -> grid (N, 2, H', W'),
     the product (2N, K) x (K, P)."""
     h, w = target_shape
-    source = F.reshape(theta, shape=(-1, num_points))                         # (2N, K): x, y rows
-    grid = F.dot(source, F.reshape(basis, shape=(num_points, -1)))            # (2N, P)
+    source = F.reshape(F.reshape(theta, shape=(0, 2, -1)), shape=(-3, -2))   # (2N, K): x, y rows
+    grid = F.dot(source, F.reshape(basis, shape=(0, -1)))                     # (2N, P)
     return F.reshape(grid, shape=(-1, 2, h, w), name='grid')
+
+
+def projective_constant(target_shape, tps_grid=None):
+    """(3, H', W'): the target points in homogeneous coordinates [x_t; y_t; 1]."""
+    h, w = target_shape
+    return np.concatenate([target_points(target_shape).T, np.ones((1, h * w))]).reshape(3, h, w)
+
+
+def tps_constant(target_shape, tps_grid=4):
+    """(K, H', W'): the transposed TPS basis M^T (``geometry.tps_basis``, P x K) of the
+    control points on the target points: the TPS grid through source points S (K, 2) is
+    then M S, a matrix product."""
+    basis = tps_basis(control_points(tps_grid), target_points(target_shape))   # (P, K)
+    return basis.T.reshape(-1, *target_shape)
+
+
+# ---- the families: one entry each ---------------------------------------------------------
+
+Family = namedtuple('Family', 'identity constant constant_name grid')
+Family.__doc__ = """A transformer family:
+
+identity(tps_grid) -> theta (T,) of the identity transformation (the regressor's bias);
+constant(target_shape, tps_grid) -> the float array the grid generator needs, or None;
+constant_name: the name of that constant among the block's parameters (None if none);
+grid(F, theta, constant, target_shape) -> the sampling grid (N, 2, H', W')."""
+
+IDENTITY = np.array([1, 0, 0, 0, 1, 0], dtype=np.float32)   # the affine identity theta
+FAMILIES = {
+    'affine': Family(
+        identity=lambda tps_grid: IDENTITY,
+        constant=None, constant_name=None,
+        grid=lambda F, theta, constant, shape: affine_grid(F, theta, shape)),
+    'attention': Family(
+        identity=lambda tps_grid: [1, 0, 0],                                  # s, tx, ty
+        constant=None, constant_name=None,
+        grid=lambda F, theta, constant, shape: affine_grid(F, attention_theta(F, theta), shape)),
+    'projective': Family(
+        identity=lambda tps_grid: [1, 0, 0, 0, 1, 0, 0, 0],                   # h33 = 1 implied
+        constant=projective_constant, constant_name='target_grid',
+        grid=projective_grid),
+    'tps': Family(
+        identity=lambda tps_grid: control_points(tps_grid).T.ravel(),        # all x, then all y
+        constant=tps_constant, constant_name='tps_basis',
+        grid=tps_grid),
+}
+TRANSFORMS = tuple(FAMILIES)
+
+
+def family(transform):
+    """The ``Family`` entry of ``transform``, or a ValueError naming the choices."""
+    if transform not in FAMILIES:
+        raise ValueError(f'transform must be one of {TRANSFORMS}, not {transform!r}')
+    return FAMILIES[transform]
+
+
+def identity_theta(transform='affine', tps_grid=4):
+    """The theta (T,) of the identity transformation: the regressor's initial bias."""
+    return np.array(family(transform).identity(tps_shape(tps_grid)), np.float32)
+
+
+def theta_size(transform='affine', tps_grid=4):
+    """T, the number of transformation parameters (the regressor's output size)."""
+    return len(identity_theta(transform, tps_grid))
+
+
+def grid_constant(transform, target_shape, tps_grid=4):
+    """The constant (float32) a family's grid generator needs for output size (H', W'):
+    (3, H', W') for projective, (K, H', W') for tps, None for affine and attention."""
+    make = family(transform).constant
+    return None if make is None else make(tuple(target_shape), tps_shape(tps_grid)).astype(np.float32)
+
+
+@mx.init.register
+class GridConstant(mx.init.Initializer):
+    """Fills a grid constant (``grid_constant``) from the shape of the array it is given:
+    (3, H', W') for projective, (K, H', W') for tps. The symbol's ``__init__`` attribute
+    keeps these few arguments, not the array (which the params file holds)."""
+
+    def __init__(self, transform, tps_grid=4):
+        super().__init__(transform=transform, tps_grid=list(tps_shape(tps_grid)))
+        self.transform, self.tps_grid = transform, tps_shape(tps_grid)
+
+    def _init_weight(self, _, arr):
+        arr[:] = grid_constant(self.transform, arr.shape[1:], self.tps_grid)
 
 
 def sampling_grid(theta, transform, target_shape, tps_grid=4):
     """The grid (N, 2, H', W') a ``transform`` family's theta (N, T) samples on a
     ``target_shape`` (H', W') output, as a float32 numpy array, computed with mx.nd
-    through the block's own grid generators (and ``grid_constant``): what a
-    SpatialTransformer with this theta feeds its sampler. ``tps_grid``: the TPS control
-    grid (int n or (rows, cols)), used by 'tps' only."""
+    through the family's own grid generator and constant: what a SpatialTransformer
+    with this theta feeds its sampler. ``tps_grid``: the TPS control grid (int n or
+    (rows, cols)), used by 'tps' only."""
     theta = mx.nd.array(np.asarray(theta, np.float32).reshape(len(theta), -1))
     target_shape = tuple(int(n) for n in target_shape)
-    if transform == 'affine':
-        grid = affine_grid(mx.nd, theta, target_shape)
-    elif transform == 'attention':
-        grid = affine_grid(mx.nd, attention_theta(mx.nd, theta), target_shape)
-    elif transform == 'projective':
-        target = mx.nd.array(grid_constant(transform, target_shape))
-        grid = projective_grid(mx.nd, theta, target, target_shape)
-    elif transform == 'tps':
-        rows, cols = tps_shape(tps_grid)
-        basis = mx.nd.array(grid_constant(transform, target_shape, (rows, cols)))
-        generate = globals()['tps_grid']   # the function; the argument tps_grid hides it
-        grid = generate(mx.nd, theta, basis, target_shape, rows * cols)
-    else:
-        raise ValueError(f'transform must be one of {TRANSFORMS}, not {transform!r}')
-    return grid.asnumpy()
+    constant = grid_constant(transform, target_shape, tps_grid)
+    constant = None if constant is None else mx.nd.array(constant)
+    return family(transform).grid(mx.nd, theta, constant, target_shape).asnumpy()
 
 
 # ---- the block ----------------------------------------------------------------------------
@@ -236,6 +235,7 @@ class SpatialTransformer(nn.HybridBlock):
         self.transform = transform
         self.tps_grid = tps_shape(tps_grid)
         identity = identity_theta(transform, self.tps_grid)
+        constant_name = family(transform).constant_name
         self.target_shape = tuple(target_shape) if target_shape else None
         with self.name_scope():
             if localisation is None or not isinstance(localisation, nn.Block):
@@ -244,13 +244,12 @@ class SpatialTransformer(nn.HybridBlock):
             self.regressor = nn.Dense(len(identity), weight_initializer=mx.init.Zero(),
                                       prefix='regressor_',
                                       bias_initializer=mx.init.Constant(identity))
-        if transform in ('projective', 'tps'):
+        if constant_name is not None:
             # (3 or K, H', W'); H' and W' are filled in once target_shape is known.
-            rows = 3 if transform == 'projective' else len(identity) // 2
+            rows = len(grid_constant(transform, (1, 1), self.tps_grid))
             self.grid_constant = self.params.get(
-                'target_grid' if transform == 'projective' else 'tps_basis', shape=(rows, 0, 0),
-                init=GridConstant(transform, self.tps_grid), differentiable=False,
-                allow_deferred_init=True)
+                constant_name, shape=(rows, 0, 0), init=GridConstant(transform, self.tps_grid),
+                differentiable=False, allow_deferred_init=True)
             self._shape_grid_constant()
         for param in self.collect_params().values():
             param.lr_mult = loc_lr_mult
@@ -278,13 +277,5 @@ class SpatialTransformer(nn.HybridBlock):
 
     def hybrid_forward(self, F, x, grid_constant=None):
         theta = self.regressor(self.localisation(x))
-        if self.transform == 'affine':
-            return affine_sample(F, x, theta, self.target_shape), theta
-        if self.transform == 'attention':
-            grid = affine_grid(F, attention_theta(F, theta), self.target_shape)
-        elif self.transform == 'projective':
-            grid = projective_grid(F, theta, grid_constant, self.target_shape)
-        else:
-            grid = tps_grid(F, theta, grid_constant, self.target_shape,
-                            self.tps_grid[0] * self.tps_grid[1])
+        grid = FAMILIES[self.transform].grid(F, theta, grid_constant, self.target_shape)
         return F.BilinearSampler(x, grid), theta

@@ -5,52 +5,48 @@
     python train.py --resume             # continue the run in --out
     python train.py --dataset rts --model cnn --transform tps --out result/rts-st-cnn-tps
     python train.py --dataset rts --model cnn --transform tps --summary   # layers, no training
+    python train.py --lr-mode cosine --warmup-epochs 1
 
 --model lenet|fcn|cnn picks the classifier (the seed LeNet, the paper's FCN or CNN) and
 --transform none|affine|attention|projective|tps the transformer in front (--no-stn is
 --transform none). fcn and cnn get the width that brings the model to its experiment's
 parameter budget (net.fit_width, net.BUDGETS) unless --width is given, and on RTS and TC
-average-pool the transformer's output 2x2 before the classifier (see net.py).
+average-pool the transformer's output 2x2 before the classifier (see net.py). The
+learning rate follows one schedule (engine.Schedule: step or cosine, with an optional
+linear warm-up) in both APIs.
 
-Everything a run makes goes into --out: config.json, metrics.csv (one row per
-epoch), checkpoint-NNNN.{params,states} with checkpoint.json pointing at the
-newest, the exported network (model-symbol.json + model-NNNN.params) and, with a
-transformer of any family, compare.jpg (input digits with the regions the transformer
-samples outlined, beside its output) and snapshots.npz (its output and those outlines
-on 16 test digits after every epoch, for visualize.py --animate).
+Everything a run makes goes into --out (rundir.py owns the layout): config.json,
+metrics.csv (one row per epoch), checkpoint-NNNN.{params,states} with checkpoint.json
+pointing at the newest, the exported network (model-symbol.json + model-NNNN.params)
+and, with a transformer of any family, compare.jpg (input digits with the regions the
+transformer samples outlined, beside its output) and snapshots.npz (its output and
+those outlines on 16 test digits after every epoch, for visualize.py --animate).
 """
 import argparse
-import csv
-import json
-import logging
 import math
 import os
 import sys
-import tempfile
 import time
-import warnings
 
-os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')  # no banner on every Module reshape
-import mxnet as mx  # noqa: E402
-import numpy as np  # noqa: E402
-from mxnet import autograd, gluon  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import compat  # noqa: F401  (before mxnet)
+import mxnet as mx
+import numpy as np
 
-import distort  # noqa: E402
-from atomic import atomic_write, write_text  # noqa: E402
-import mnist  # noqa: E402
-import stn  # noqa: E402
-import symbolic  # noqa: E402
-import visualize  # noqa: E402
-import net  # noqa: E402
-from net import MODELS, Net  # noqa: E402
+import distort
+import mnist
+import net
+import rundir
+import stn
+from engine import LR_MODES, GluonModel, NonFiniteLoss, build_net, pool_after_stn
+from net import MODELS
+from symbolic import ModuleModel
 
-METRICS = ['dataset', 'epoch', 'train_loss', 'test_loss', 'test_acc', 'lr', 'imgs_per_s', 'epoch_s']
 # Flags a resumed run takes from the run it continues; the others may change.
 RUN_FLAGS = ['api', 'dataset', 'data_seed', 'fresh_distortions', 'batch_size', 'lr', 'lr_steps',
-             'lr_factor', 'optimizer', 'momentum', 'loc_lr_mult', 'seed', 'no_stn', 'train_size',
-             'model', 'transform', 'tps_grid', 'width']
-TRANSFORMS = ['none', 'affine', 'attention', 'projective', 'tps']
+             'lr_factor', 'lr_mode', 'warmup_epochs', 'optimizer', 'momentum', 'loc_lr_mult',
+             'seed', 'train_size', 'model', 'transform', 'tps_grid', 'width']
+SCHEDULE_FLAGS = {'lr_mode': 'step', 'warmup_epochs': 0}   # defaults for configs made before them
+TRANSFORMS = ('none',) + stn.TRANSFORMS
 
 
 def positive(kind):
@@ -103,17 +99,24 @@ def parse_args(argv=None):
     p.add_argument('--optimizer', choices=['adam', 'sgd'], default='adam')
     p.add_argument('--lr', type=positive(float), default=0.001, help='initial learning rate')
     p.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
+    p.add_argument('--lr-mode', choices=LR_MODES, default='step',
+                   help='step: multiply by --lr-factor after each of --lr-steps; cosine: '
+                        'decay to 0 at the last epoch')
     p.add_argument('--lr-steps', type=epoch_list, default=[12, 16],
                    help='epochs after which the learning rate is multiplied by --lr-factor')
     p.add_argument('--lr-factor', type=positive(float), default=0.1)
+    p.add_argument('--warmup-epochs', type=float, default=0,
+                   help='epochs of linear warm-up from 0 to --lr before the schedule')
     p.add_argument('--loc-lr-mult', type=positive(float), default=0.1,
                    help='learning-rate multiplier of the localisation net and regressor')
     p.add_argument('--seed', type=int, default=1)
     p.add_argument('--model', choices=MODELS, default='lenet',
                    help='classifier: the seed LeNet, or the paper\'s FCN or CNN (see net.py)')
-    p.add_argument('--transform', choices=TRANSFORMS, default=None,
-                   help='spatial transformer family in front of the classifier (default: affine)')
-    p.add_argument('--no-stn', action='store_true', help='no transformer: --transform none')
+    which = p.add_mutually_exclusive_group()
+    which.add_argument('--transform', choices=TRANSFORMS, default='affine',
+                       help='spatial transformer family in front of the classifier')
+    which.add_argument('--no-stn', dest='transform', action='store_const', const='none',
+                       help='no transformer: --transform none')
     p.add_argument('--tps-grid', type=positive(int), default=4,
                    help='--transform tps: N x N control points')
     p.add_argument('--width', type=positive(int), default=None,
@@ -131,10 +134,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 0 <= args.momentum < 1:
         p.error(f'argument --momentum: {args.momentum} must be in [0, 1)')
-    if args.no_stn and args.transform not in (None, 'none'):
-        p.error(f'argument --no-stn: not allowed with --transform {args.transform}')
-    args.transform = 'none' if args.no_stn else args.transform or 'affine'
-    args.no_stn = args.transform == 'none'
+    if not 0 <= args.warmup_epochs < args.epochs:
+        p.error(f'argument --warmup-epochs: {args.warmup_epochs} must be >= 0 and below --epochs')
     if args.tps_grid < 2:
         p.error(f'argument --tps-grid: {args.tps_grid} must be >= 2')
     if args.width is not None and args.model == 'lenet':
@@ -145,75 +146,6 @@ def parse_args(argv=None):
     return args
 
 
-def write_metrics(path, rows):
-    lines = [','.join(METRICS)] + [','.join(str(row[k]) for k in METRICS) for row in rows]
-    write_text(path, '\n'.join(lines) + '\n')
-
-
-def read_metrics(path, last_epoch):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        rows = [row for row in csv.DictReader(f) if int(row['epoch']) <= last_epoch]
-    return rows
-
-
-def save_checkpoint(out, epoch, model):
-    """Write checkpoint-NNNN.{params,states}, then point checkpoint.json at them.
-
-    The pointer is renamed into place last, so an interruption at any moment
-    leaves checkpoint.json naming a complete earlier checkpoint.
-    """
-    stem = os.path.join(out, f'checkpoint-{epoch:04d}')
-    atomic_write(stem + '.params', model.save_params)
-    atomic_write(stem + '.states', model.save_states)
-    previous = load_checkpoint_pointer(out)
-    write_text(os.path.join(out, 'checkpoint.json'), json.dumps({'epoch': epoch}))
-    if previous is not None and previous != epoch:
-        for ext in ('.params', '.states'):
-            old = os.path.join(out, f'checkpoint-{previous:04d}{ext}')
-            if os.path.exists(old):
-                os.remove(old)
-
-
-def load_checkpoint_pointer(out):
-    path = os.path.join(out, 'checkpoint.json')
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)['epoch']
-
-
-def learning_rate(args, epoch):
-    """The learning rate for 1-based ``epoch``: step decay after each of --lr-steps."""
-    return args.lr * args.lr_factor ** sum(epoch > step for step in args.lr_steps)
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def check_loss(mean, epoch, step):
-    if not math.isfinite(mean):
-        raise NonFiniteLoss(f'the training loss became {mean} in epoch {epoch} (batch {step})')
-
-
-def epoch_order(args, epoch, n):
-    """The shuffle of ``epoch``, and the dropout seed with it: a resumed run repeats both."""
-    mx.random.seed(args.seed * 1000 + epoch)
-    return np.random.RandomState(args.seed * 1000 + epoch).permutation(n)
-
-
-def progress_bar(epoch, batches):
-    return tqdm(total=batches, desc=f'epoch {epoch}', leave=False, unit='batch',
-                file=sys.stderr, disable=None)
-
-
-def pool_after_stn(args):
-    """The paper's 2x2 average pooling after the transformer: FCN and CNN on RTS and TC."""
-    return args.dataset in ('rts', 'tc') and args.model in ('fcn', 'cnn') and not args.no_stn
-
-
 def resolve_width(args, image_shape):
     """Set an unset ``args.width`` of fcn/cnn to the one that meets the parameter budget."""
     if args.width is None and args.model != 'lenet':
@@ -221,17 +153,10 @@ def resolve_width(args, image_shape):
                                    pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid)
 
 
-def build_net(args):
-    """The net.Net of the run's flags (``args.width`` resolved)."""
-    return Net(model=args.model, transform=args.transform, width=args.width,
-               pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid,
-               loc_lr_mult=args.loc_lr_mult)
-
-
 def describe(args):
     """'STN (affine) + LeNet', 'ST-CNN (tps)', 'FCN', ..."""
     name = {'lenet': 'LeNet', 'fcn': 'FCN', 'cnn': 'CNN'}[args.model]
-    if args.no_stn:
+    if args.transform == 'none':
         return name
     if args.model == 'lenet':
         return f'STN ({args.transform}) + LeNet'
@@ -258,190 +183,14 @@ def summary(args):
           + (f'   (budget {net.BUDGETS[image_shape[1]]:,d})' if args.model != 'lenet' else ''))
 
 
-class GluonModel:
-    """net.Net trained with gluon.Trainer on batches sliced from the in-memory arrays."""
-
-    def __init__(self, args, data_shape, ctx, begin_epoch=0):
-        self.args, self.ctx = args, ctx
-        image_shape = data_shape[1:]
-        self.net = build_net(args)
-        self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=ctx)
-        self.net.hybridize(static_alloc=True, static_shape=True)
-        self.net(mx.nd.zeros((2, *image_shape), ctx=ctx))  # deferred init: shapes are known
-        params = {'learning_rate': args.lr}
-        if args.optimizer == 'sgd':
-            params['momentum'] = args.momentum
-        self.trainer = gluon.Trainer(self.net.collect_params(), args.optimizer, params)
-        self.num_params = net.trainable_params(self.net)   # grid constants excluded
-
-    def fit_epoch(self, epoch, x, y):
-        """One pass over (x, y) in shuffled mini-batches; returns (mean loss, images/s)."""
-        args, ctx = self.args, self.ctx
-        self.trainer.set_learning_rate(learning_rate(args, epoch))
-        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-        order = epoch_order(args, epoch, len(x))
-        total, seen, start = mx.nd.zeros(1, ctx=ctx), 0, time.time()
-        progress = progress_bar(epoch, math.ceil(len(x) / args.batch_size))
-        for step, i in enumerate(range(0, len(x), args.batch_size), 1):
-            idx = order[i:i + args.batch_size]
-            data, label = mx.nd.array(x[idx], ctx=ctx), mx.nd.array(y[idx], ctx=ctx)
-            with autograd.record():
-                loss = loss_fn(self.net(data), label)
-            loss.backward()
-            self.trainer.step(len(idx))
-            total += loss.sum()
-            seen += len(idx)
-            progress.update()
-            if step % 50 == 0 or seen == len(x):
-                check_loss(total.asscalar() / seen, epoch, step)
-                progress.set_postfix(loss=f'{total.asscalar() / seen:.4f}')
-        progress.close()
-        return total.asscalar() / seen, seen / (time.time() - start)
-
-    def evaluate(self, x, y, batch_size=1000):
-        """Mean cross-entropy and accuracy over every example of (x, y)."""
-        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-        accuracy, mean_loss = mx.metric.Accuracy(), mx.metric.Loss()
-        for i in range(0, len(x), batch_size):
-            data = mx.nd.array(x[i:i + batch_size], ctx=self.ctx)
-            label = mx.nd.array(y[i:i + batch_size], ctx=self.ctx)
-            logits = self.net(data)
-            accuracy.update(label, logits)
-            mean_loss.update(None, loss_fn(logits, label))
-        assert accuracy.num_inst == len(x)
-        return mean_loss.get()[1], accuracy.get()[1]
-
-    def transform(self, images):
-        """The transformer's (output, theta) for ``images`` (N, C, H, W), as numpy arrays."""
-        out, theta = self.net.stn(mx.nd.array(images, ctx=self.ctx))
-        return out.asnumpy(), theta.asnumpy()
-
-    def save_params(self, path):
-        self.net.save_parameters(path)
-
-    def save_states(self, path):
-        self.trainer.save_states(path)
-
-    def load(self, stem):
-        self.net.load_parameters(stem + '.params', ctx=self.ctx)
-        self.trainer.load_states(stem + '.states')
-
-    def export(self, prefix, epoch):
-        """``HybridBlock.export``: prefix-symbol.json and prefix-EPOCH.params."""
-        self.net.export(prefix, epoch=epoch)
-
-
-class ModuleModel:
-    """symbolic.get_symbol() trained with mx.mod.Module.fit over mx.io.NDArrayIter.
-
-    ``fit`` runs one epoch per call, so that the epoch loop, the checkpoints and the
-    log line are the Gluon path's. The last partial batch of an epoch is dropped.
-    """
-
-    def __init__(self, args, data_shape, ctx, begin_epoch=0):
-        """``begin_epoch``: epochs already done (the schedule counts updates from there)."""
-        self.args = args
-        num, *image_shape = data_shape
-        symbol = symbolic.get_symbol(add_stn=not args.no_stn, target_shape=image_shape[1:],
-                                     loc_lr_mult=args.loc_lr_mult)
-        self.logits = symbolic.logits_of(symbol)
-        quiet = logging.getLogger('module')
-        quiet.setLevel(logging.ERROR)
-        self.mod = mx.mod.Module(symbol, context=ctx, logger=quiet)
-        self.mod.bind(data_shapes=[('data', (args.batch_size, *image_shape))],
-                      label_shapes=[('softmax_label', (args.batch_size,))])
-        self.mod.init_params(mx.init.Xavier(magnitude=2.24), allow_missing=True,
-                             arg_params=symbolic.identity_params() if not args.no_stn else None)
-        self.num_params = symbolic.count_params(symbol, (1, *image_shape))
-        # Adam/SGD with the step schedule of --lr-steps, counted in updates.
-        batches = num // args.batch_size
-        params = {'learning_rate': args.lr, 'begin_num_update': begin_epoch * batches}
-        if args.lr_steps:
-            params['lr_scheduler'] = mx.lr_scheduler.MultiFactorScheduler(
-                [s * batches for s in args.lr_steps], args.lr_factor)
-        if args.optimizer == 'sgd':
-            params['momentum'] = args.momentum
-        self.mod.init_optimizer(optimizer=args.optimizer, optimizer_params=params)
-
-    def fit_epoch(self, epoch, x, y):
-        args = self.args
-        order = epoch_order(args, epoch, len(x))
-        batches = len(x) // args.batch_size
-        data = mx.io.NDArrayIter(x[order], y[order], args.batch_size, shuffle=False,
-                                 last_batch_handle='discard', label_name='softmax_label')
-        loss = mx.metric.CrossEntropy()
-        progress = progress_bar(epoch, batches)
-
-        def after_batch(param):
-            progress.update()
-            if param.nbatch % 50 == 0 or param.nbatch == batches - 1:
-                mean = loss.get()[1]
-                check_loss(mean, epoch, param.nbatch + 1)
-                progress.set_postfix(loss=f'{mean:.4f}')
-
-        start = time.time()
-        with warnings.catch_warnings():  # fit re-announces the bind and init done above
-            warnings.simplefilter('ignore')
-            self.mod.fit(data, eval_metric=loss, begin_epoch=epoch - 1, num_epoch=epoch,
-                         batch_end_callback=after_batch)
-        progress.close()
-        return loss.get()[1], batches * args.batch_size / (time.time() - start)
-
-    def evaluate(self, x, y, batch_size=1000):
-        """Mean cross-entropy and accuracy over every example of (x, y)."""
-        probs = self.mod.predict(mx.io.NDArrayIter(x, y, batch_size,
-                                                   label_name='softmax_label')).asnumpy()
-        assert len(probs) == len(x)
-        picked = probs[np.arange(len(y)), y]
-        return float(-np.log(np.maximum(picked, 1e-12)).mean()), float((probs.argmax(1) == y).mean())
-
-    def transform(self, images):
-        """The transformer's (output, theta) for ``images`` (N, C, H, W), as numpy arrays."""
-        internals = self.logits.get_internals()
-        outputs = mx.sym.Group([internals['net_stn_transformer_output'],
-                                internals['net_stn_regressor_fwd_output']])
-        args, aux = self.mod.get_params()
-        needed = {k: v for k, v in {**args, **aux}.items() if k in outputs.list_inputs()}
-        out, theta = outputs.eval(ctx=mx.cpu(), data=mx.nd.array(images), **needed)
-        return out.asnumpy(), theta.asnumpy()
-
-    def save_params(self, path):
-        self.mod.save_params(path)
-
-    def save_states(self, path):
-        self.mod.save_optimizer_states(path)
-
-    def load(self, stem):
-        self.mod.load_params(stem + '.params')
-        self.mod.load_optimizer_states(stem + '.states')
-
-    def export(self, prefix, epoch):
-        """The logits symbol (no SoftmaxOutput) and the weights, laid out like a Gluon export."""
-        args, aux = self.mod.get_params()
-        self.logits.save(f'{prefix}-symbol.json')
-        mx.nd.save(f'{prefix}-{epoch:04d}.params',
-                   {**{f'arg:{k}': v for k, v in args.items()},
-                    **{f'aux:{k}': v for k, v in aux.items()}})
-
-
 def snapshot(model, images, out, epoch):
     """The transformer's output on a fixed batch and the outlines of the regions it
     samples, kept per epoch for stn_training.gif (runs with a transformer)."""
     args = model.args
-    if not args.no_stn:
+    if args.transform != 'none':
         transformed, theta = model.transform(images)
         grid = stn.sampling_grid(theta, args.transform, transformed.shape[2:], args.tps_grid)
-        visualize.record_snapshot(images, transformed, grid, out, epoch)
-
-
-def export(model, out, epoch):
-    """Export ``model`` to out/model-symbol.json + out/model-EPOCH.params, atomically."""
-    tmp = tempfile.mkdtemp(dir=out, prefix='.export')
-    model.export(os.path.join(tmp, 'model'), epoch)
-    for name in os.listdir(tmp):
-        os.replace(os.path.join(tmp, name), os.path.join(out, name))
-    os.rmdir(tmp)
-    return os.path.join(out, 'model')
+        rundir.record_snapshot(out, epoch, images, transformed, grid)
 
 
 def main(argv=None):
@@ -449,27 +198,28 @@ def main(argv=None):
     if args.summary:
         return summary(args)
     os.makedirs(args.out, exist_ok=True)
-    config_path = os.path.join(args.out, 'config.json')
-    metrics_path = os.path.join(args.out, 'metrics.csv')
     start_epoch = 0
     if args.resume:
-        start_epoch = load_checkpoint_pointer(args.out)
-        if start_epoch is None:
-            sys.exit(f'error: --resume: no checkpoint.json in {args.out}; '
-                     f'start a new run without --resume')
-        with open(config_path) as f:
-            saved = json.load(f)
-        for key in RUN_FLAGS:
-            setattr(args, key, saved[key])
-        print(f'resuming {args.out} after epoch {start_epoch} (run settings from {config_path})')
+        try:
+            start_epoch = rundir.checkpoint_epoch(args.out)
+            if start_epoch is None:
+                sys.exit(f'error: --resume: no checkpoint.json in {args.out}; '
+                         f'start a new run without --resume')
+            saved = rundir.read_config(args.out)
+            for key in RUN_FLAGS:
+                # Runs made before --lr-mode and --warmup-epochs used step decay, no warm-up.
+                setattr(args, key, saved[key] if key not in SCHEDULE_FLAGS else
+                        saved.get(key, SCHEDULE_FLAGS[key]))
+        except (rundir.RunError, KeyError) as e:
+            sys.exit(f'error: --resume: {args.out} cannot be continued: {e}')
+        print(f'resuming {args.out} after epoch {start_epoch} (run settings from its config.json)')
 
     ctx = mx.cpu() if args.ctx == 'cpu' else mx.gpu(int(args.ctx))
     try:
-        digits = mnist.load_mnist(args.data_dir)
+        data = distort.load_dataset(args.dataset, args.data_dir, args.data_seed)
     except mnist.MNISTError as e:
         sys.exit(f'error: {e}')
-    train_x, train_y, test_x, test_y = distort.load(args.dataset, digits, args.data_seed)
-    digits = digits[0][:args.train_size] if args.fresh_distortions else None
+    train_x, train_y, test_x, test_y = data.train_x, data.train_y, data.test_x, data.test_y
     if args.train_size:
         train_x, train_y = train_x[:args.train_size], train_y[:args.train_size]
 
@@ -480,19 +230,18 @@ def main(argv=None):
                                                                  start_epoch)
 
     if args.resume:
-        model.load(os.path.join(args.out, f'checkpoint-{start_epoch:04d}'))
-        rows = read_metrics(metrics_path, start_epoch)
+        model.load(rundir.checkpoint_stem(args.out, start_epoch))
+        rows = rundir.read_metrics(args.out, start_epoch)
     else:
         rows = []
-        config = dict(vars(args), num_params=model.num_params, train_images=len(train_x),
-                      pool_after_stn=pool_after_stn(args),
-                      image_shape=train_x.shape[1:], mxnet=mx.__version__,
-                      distortion=dict(distort.check_params(args.dataset, {}),
-                                      version=distort.VERSION))
-        write_text(config_path, json.dumps(config, indent=2) + '\n')
-        save_checkpoint(args.out, 0, model)  # so that Ctrl-C always leaves one
+        rundir.write_config(args.out, dict(
+            vars(args), num_params=model.num_params, train_images=len(train_x),
+            pool_after_stn=pool_after_stn(args), image_shape=train_x.shape[1:],
+            mxnet=mx.__version__,
+            distortion=dict(distort.check_params(args.dataset, {}), version=distort.VERSION)))
+        rundir.write_metrics(args.out, rows)
+        rundir.save_checkpoint(args.out, 0, model.save_params, model.save_states)  # for Ctrl-C
         snapshot(model, test_x[:16], args.out, 0)
-        write_metrics(metrics_path, rows)
 
     print(f'{describe(args)} ({args.api} API), '
           f'{model.num_params} parameters, '
@@ -503,31 +252,33 @@ def main(argv=None):
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
             start = time.time()
-            if digits is not None:
-                train_x = distort.distort(args.dataset, digits, (args.data_seed, 2, epoch))[0]
+            if args.fresh_distortions:
+                train_x = distort.fresh_training_set(args.dataset, data.digits[:args.train_size],
+                                                     args.data_seed, epoch)
             train_loss, imgs_per_s = model.fit_epoch(epoch, train_x, train_y)
             test_loss, test_acc = model.evaluate(test_x, test_y)
-            lr = learning_rate(args, epoch)
+            lr = model.learning_rate
             rows.append(dict(dataset=args.dataset, epoch=epoch, train_loss=f'{train_loss:.5f}',
                              test_loss=f'{test_loss:.5f}', test_acc=f'{test_acc:.4f}', lr=f'{lr:g}',
                              imgs_per_s=f'{imgs_per_s:.0f}', epoch_s=f'{time.time() - start:.1f}'))
             print(f'{epoch:5d}  {train_loss:10.4f}  {test_loss:9.4f}  {100 * test_acc:7.2f}%  '
                   f'{lr:6g}  {imgs_per_s:6.0f}  {time.time() - start:7.1f}', flush=True)
-            save_checkpoint(args.out, epoch, model)
-            write_metrics(metrics_path, rows)
+            rundir.save_checkpoint(args.out, epoch, model.save_params, model.save_states)
+            rundir.write_metrics(args.out, rows)
             snapshot(model, test_x[:16], args.out, epoch)
     except KeyboardInterrupt:
         sys.exit(f'\ninterrupted in epoch {epoch}; the checkpoint of epoch '
-                 f'{load_checkpoint_pointer(args.out)} is in {args.out}: continue with '
+                 f'{rundir.checkpoint_epoch(args.out)} is in {args.out}: continue with '
                  f'python train.py --out {args.out} --resume')
     except NonFiniteLoss as e:
         sys.exit(f'error: {e}. Stopped; the last good checkpoint (epoch '
-                 f'{load_checkpoint_pointer(args.out)}) is kept in {args.out}. '
+                 f'{rundir.checkpoint_epoch(args.out)}) is kept in {args.out}. '
                  f'Try a smaller --lr or --loc-lr-mult.')
 
-    prefix = export(model, args.out, args.epochs)
+    prefix = rundir.export(args.out, args.epochs, model.export)
     print(f'exported {prefix}-symbol.json and {prefix}-{args.epochs:04d}.params')
-    if not args.no_stn:
+    if args.transform != 'none':
+        import visualize   # matplotlib, only for the picture at the end
         print(f'wrote {visualize.compare_run(args.out, test_x[:64], test_y[:64])}')
 
 

@@ -19,20 +19,17 @@ curves.png: train and test loss and test error per epoch from metrics.csv, one
 colour per run folder.
 
 stn_training.gif: the transformer's output on a fixed batch after every epoch, with
-the outlines of the sampled regions, from the snapshots.npz that ``record_snapshot``
-writes during training.
+the outlines of the sampled regions, from the snapshots.npz that training writes
+(``rundir.record_snapshot``).
 """
 import argparse
-import csv
-import glob
-import json
 import os
 import re
-import zipfile
 
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+import compat  # noqa: E402,F401  (before mxnet)
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Polygon, Rectangle  # noqa: E402
@@ -40,21 +37,14 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from mxnet import gluon  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import atomic  # noqa: E402
 import distort  # noqa: E402
 import mnist  # noqa: E402
+import rundir  # noqa: E402
 import stn  # noqa: E402
+from geometry import outline  # noqa: E402
+from rundir import GRID_CONSTANTS, GRIDS, THETA, TRANSFORMED, RunError  # noqa: E402
 
-# Names of the transformer's outputs inside an exported symbol: net.py's Gluon export
-# and symbolic.py's sym.SpatialTransformer give the layers the same names. The grid is
-# GridGenerator's (affine, attention) or stn.py's (projective, tps); sym.SpatialTransformer
-# (symbolic.py, affine only) makes its grid inside, so load_model rebuilds it from theta.
-TRANSFORMED = ('net_stn_bilinearsampler0_output', 'net_stn_transformer_output')
-THETA = 'net_stn_regressor_fwd_output'
-GRID = 'net_stn_gridgenerator0_output'
-GRIDS = (GRID, 'net_stn_grid_output')
 BOX_COLOR = '#ffb000'
-SNAPSHOT_SIDE = 16   # segments per side of the outlines kept in snapshots.npz
 
 
 # ---- tiles and outlines ---------------------------------------------------------------
@@ -77,50 +67,11 @@ def tile_origins(n, height, width, nrow=8, pad=2):
     return np.stack([pad + col * (width + pad), pad + r * (height + pad)], 1).astype(float)
 
 
-def side_points(n, segments=None):
-    """Indices 0 .. n-1 of the points along a side of n grid points; with ``segments``,
-    about that many evenly spaced ones (both ends always kept)."""
-    if segments is None or segments >= n - 1:
-        return np.arange(n)
-    return np.unique(np.round(np.linspace(0, n - 1, segments + 1)).astype(int))
-
-
-def outline(grid, height, width, per_side=None):
-    """Where the transformer samples from: (N, M, 2) input pixel coordinates (x, y) of
-    the border points of the sampling grid, in order around it.
-
-    ``grid`` (N, 2, H', W') holds the normalised input point (x first, then y; -1 and
-    +1 are the centres of the corner pixels) that each output pixel reads (stn.py's
-    convention); the input has height x width pixels, so x maps to column
-    (x + 1)(width - 1)/2 and y to row (y + 1)(height - 1)/2. The points run along the
-    top row left to right, down the right column, along the bottom row right to left
-    and up the left column, each corner once: M = 2 (H' + W') - 4. ``per_side`` thins
-    each side of n points to min(n, per_side + 1) evenly spaced ones, corners kept
-    (M = 4 per_side when H' and W' exceed per_side). This is
-    the output border mapped into the input: a straight-sided quadrilateral for affine,
-    attention and projective grids, a curve for TPS. The identity grid gives the image
-    border through the corner pixel centres, (0, 0) to (width - 1, height - 1).
-    """
-    grid = np.asarray(grid, np.float64)
-    rows, cols = side_points(grid.shape[2], per_side), side_points(grid.shape[3], per_side)
-    top, bottom, left, right = rows[0], rows[-1], cols[0], cols[-1]
-    i = np.concatenate([np.full(len(cols), top), rows[1:], np.full(len(cols) - 1, bottom),
-                        rows[-2:0:-1]])
-    j = np.concatenate([cols, np.full(len(rows) - 1, right), cols[-2::-1],
-                        np.full(len(rows) - 2, left)])
-    points = grid[:, :, i, j].transpose(0, 2, 1)                             # (N, M, 2)
-    return (points + 1) / 2 * np.array([width - 1, height - 1])
-
-
 def to_unit(images):
     """uint8 or float images as float32 in [0, 1]."""
     if images.dtype == np.uint8:
         return images.astype(np.float32) / 255
     return np.clip(images, 0, 1).astype(np.float32)
-
-
-def to_uint8(images):
-    return np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
 
 
 # ---- compare.jpg ----------------------------------------------------------------------
@@ -195,26 +146,6 @@ def save_samples(images, path, title):
 
 # ---- the exported model ---------------------------------------------------------------
 
-def read_config(run_dir):
-    """The run's config.json as a dict ({} if there is none)."""
-    path = os.path.join(run_dir, 'config.json')
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def model_files(run_dir):
-    """(model-symbol.json, model-NNNN.params) of a run; NNNN from config.json, else the newest."""
-    symbol = os.path.join(run_dir, 'model-symbol.json')
-    epochs = read_config(run_dir).get('epochs')
-    params = os.path.join(run_dir, f'model-{epochs:04d}.params') if epochs else None
-    if params is None or not os.path.exists(params):
-        found = sorted(glob.glob(os.path.join(run_dir, 'model-*.params')))
-        params = found[-1] if found else params or os.path.join(run_dir, 'model-NNNN.params')
-    return symbol, params
-
-
 def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
     """The run's exported network as a block: x (N, C, H, W) -> (transformed (N, C, H', W'),
     grid (N, 2, H', W'), logits (N, classes)), for a transformer of any family.
@@ -224,21 +155,14 @@ def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
     model-symbol.json and model-NNNN.params alone (no Python classes); a symbolic-API
     export (symbolic.py: affine, no grid node) gets its grid rebuilt from theta with
     stn.affine_grid inside the block. ``image_shape`` (C, H, W), if given, is checked
-    against the saved weights. Problems exit with a message (SystemExit).
+    against the saved weights. Problems raise ``rundir.RunError`` with a message.
     """
-    symbol_file, params_file = model_files(run_dir)
-    for path in (symbol_file, params_file):
-        if not os.path.exists(path):
-            raise SystemExit(
-                f'error: {path} not found: {run_dir} holds no exported model. train.py writes '
-                f'model-symbol.json and model-NNNN.params when a run finishes: finish an '
-                f'interrupted run (python train.py --out {run_dir} --resume) or pass --out '
-                f'RUN_DIR of a finished run.')
+    symbol_file, params_file, _, _ = rundir.model_files(run_dir)
     sym = mx.sym.load(symbol_file)
     internals = sym.get_internals()
     transformed = [name for name in TRANSFORMED if name in internals.list_outputs()]
     if not transformed:
-        raise SystemExit(f'error: {symbol_file} has no spatial transformer (none of {TRANSFORMED} '
+        raise RunError(f'{symbol_file} has no spatial transformer (none of {TRANSFORMED} '
                          f'is among its internals): a plain LeNet (--no-stn) run has nothing to '
                          f'show. Pass --out RUN_DIR of an STN run.')
     if image_shape is not None:
@@ -258,10 +182,10 @@ def grid_of(internals, transformed, run_dir):
     for name in GRIDS:
         if name in names:
             return internals[name]
-    transform = read_config(run_dir).get('transform', 'affine')
+    transform = rundir.read_config(run_dir).get('transform', 'affine')
     target_shape = internals[transformed].attr('target_shape')
     if THETA not in names or target_shape is None or transform != 'affine':
-        raise SystemExit(f'error: the exported symbol of {run_dir} has no sampling grid (none of '
+        raise RunError(f'the exported symbol of {run_dir} has no sampling grid (none of '
                          f'{GRIDS}) to rebuild for a {transform} transformer: export the run '
                          f'again with this version of train.py.')
     target_shape = tuple(int(n) for n in re.findall(r'\d+', target_shape))
@@ -273,10 +197,10 @@ def trained_shape(sym, saved):
     grid generator's target_shape, or the projective/TPS grid constant among the ``saved``
     shapes by name; None if neither is there."""
     internals = sym.get_internals()
-    for name in (GRID, 'net_stn_transformer_output'):
+    for name in (GRIDS[0], rundir.SYMBOL_TRANSFORMED):
         if name in internals.list_outputs() and internals[name].attr('target_shape'):
             return tuple(int(n) for n in re.findall(r'\d+', internals[name].attr('target_shape')))
-    for name in ('net_stn_target_grid', 'net_stn_tps_basis'):
+    for name in GRID_CONSTANTS:
         if name in saved:
             return tuple(saved[name][1:])
     return None
@@ -293,7 +217,7 @@ def check_input_shape(sym, params_file, shape):
         fits = False
     if not fits:
         trained = 'x'.join(map(str, trained)) + ' images' if trained else 'other images'
-        raise SystemExit(f'error: {params_file} was trained on {trained} and does not take '
+        raise RunError(f'{params_file} was trained on {trained} and does not take '
                          f'{"x".join(map(str, shape))} inputs. Pick the --dataset the run was '
                          f'trained on (see its config.json), or leave --dataset out.')
 
@@ -310,58 +234,11 @@ def compare_run(run_dir, images, labels=None, model=None):
 
 
 def load_test_set(dataset, data_dir, seed):
-    try:
-        return distort.load(dataset, mnist.load_mnist(data_dir), seed)[2:]
-    except mnist.MNISTError as e:
-        raise SystemExit(f'error: {e}')
+    data = distort.load_dataset(dataset, data_dir, seed)
+    return data.test_x, data.test_y
 
 
 # ---- stn_training.gif -----------------------------------------------------------------
-
-def record_snapshot(images, transformed, grid, out_dir, epoch):
-    """Store the transformer's output for a fixed batch after ``epoch`` in out_dir/snapshots.npz.
-
-    ``images`` (N, 1, H, W) in [0, 1], e.g. test_x[:16] (16 images make a 4 x 4
-    animation; a 42x42 batch costs about 30 KB per epoch uncompressed), and the
-    transformer's ``transformed`` (N, 1, H', W') and sampling ``grid`` (N, 2, H', W')
-    for them (stn.sampling_grid, or load_model's grid), numpy arrays. Epoch 0 is before
-    training. The file holds inputs (N, 1, H, W) uint8, frames (E, N, 1, H', W') uint8,
-    outlines (E, N, M, 2) float32 (``outline`` with per_side=SNAPSHOT_SIDE: M = 64 for
-    outputs of 17 pixels or more a side, about 8 KB per epoch for 16 images) and epochs
-    (E,); frames of epochs >= ``epoch`` (a resumed run) and of another input batch are
-    dropped. Written atomically.
-    """
-    inputs, frame = to_uint8(images), to_uint8(transformed)
-    lines = outline(grid, *images.shape[2:], per_side=SNAPSHOT_SIDE).astype(np.float32)
-    path = os.path.join(out_dir, 'snapshots.npz')
-    epochs, frames, outlines = np.zeros(0, np.int64), frame[None][:0], lines[None][:0]
-    try:
-        old_inputs, old_frames, old_outlines, old_epochs = read_snapshots(path)
-        if np.array_equal(old_inputs, inputs) and old_outlines.shape[1:] == lines.shape:
-            keep = old_epochs < epoch
-            epochs, frames, outlines = old_epochs[keep], old_frames[keep], old_outlines[keep]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-        pass  # none yet, or unreadable: start afresh
-    atomic.write_npz(path, inputs=inputs, epochs=np.append(epochs, epoch),
-                     frames=np.concatenate([frames, frame[None]]),
-                     outlines=np.concatenate([outlines, lines[None]]))
-
-
-def read_snapshots(path):
-    """(inputs, frames, outlines, epochs) from a snapshots.npz; see ``record_snapshot``."""
-    with np.load(path) as s:
-        return s['inputs'], s['frames'], s['outlines'], s['epochs']
-
-
-def load_snapshots(run_dir):
-    """(inputs, frames, outlines, epochs) from run_dir/snapshots.npz; see ``record_snapshot``."""
-    path = os.path.join(run_dir, 'snapshots.npz')
-    if not os.path.exists(path):
-        raise SystemExit(f'error: {path} not found: train.py records the transformer\'s output on '
-                         f'a fixed batch every epoch into it (runs trained before that have none). '
-                         f'Train the run again, or pass --out RUN_DIR of a run that has one.')
-    return read_snapshots(path)
-
 
 def render(fig):
     """A matplotlib figure as an (H, W, 3) uint8 array."""
@@ -372,7 +249,7 @@ def render(fig):
 def write_animation(path, inputs, frames, outlines, epochs, ms_per_frame=500):
     """A GIF (640 x 340 pixels), one frame per epoch: the inputs (N, 1, H, W) with that
     epoch's outlines (E, N, M, 2) beside its output frames (E, N, 1, H', W'), as
-    ``load_snapshots`` gives them."""
+    ``rundir.read_snapshots`` gives them."""
     nrow = int(np.ceil(np.sqrt(len(inputs))))
     pictures = []
     for frame, lines, epoch in zip(frames, outlines, epochs):
@@ -387,21 +264,16 @@ def write_animation(path, inputs, frames, outlines, epochs, ms_per_frame=500):
 # ---- curves.png -----------------------------------------------------------------------
 
 def read_metrics(run_dir):
-    """Per-epoch arrays epoch, train_loss, test_loss, test_acc from run_dir/metrics.csv."""
-    path = os.path.join(run_dir, 'metrics.csv')
-    if not os.path.exists(path):
-        raise SystemExit(f'error: {path} not found: pass run folders written by train.py to --curves.')
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
+    """Per-epoch arrays epoch, train_loss, test_loss, test_acc from RUN/metrics.csv."""
+    rows = rundir.read_metrics(run_dir)
     if not rows:
-        raise SystemExit(f'error: {path} has no epochs yet: let the run finish an epoch first.')
-    return {key: np.array([float(row[key]) for row in rows])
-            for key in ('epoch', 'train_loss', 'test_loss', 'test_acc')}
+        raise RunError(f'{run_dir}/metrics.csv has no epochs yet: let the run finish an epoch first.')
+    return {key: rundir.column(rows, key) for key in ('epoch', 'train_loss', 'test_loss', 'test_acc')}
 
 
 def run_label(run_dir):
-    config = read_config(run_dir)
-    model = 'LeNet' if config.get('no_stn') else 'STN'
+    config = rundir.read_config(run_dir)
+    model = 'LeNet' if config.get('transform') == 'none' else 'STN'
     name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
     return f'{name} ({model}, {config.get("dataset", "mnist")})'
 
@@ -457,7 +329,15 @@ def main(argv=None):
     p.add_argument('--samples', action='store_true',
                    help='write OUT/samples_DATASET.png, 64 test images of the set')
     args = p.parse_args(argv)
-    config = read_config(args.out)
+    try:
+        draw(args)
+    except (RunError, mnist.MNISTError) as e:
+        raise SystemExit(f'error: {e}')
+
+
+def draw(args):
+    """What ``main``'s flags ask for."""
+    config = rundir.read_config(args.out)
     dataset = args.dataset or config.get('dataset', 'mnist')
     seed = config.get('data_seed', 0)
 
@@ -474,13 +354,13 @@ def main(argv=None):
         print(f'wrote {path}')
     if args.animate:
         path = os.path.join(args.out, 'stn_training.gif')
-        write_animation(path, *load_snapshots(args.out))
+        write_animation(path, *rundir.read_snapshots(args.out))
         print(f'wrote {path}')
     if args.samples or args.curves is not None or args.animate:
         return
 
     if not os.path.isdir(args.out):
-        raise SystemExit(f'error: no run folder {args.out}: pass --out RUN_DIR written by train.py')
+        raise RunError(f'no run folder {args.out}: pass --out RUN_DIR written by train.py')
     shape = distort.image_shape(dataset)
     model = load_model(args.out, shape)  # model problems are reported before the data loads
     test_x, test_y = load_test_set(dataset, args.data_dir, seed)

@@ -1,15 +1,13 @@
 """Shared fixtures: short real training runs (only when MNIST is available)."""
-import csv
-import os
-
 import pytest
+
+import rundir
 
 QUICK = ['--train-size', '5000', '--epochs', '2', '--batch-size', '32']
 
 
 def metrics(out):
-    with open(os.path.join(out, 'metrics.csv')) as f:
-        return list(csv.DictReader(f))
+    return rundir.read_metrics(str(out))
 
 
 @pytest.fixture(scope='session', params=['gluon', 'symbol'])

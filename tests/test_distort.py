@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import distort
+import geometry
 
 
 def blobs(n, seed=0):
@@ -100,7 +101,7 @@ def test_with_zero_distortion_a_set_returns_the_digits_unchanged(digits, name, p
 def test_tps_interpolates_its_control_values_exactly():
     control = np.stack(np.meshgrid(np.linspace(-1, 1, 4), np.linspace(-1, 1, 4)), -1).reshape(-1, 2)
     values = np.random.RandomState(0).randn(16, 2)
-    np.testing.assert_allclose(distort.tps_basis(control, control) @ values, values, atol=1e-9)
+    np.testing.assert_allclose(geometry.tps_basis(control, control) @ values, values, atol=1e-9)
 
 
 def test_tc_places_the_whole_digit_and_six_clutter_patches(digits):
@@ -173,7 +174,7 @@ def test_p_never_folds_the_page_so_every_output_pixel_sees_it_from_the_front():
     page = np.ones((500, 1, 28, 28), np.float32)
     _, info = distort.distort('p', page, seed=3)
     assert distort.convex(info['corners']).all()
-    points = np.concatenate([distort.normalised_grid(28), np.ones((784, 1))], 1).T
+    points = np.concatenate([geometry.target_points((28, 28)), np.ones((784, 1))], 1).T
     w = (info['homography'] @ points)[:, 2]
     assert (w > 0).all()
 

@@ -7,8 +7,8 @@ import pytest
 from mxnet import autograd, gluon, nd
 
 import stn
-from stn import (SpatialTransformer, affine_grid, affine_sample, attention_theta, control_points,
-                 grid_constant, guard, identity_theta, projective_grid, tps_grid)
+from geometry import control_points
+from stn import SpatialTransformer, affine_grid, affine_sample, grid_constant, guard, identity_theta
 
 FAMILIES = ['affine', 'attention', 'projective', 'tps']
 
@@ -20,14 +20,9 @@ def random_images(shape, seed=0):
 def grid_of(family, theta, target_shape, grid=4):
     """The sampling grid (N, 2, H', W') of ``family`` for theta (N, T), imperatively."""
     theta = nd.array(theta) if not isinstance(theta, nd.NDArray) else theta
-    if family == 'affine':
-        return affine_grid(nd, theta, target_shape)
-    if family == 'attention':
-        return affine_grid(nd, attention_theta(nd, theta), target_shape)
-    constant = nd.array(grid_constant(family, target_shape, grid))
-    if family == 'projective':
-        return projective_grid(nd, theta, constant, target_shape)
-    return tps_grid(nd, theta, constant, target_shape, constant.shape[0])
+    constant = grid_constant(family, target_shape, grid)
+    constant = None if constant is None else nd.array(constant)
+    return stn.FAMILIES[family].grid(nd, theta, constant, target_shape)
 
 
 def sample(family, images, theta, target_shape, grid=4):
@@ -302,3 +297,50 @@ def test_the_tps_control_grid_is_configurable():
     out, theta = block(x)
     assert theta.shape == (2, 30) and block.grid_constant.shape == (15, 28, 28)
     assert (out - x).abs().max().asscalar() < 1e-5
+
+
+# ---- the registry --------------------------------------------------------------------------
+
+def shift_family():
+    """A translation-only family, theta = [tx, ty], written as one registry entry."""
+    def grid(F, theta, constant, target_shape):
+        tx, ty = F.split(theta, num_outputs=2, axis=1)
+        one, zero = F.ones_like(tx), F.zeros_like(tx)
+        return affine_grid(F, F.concat(one, zero, tx, zero, one, ty, dim=1), target_shape)
+    return stn.Family(identity=lambda tps_grid: [0, 0], constant=None, constant_name=None,
+                      grid=grid)
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
+def test_a_new_family_is_one_registry_entry_that_drives_the_block_and_sampling_grid(
+        monkeypatch, hybridize):
+    monkeypatch.setitem(stn.FAMILIES, 'shift', shift_family())
+    block = SpatialTransformer(transform='shift', target_shape=(14, 10))
+    block.initialize()
+    x = random_images((2, 1, 28, 28))
+    np.testing.assert_allclose(block(x)[0].asnumpy(), nd.BilinearSampler(x, nd.array(
+        np.tile(identity_grid((14, 10)), (2, 1, 1, 1)))).asnumpy(), atol=1e-5)   # starts as identity
+    block.regressor.bias.set_data(nd.array([0.3, -0.2]))
+    if hybridize:
+        block.hybridize()
+    out, theta = block(x)
+    expected = [[1, 0, 0.3, 0, 1, -0.2]] * 2
+    np.testing.assert_allclose(out.asnumpy(), affine_sample(nd, x, nd.array(expected), (14, 10))
+                               .asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(stn.sampling_grid(theta.asnumpy(), 'shift', (14, 10)),
+                               stn.sampling_grid(expected, 'affine', (14, 10)), atol=1e-6)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_the_block_samples_on_the_grid_sampling_grid_gives_for_its_theta(family):
+    block, x = moved_block(family, target_shape=(20, 24))
+    block.hybridize()
+    out, theta = block(x)
+    grid = stn.sampling_grid(theta.asnumpy(), family, (20, 24))
+    np.testing.assert_allclose(nd.BilinearSampler(x, nd.array(grid)).asnumpy(), out.asnumpy(),
+                               atol=1e-5)
+
+
+def test_the_command_line_offers_every_registered_family():
+    import train
+    assert set(train.TRANSFORMS) == {'none', *stn.FAMILIES}

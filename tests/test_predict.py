@@ -17,9 +17,9 @@ from test_mnist import REAL_DIR, needs_mnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def exported(folder, use_stn=True, size=28):
+def exported(folder, transform='affine', size=28):
     mx.random.seed(0)
-    net = Net(use_stn=use_stn)
+    net = Net(transform=transform)
     net.initialize(mx.init.Xavier())
     net.hybridize()
     net(mx.nd.zeros((1, 1, size, size)))
@@ -70,7 +70,7 @@ def test_the_cli_classifies_image_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('damage, message', [
-    ('no-params', 'model-NNNN.params found'),
+    ('no-params', 'model-NNNN.params not found'),
     ('no-symbol', 'model-symbol.json not found'),
     ('corrupt-params', 'is corrupt or not an MXNet parameter file'),
     ('other-network', 'does not match'),
@@ -87,7 +87,7 @@ def test_missing_corrupt_or_mismatched_files_are_clear_errors(tmp_path, damage, 
     else:
         other = tmp_path / 'lenet'
         other.mkdir()
-        exported(other, use_stn=False)
+        exported(other, transform='none')
         shutil.copy(other / 'model-0003.params', params)
     with pytest.raises(SystemExit) as error:
         predict.main(['--model', str(tmp_path), '--dataset', 'mnist'])

@@ -114,13 +114,13 @@ def test_the_localisation_learning_rate_multiplier_scales_the_update():
 
 
 @pytest.mark.parametrize('size', [28, 42, 60])
-@pytest.mark.parametrize('use_stn', [True, False])
-def test_the_classifier_takes_other_input_sizes(size, use_stn):
-    net = Net(use_stn=use_stn)
+@pytest.mark.parametrize('transform', ['affine', 'none'])
+def test_the_classifier_takes_other_input_sizes(size, transform):
+    net = Net(transform=transform)
     net.initialize(mx.init.Xavier())
     net.hybridize()
     assert net(random_images((2, 1, size, size))).shape == (2, 10)
-    if use_stn:
+    if transform != 'none':
         out, _ = net.stn(random_images((2, 1, size, size)))
         assert out.shape == (2, 1, size, size)
 

@@ -28,7 +28,7 @@ def module(symbol, batch=4, size=28):
 
 def test_the_transformer_is_in_the_graph_by_default_and_optional():
     assert 'SpatialTransformer' in ops(symbolic.get_symbol())
-    assert 'SpatialTransformer' not in ops(symbolic.get_symbol(add_stn=False))
+    assert 'SpatialTransformer' not in ops(symbolic.get_symbol(transform='none'))
     assert ops(symbolic.get_symbol())[-1] == 'SoftmaxOutput'
 
 

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import rundir
 import stn
 import symbolic
 import train
 import visualize
+from geometry import outline
 from net import Net
 from stn import IDENTITY
 from test_mnist import REAL_DIR, needs_mnist
@@ -53,20 +55,18 @@ def write_config(folder, size, epochs, **config):
         json.dump(config, f)
 
 
-def exported_run(folder, size=28, use_stn=True, epochs=3, transform='affine', bias=None,
-                 tps_grid=4):
+def exported_run(folder, size=28, epochs=3, transform='affine', bias=None, tps_grid=4):
     """A run folder with config.json and a freshly initialised network exported as train.py
     does; ``bias``: the transformer's regressor bias (theta), instead of the identity."""
     mx.random.seed(0)
-    net = Net(use_stn=use_stn, transform=transform, tps_grid=tps_grid)
+    net = Net(transform=transform, tps_grid=tps_grid)
     net.initialize(mx.init.Xavier())
     net.hybridize()
     net(mx.nd.zeros((2, 1, size, size)))
     if bias is not None:
         net.stn.regressor.bias.set_data(mx.nd.array(bias))
     net.export(os.path.join(folder, 'model'), epoch=epochs)
-    write_config(folder, size, epochs, no_stn=not use_stn,
-                 transform=transform if use_stn else 'none', tps_grid=tps_grid)
+    write_config(folder, size, epochs, transform=transform, tps_grid=tps_grid)
     return str(folder)
 
 
@@ -83,7 +83,7 @@ def symbolic_run(folder, theta, size=28, epochs=3):
     params['arg:net_stn_regressor_bias'] = mx.nd.array(theta)
     logits.save(os.path.join(folder, 'model-symbol.json'))
     mx.nd.save(os.path.join(folder, f'model-{epochs:04d}.params'), params)
-    write_config(folder, size, epochs, api='symbol', no_stn=False)
+    write_config(folder, size, epochs, api='symbol')
     return str(folder)
 
 
@@ -133,7 +133,7 @@ def test_sampling_grid_is_the_grid_inside_the_exported_block(tmp_path, family):
 
 def test_the_outline_of_the_identity_is_the_image_border_through_the_corner_pixel_centres():
     grid = stn.sampling_grid(IDENTITY[None], 'affine', (20, 30))
-    lines = visualize.outline(grid, 20, 30)
+    lines = outline(grid, 20, 30)
     assert lines.shape == (1, 2 * (20 + 30) - 4, 2)
     np.testing.assert_allclose(lines[0], border(20, 30), atol=1e-4)
     np.testing.assert_allclose(lines[0, [0, 29, 48, 77]], [[0, 0], [29, 0], [29, 19], [0, 19]],
@@ -142,7 +142,7 @@ def test_the_outline_of_the_identity_is_the_image_border_through_the_corner_pixe
 
 def test_the_outline_of_a_half_scale_crop_is_the_centre_half_of_the_image():
     grid = stn.sampling_grid([[0.5, 0, 0, 0, 0.5, 0]], 'affine', (29, 29))
-    lines = visualize.outline(grid, 29, 29)
+    lines = outline(grid, 29, 29)
     np.testing.assert_allclose(lines[0, [0, 28, 56, 84]], [[7, 7], [21, 7], [21, 21], [7, 21]],
                                atol=1e-4)
     np.testing.assert_allclose(lines[0], 7 + border(29, 29) / 2, atol=1e-4)
@@ -150,13 +150,13 @@ def test_the_outline_of_a_half_scale_crop_is_the_centre_half_of_the_image():
 
 def test_the_outline_maps_the_grid_into_the_input_in_pixels_not_the_outputs():
     grid = stn.sampling_grid(IDENTITY[None], 'affine', (5, 9))   # a 5x9 output of a 41x21 input
-    corners = visualize.outline(grid, 41, 21)[0, [0, 8, 12, 20]]
+    corners = outline(grid, 41, 21)[0, [0, 8, 12, 20]]
     np.testing.assert_allclose(corners, [[0, 0], [20, 0], [20, 40], [0, 40]], atol=1e-4)
 
 
 def test_outlines_thinned_to_a_few_points_per_side_keep_the_corners_in_order():
     grid = stn.sampling_grid(IDENTITY[None], 'affine', (42, 42))
-    lines = visualize.outline(grid, 42, 42, per_side=16)
+    lines = outline(grid, 42, 42, per_side=16)
     assert lines.shape == (1, 64, 2)
     np.testing.assert_allclose(lines[0, [0, 16, 32, 48]], [[0, 0], [41, 0], [41, 41], [0, 41]],
                                atol=1e-4)
@@ -183,9 +183,9 @@ def off_line(points):
 @pytest.mark.parametrize('family', ['affine', 'attention', 'projective'])
 def test_the_outlines_of_affine_attention_and_projective_grids_have_straight_sides(family):
     grid = stn.sampling_grid(moved(stn.identity_theta(family))[None], family, (12, 16))
-    lines = visualize.outline(grid, 28, 28)[0]
+    lines = outline(grid, 28, 28)[0]
     assert max(off_line(side) for side in sides(lines, 12, 16)) < 1e-3
-    assert np.abs(lines - visualize.outline(stn.sampling_grid(
+    assert np.abs(lines - outline(stn.sampling_grid(
         stn.identity_theta(family)[None], family, (12, 16)), 28, 28)[0]).max() > 0.5
 
 
@@ -194,11 +194,11 @@ def test_a_tps_with_displaced_control_points_has_a_curved_outline():
     theta[16 + 1] += 0.3   # the y of control point 1 (top row, second column) moves down
     theta[5] += 0.3        # and the x of an inner one (row 1, column 1) right
     grid = stn.sampling_grid(theta[None], 'tps', (12, 16), tps_grid=4)
-    lines = visualize.outline(grid, 28, 28)[0]
+    lines = outline(grid, 28, 28)[0]
     top = sides(lines, 12, 16)[0]
     assert off_line(top) > 2 and top[:, 1].max() > 3   # the top bends down by 0.3 * 13.5 pixels
     identity = stn.sampling_grid(stn.identity_theta('tps', 4)[None], 'tps', (12, 16), tps_grid=4)
-    straight = visualize.outline(identity, 28, 28)[0]
+    straight = outline(identity, 28, 28)[0]
     assert max(off_line(side) for side in sides(straight, 12, 16)) < 1e-3
 
 
@@ -215,7 +215,7 @@ def test_make_grid_tiles_images_row_by_row_between_padding():
 
 
 def identity_outlines(n, size=28):
-    return visualize.outline(stn.sampling_grid(np.tile(IDENTITY, (n, 1)), 'affine',
+    return outline(stn.sampling_grid(np.tile(IDENTITY, (n, 1)), 'affine',
                                                (size, size)), size, size)
 
 
@@ -225,7 +225,7 @@ def test_with_an_identity_transformer_the_two_panels_are_identical_and_the_outli
     net, images = fresh_net(transform=family), digits(16)
     transformed, theta = net.stn(mx.nd.array(images))
     grid = stn.sampling_grid(theta.asnumpy(), family, (28, 28))
-    fig = visualize.compare_figure(images, transformed.asnumpy(), visualize.outline(grid, 28, 28))
+    fig = visualize.compare_figure(images, transformed.asnumpy(), outline(grid, 28, 28))
     left, right = fig.axes
     np.testing.assert_allclose(right.images[0].get_array(), left.images[0].get_array(), atol=1e-5)
     drawn = np.array([patch.get_xy()[:-1] for patch in left.patches])   # closed: first repeats
@@ -343,7 +343,7 @@ def test_a_model_trained_on_other_image_sizes_exits_with_a_message_naming_both_s
 
 def test_a_model_without_a_transformer_exits_with_a_message(tmp_path):
     with pytest.raises(SystemExit, match='has no spatial transformer.*--no-stn'):
-        visualize.main(['--out', exported_run(tmp_path, use_stn=False)])
+        visualize.main(['--out', exported_run(tmp_path, transform='none')])
 
 
 @needs_mnist
@@ -378,7 +378,7 @@ def test_curves_of_a_folder_without_metrics_exit_with_a_message(tmp_path):
 def snapshot(net, images, out_dir, epoch, transform='affine', tps_grid=4):
     transformed, theta = net.stn(mx.nd.array(images))
     grid = stn.sampling_grid(theta.asnumpy(), transform, images.shape[2:], tps_grid)
-    visualize.record_snapshot(images, transformed.asnumpy(), grid, out_dir, epoch)
+    rundir.record_snapshot(out_dir, epoch, images, transformed.asnumpy(), grid)
 
 
 def test_snapshots_keep_earlier_epochs_and_a_resumed_epoch_replaces_later_ones(tmp_path):
@@ -386,11 +386,11 @@ def test_snapshots_keep_earlier_epochs_and_a_resumed_epoch_replaces_later_ones(t
     for epoch in (0, 1, 2, 3):
         snapshot(net, images, str(tmp_path), epoch)
     snapshot(net, images, str(tmp_path), 2)     # resumed after epoch 1
-    inputs, frames, outlines, epochs = visualize.load_snapshots(str(tmp_path))
+    inputs, frames, outlines, epochs = rundir.read_snapshots(str(tmp_path))
     assert epochs.tolist() == [0, 1, 2]
     assert inputs.dtype == frames.dtype == np.uint8
     assert frames.shape == (3, 16, 1, 28, 28) and outlines.shape == (3, 16, 64, 2)
-    np.testing.assert_array_equal(frames[0], visualize.to_uint8(images))   # identity at start
+    np.testing.assert_array_equal(frames[0], rundir.to_uint8(images))   # identity at start
     np.testing.assert_allclose(outlines[0, :, [0, 16, 32, 48]],
                                np.tile([[0, 0], [27, 0], [27, 27], [0, 27]], (16, 1, 1))
                                .transpose(1, 0, 2), atol=1e-4)             # the image borders
@@ -411,7 +411,7 @@ def test_train_snapshots_a_tps_net_and_animate_draws_its_curved_outlines(tmp_pat
     net, images = fresh_net(42, transform='tps', tps_grid=3), digits(16, size=42)
 
     class Model:   # what train.snapshot needs of train.GluonModel
-        args = argparse.Namespace(no_stn=False, transform='tps', tps_grid=3)
+        args = argparse.Namespace(transform='tps', tps_grid=3)
 
         def transform(self, x):
             out, theta = net.stn(mx.nd.array(x))
@@ -422,12 +422,12 @@ def test_train_snapshots_a_tps_net_and_animate_draws_its_curved_outlines(tmp_pat
     theta = moved(stn.identity_theta('tps', 3))
     net.stn.regressor.bias.set_data(mx.nd.array(theta))
     train.snapshot(model, images, str(tmp_path), 1)
-    inputs, frames, outlines, epochs = visualize.load_snapshots(str(tmp_path))
+    inputs, frames, outlines, epochs = rundir.read_snapshots(str(tmp_path))
     assert frames.shape == (2, 16, 1, 42, 42) and outlines.shape == (2, 16, 64, 2)
     np.testing.assert_allclose(outlines[0, 0, [0, 16, 32, 48]],
                                [[0, 0], [41, 0], [41, 41], [0, 41]], atol=1e-4)
     grid = stn.sampling_grid(theta[None], 'tps', (42, 42), tps_grid=3)
-    np.testing.assert_allclose(outlines[1, 0], visualize.outline(grid, 42, 42, per_side=16)[0],
+    np.testing.assert_allclose(outlines[1, 0], outline(grid, 42, 42, per_side=16)[0],
                                atol=1e-4)
     assert max(off_line(side) for side in np.split(np.vstack([outlines[1, 0], outlines[1, 0, :1]]),
                                                    [17, 33, 49])) > 0.5   # curved

@@ -1,0 +1,176 @@
+"""One epoch of training and evaluation, and the learning-rate schedule, for train.py.
+
+A trained model is an object with this small interface, which train.py's loop uses:
+
+    model = GluonModel(args, data_shape, ctx, begin_epoch)   # or symbolic.ModuleModel
+    model.fit_epoch(epoch, x, y) -> (mean training loss, training images/s)
+    model.evaluate(x, y)         -> (mean cross-entropy, accuracy) over every example
+    model.learning_rate          the rate of the last update
+    model.transform(images)      -> the transformer's (output, theta), numpy arrays
+    model.save_params(path), model.save_states(path), model.load(stem), model.export(prefix, epoch)
+    model.num_params             trainable parameters
+
+``GluonModel`` is net.Net with a gluon.Trainer; ``symbolic.ModuleModel`` the symbolic
+network with mx.mod.Module. Both take their learning rate from one ``Schedule``.
+"""
+import math
+import sys
+import time
+
+import compat  # noqa: F401  (before mxnet)
+import mxnet as mx
+import numpy as np
+from gluoncv.utils import LRScheduler, LRSequential
+from mxnet import autograd, gluon
+from tqdm import tqdm
+
+import net
+
+LR_MODES = ('step', 'cosine')
+
+
+class Schedule(mx.lr_scheduler.LRScheduler):
+    """The learning rate of every update, for ``batches`` updates per epoch: a linear
+    warm-up from 0 over ``args.warmup_epochs``, then ``args.lr_mode`` 'step' (``args.lr``
+    multiplied by ``args.lr_factor`` after each epoch of ``args.lr_steps``) or 'cosine'
+    (from ``args.lr`` to 0 at the end of ``args.epochs``). Built from GluonCV's
+    ``LRScheduler`` and ``LRSequential``; an MXNet ``LRScheduler``, so ``gluon.Trainer``
+    and ``mx.mod.Module`` both take it. MXNet's optimizers ask for the rate of update
+    number n = 1, 2, ...; n - 1 updates came before it, so a step after epoch e applies
+    from the first update of epoch e + 1 on.
+    """
+
+    def __init__(self, args, batches):
+        super().__init__(base_lr=args.lr)
+        warmup = round(args.warmup_epochs * batches)
+        rest = max(2, args.epochs * batches - warmup)
+        parts = [LRScheduler('linear', base_lr=0, target_lr=args.lr, niters=max(2, warmup))] \
+            if warmup else []
+        parts.append(LRScheduler(args.lr_mode, base_lr=args.lr, target_lr=0, niters=rest,
+                                 step_iter=[s * batches - warmup for s in args.lr_steps],
+                                 step_factor=args.lr_factor))
+        self.sequence = LRSequential(parts)
+        self.batches = batches
+
+    def __call__(self, num_update):
+        return self.sequence(max(num_update - 1, 0))
+
+    def epoch_rates(self, epoch):
+        """The rates of the updates of 1-based ``epoch``, in order."""
+        return [self(n) for n in range((epoch - 1) * self.batches + 1, epoch * self.batches + 1)]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def check_loss(mean, epoch, step):
+    if not math.isfinite(mean):
+        raise NonFiniteLoss(f'the training loss became {mean} in epoch {epoch} (batch {step})')
+
+
+def epoch_order(args, epoch, n):
+    """The shuffle of ``epoch``, and the dropout seed with it: a resumed run repeats both."""
+    mx.random.seed(args.seed * 1000 + epoch)
+    return np.random.RandomState(args.seed * 1000 + epoch).permutation(n)
+
+
+def progress_bar(epoch, batches):
+    return tqdm(total=batches, desc=f'epoch {epoch}', leave=False, unit='batch',
+                file=sys.stderr, disable=None)
+
+
+def optimizer_params(args, schedule):
+    """Keyword arguments of ``mx.optimizer.create`` for the run's --optimizer."""
+    params = {'learning_rate': args.lr, 'lr_scheduler': schedule}
+    if args.optimizer == 'sgd':
+        params['momentum'] = args.momentum
+    return params
+
+
+def pool_after_stn(args):
+    """The paper's 2x2 average pooling after the transformer: FCN and CNN on RTS and TC."""
+    return args.dataset in ('rts', 'tc') and args.model in ('fcn', 'cnn') and args.transform != 'none'
+
+
+def build_net(args):
+    """The net.Net of the run's flags (``args.width`` resolved)."""
+    return net.Net(model=args.model, transform=args.transform, width=args.width,
+                   pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid,
+                   loc_lr_mult=args.loc_lr_mult)
+
+
+class GluonModel:
+    """net.Net trained with gluon.Trainer on batches sliced from the in-memory arrays."""
+
+    def __init__(self, args, data_shape, ctx, begin_epoch=0):
+        self.args, self.ctx = args, ctx
+        num, *image_shape = data_shape
+        self.net = build_net(args)
+        self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=ctx)
+        self.net.hybridize(static_alloc=True, static_shape=True)
+        self.net(mx.nd.zeros((2, *image_shape), ctx=ctx))  # deferred init: shapes are known
+        self.schedule = Schedule(args, math.ceil(num / args.batch_size))
+        self.trainer = gluon.Trainer(self.net.collect_params(), args.optimizer,
+                                     optimizer_params(args, self.schedule))
+        self.num_params = net.trainable_params(self.net)   # grid constants excluded
+
+    @property
+    def learning_rate(self):
+        return self.trainer.learning_rate
+
+    def fit_epoch(self, epoch, x, y):
+        """One pass over (x, y) in shuffled mini-batches; returns (mean loss, images/s)."""
+        args, ctx = self.args, self.ctx
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        order = epoch_order(args, epoch, len(x))
+        total, seen, start = mx.nd.zeros(1, ctx=ctx), 0, time.time()
+        progress = progress_bar(epoch, math.ceil(len(x) / args.batch_size))
+        for step, i in enumerate(range(0, len(x), args.batch_size), 1):
+            idx = order[i:i + args.batch_size]
+            data, label = mx.nd.array(x[idx], ctx=ctx), mx.nd.array(y[idx], ctx=ctx)
+            with autograd.record():
+                loss = loss_fn(self.net(data), label)
+            loss.backward()
+            self.trainer.step(len(idx))
+            total += loss.sum()
+            seen += len(idx)
+            progress.update()
+            if step % 50 == 0 or seen == len(x):
+                check_loss(total.asscalar() / seen, epoch, step)
+                progress.set_postfix(loss=f'{total.asscalar() / seen:.4f}')
+        progress.close()
+        return total.asscalar() / seen, seen / (time.time() - start)
+
+    def evaluate(self, x, y, batch_size=1000):
+        """Mean cross-entropy and accuracy over every example of (x, y)."""
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        accuracy, mean_loss = mx.metric.Accuracy(), mx.metric.Loss()
+        for i in range(0, len(x), batch_size):
+            data = mx.nd.array(x[i:i + batch_size], ctx=self.ctx)
+            label = mx.nd.array(y[i:i + batch_size], ctx=self.ctx)
+            logits = self.net(data)
+            accuracy.update(label, logits)
+            mean_loss.update(None, loss_fn(logits, label))
+        assert accuracy.num_inst == len(x)
+        return mean_loss.get()[1], accuracy.get()[1]
+
+    def transform(self, images):
+        """The transformer's (output, theta) for ``images`` (N, C, H, W), as numpy arrays."""
+        out, theta = self.net.stn(mx.nd.array(images, ctx=self.ctx))
+        return out.asnumpy(), theta.asnumpy()
+
+    def save_params(self, path):
+        self.net.save_parameters(path)
+
+    def save_states(self, path):
+        self.trainer.save_states(path)
+
+    def load(self, stem):
+        self.net.load_parameters(stem + '.params', ctx=self.ctx)
+        self.trainer.load_states(stem + '.states')   # the optimizer, with its update count
+        self.trainer.optimizer.lr_scheduler = self.schedule   # this run's schedule
+
+    def export(self, prefix, epoch):
+        """``HybridBlock.export``: prefix-symbol.json and prefix-EPOCH.params."""
+        self.net.export(prefix, epoch=epoch)

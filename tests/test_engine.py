@@ -1,0 +1,54 @@
+"""engine.py: one learning-rate schedule (GluonCV's schedulers) that both APIs follow, and
+the rate metrics.csv logs."""
+import mxnet as mx
+import numpy as np
+import pytest
+
+import engine
+import symbolic
+import train
+
+
+def schedule(*flags, batches=10):
+    return engine.Schedule(train.parse_args(list(flags)), batches)
+
+
+def test_the_step_schedule_divides_the_rate_after_each_step_epoch_and_not_before():
+    s = schedule('--lr', '0.01', '--lr-steps', '12,16', '--epochs', '20')
+    for epoch, rate in [(1, 0.01), (12, 0.01), (13, 0.001), (16, 0.001), (17, 0.0001), (20, 0.0001)]:
+        assert s.epoch_rates(epoch) == pytest.approx([rate] * 10), epoch
+
+
+def test_the_cosine_schedule_warms_up_linearly_then_decays_to_zero_at_the_end():
+    s = schedule('--lr', '0.1', '--lr-mode', 'cosine', '--warmup-epochs', '1', '--epochs', '5')
+    warmup = s.epoch_rates(1)
+    assert warmup[0] == 0 and np.all(np.diff(warmup) > 0) and warmup[-1] == pytest.approx(0.1)
+    rest = np.concatenate([s.epoch_rates(e) for e in range(2, 6)])
+    # GluonCV's cosine: lr (1 + cos(pi t / (T - 1))) / 2 over the T = 40 updates after the warm-up.
+    np.testing.assert_allclose(rest, 0.1 * (1 + np.cos(np.pi * np.arange(40) / 39)) / 2, atol=1e-12)
+
+
+def test_the_step_schedule_after_a_warm_up_keeps_its_steps_at_the_same_epochs():
+    s = schedule('--lr', '0.01', '--warmup-epochs', '2', '--lr-steps', '3', '--epochs', '4')
+    warmup = s.epoch_rates(1) + s.epoch_rates(2)
+    assert warmup[0] == 0 and np.all(np.diff(warmup) > 0) and warmup[-1] == pytest.approx(0.01)
+    assert s.epoch_rates(3) == pytest.approx([0.01] * 10)
+    assert s.epoch_rates(4) == pytest.approx([0.001] * 10)
+
+
+@pytest.mark.parametrize('flags', [['--lr-steps', '1,2'], ['--lr-mode', 'cosine', '--warmup-epochs', '1']],
+                         ids=['step', 'cosine-warmup'])
+def test_both_apis_train_with_the_rates_of_one_schedule_and_report_the_last_one(flags):
+    # 96 images in batches of 32: three updates an epoch in either API.
+    args = train.parse_args(['--epochs', '3', '--batch-size', '32', '--lr', '0.01', *flags])
+    rng = np.random.RandomState(0)
+    x, y = rng.rand(96, 1, 28, 28).astype(np.float32), rng.randint(0, 10, 96)
+    expected = engine.Schedule(args, 3)
+    for model in (engine.GluonModel(args, x.shape, mx.cpu()),
+                  symbolic.ModuleModel(args, x.shape, mx.cpu())):
+        rates = []
+        for epoch in (1, 2, 3):
+            model.fit_epoch(epoch, x, y)
+            rates.append(model.learning_rate)
+        assert rates == pytest.approx([expected(3), expected(6), expected(9)]), type(model)
+    assert len(set(np.round(rates, 8))) == 3   # the rate really changed from epoch to epoch
