@@ -14,6 +14,7 @@ on white digits on a black background.
 """
 import argparse
 import sys
+import warnings
 
 import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
@@ -70,7 +71,9 @@ def load(model, epoch=None, loader='gluon'):
     symbol, weights = load_arrays(symbol_file, params_file)
     shape = input_shape(symbol, weights)
     if loader == 'gluon':
-        net = gluon.SymbolBlock.imports(symbol_file, ['data'], params_file)
+        with warnings.catch_warnings():   # "Cannot decide type for ... data": it is float32
+            warnings.simplefilter('ignore', UserWarning)
+            net = gluon.SymbolBlock.imports(symbol_file, ['data'], params_file)
         return lambda x: mx.nd.softmax(net(mx.nd.array(x))).asnumpy(), shape
     _, arg_params, aux_params = mx.model.load_checkpoint(prefix, epoch)
     module = mx.mod.Module(mx.sym.softmax(symbol), label_names=None, context=mx.cpu())
