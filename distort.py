@@ -31,7 +31,7 @@ import mnist
 from geometry import control_points, target_points, tps_basis
 
 VERSION = 2   # 2: P reads the input through a moved-corner quadrilateral (1 warped it)
-DATASETS = ['mnist', 'r', 'rts', 'p', 'e', 'tc']
+
 DEFAULTS = {
     'mnist': {},
     'r': {'rotation': 90.0},
@@ -40,6 +40,7 @@ DEFAULTS = {
     'e': {'scale_min': 0.75, 'scale_max': 1.0, 'tps_grid': 4, 'tps_std': 1.5},
     'tc': {'canvas': 60, 'patches': 6, 'patch': 6},
 }
+DATASETS = list(DEFAULTS)   # a new set: its parameters here and its function in GENERATORS
 CACHE_DIR = os.path.join(mnist.HERE, 'data', 'distorted')
 CHUNK = 10000  # images warped per BilinearSampler call
 

@@ -220,3 +220,10 @@ def test_extending_a_finished_run_draws_and_predicts_with_the_new_weights(tmp_pa
     probabilities, _ = predict.load(str(tmp_path))
     np.testing.assert_allclose(probabilities(x.asnumpy()), mx.nd.softmax(mx.nd.array(new)).asnumpy(),
                                atol=1e-5)
+
+
+def test_the_model_imports_no_data_generator_and_training_no_plotting():
+    script = ('import sys, stn, net; assert "distort" not in sys.modules, "model imports distort"\n'
+              'import train; assert "matplotlib" not in sys.modules, "train imports matplotlib"')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
