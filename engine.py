@@ -60,13 +60,21 @@ class Schedule(mx.lr_scheduler.LRScheduler):
         return [self(n) for n in range((epoch - 1) * self.batches + 1, epoch * self.batches + 1)]
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+DIVERGED = 10 * math.log(10)   # ten times the loss of guessing among 10 classes
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN, infinite, or larger than DIVERGED."""
 
 
 def check_loss(mean, epoch, step):
+    """Raise ``Diverged`` if the running mean training loss is not finite or above DIVERGED
+    (no network that learns gets there: a fresh one starts near ln 10 = 2.3)."""
     if not math.isfinite(mean):
-        raise NonFiniteLoss(f'the training loss became {mean} in epoch {epoch} (batch {step})')
+        raise Diverged(f'the training loss became {mean} in epoch {epoch} (batch {step})')
+    if mean > DIVERGED:
+        raise Diverged(f'the training loss diverged to {mean:.4g} in epoch {epoch} (batch {step}), '
+                       f'above {DIVERGED:.1f} (ten times the loss of guessing)')
 
 
 def epoch_order(args, epoch, n):

@@ -33,25 +33,6 @@ class ModelError(RuntimeError):
     """The exported files are missing, corrupt or do not fit together."""
 
 
-def load_arrays(symbol_file, params_file):
-    """The symbol (without a SoftmaxOutput loss) and the saved weights, checked."""
-    try:
-        symbol = mx.sym.load(symbol_file)
-    except Exception as e:
-        raise ModelError(f'{symbol_file} is not a readable MXNet symbol ({e})') from e
-    if symbol.name == 'softmax':
-        symbol = symbol.get_children()[0]
-    try:
-        saved = mx.nd.load(params_file)
-    except Exception as e:
-        raise ModelError(f'{params_file} is corrupt or not an MXNet parameter file ({e})') from e
-    weights = {k.split(':', 1)[-1]: v for k, v in saved.items()}
-    missing = [n for n in symbol.list_inputs() if n not in weights and n != 'data']
-    if missing:
-        raise ModelError(f'{params_file} does not match {symbol_file}: it lacks {missing[:3]}')
-    return symbol, weights
-
-
 def input_shape(symbol, weights):
     """(1, H, W) of the images the saved weights fit; tries the datasets' sizes first."""
     for size in SIZES:
@@ -67,15 +48,15 @@ def input_shape(symbol, weights):
 
 def load(model, epoch=None, loader='gluon'):
     """A function images (N, 1, H, W) -> class probabilities (N, K), and the input shape."""
-    symbol_file, params_file, prefix, epoch = rundir.model_files(model, epoch)
-    symbol, weights = load_arrays(symbol_file, params_file)
+    symbol, weights, symbol_file, params_file = rundir.load_export(model, epoch)
     shape = input_shape(symbol, weights)
     if loader == 'gluon':
         with warnings.catch_warnings():   # "Cannot decide type for ... data": it is float32
             warnings.simplefilter('ignore', UserWarning)
             net = gluon.SymbolBlock.imports(symbol_file, ['data'], params_file)
         return lambda x: mx.nd.softmax(net(mx.nd.array(x))).asnumpy(), shape
-    _, arg_params, aux_params = mx.model.load_checkpoint(prefix, epoch)
+    arg_params = {n: weights[n] for n in symbol.list_arguments() if n in weights}
+    aux_params = {n: weights[n] for n in symbol.list_auxiliary_states() if n in weights}
     module = mx.mod.Module(mx.sym.softmax(symbol), label_names=None, context=mx.cpu())
     module.bind(data_shapes=[('data', (1, *shape))], for_training=False)
     module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
@@ -85,10 +66,32 @@ def load(model, epoch=None, loader='gluon'):
     return predict, shape
 
 
+def flatten(image):
+    """A PIL image as grayscale ('L'). One with transparency is composited onto white or
+    black, whichever contrasts with what is drawn on it (its alpha-weighted mean
+    brightness): a digit drawn only in the alpha channel stays visible."""
+    if image.mode in ('RGBA', 'LA', 'PA') or 'transparency' in image.info:
+        rgba = np.asarray(image.convert('RGBA'), np.float32) / 255
+        alpha, gray = rgba[..., 3], rgba[..., :3] @ np.float32([0.299, 0.587, 0.114])
+        drawn = (gray * alpha).sum() / max(alpha.sum(), 1e-6)
+        background = 0.0 if drawn > 0.5 else 1.0
+        return Image.fromarray(np.round(255 * (gray * alpha + background * (1 - alpha)))
+                               .astype(np.uint8))
+    return image.convert('L')
+
+
 def read_image(path, shape):
-    """An image file as (1, H, W) float32 in [0, 1], white on black."""
+    """An image file as (1, H, W) float32 in [0, 1], white on black. Images of more than
+    Pillow's ``Image.MAX_IMAGE_PIXELS`` pixels are refused."""
+    limit = Image.MAX_IMAGE_PIXELS
     try:
-        image = Image.open(path).convert('L').resize(shape[:0:-1], Image.BILINEAR)
+        with Image.open(path) as image:
+            if image.width * image.height > limit:
+                raise Image.DecompressionBombError(f'{image.width}x{image.height} pixels')
+            image = flatten(image).resize(shape[:0:-1], Image.BILINEAR)
+    except Image.DecompressionBombError as e:
+        raise ModelError(f'{path}: too large ({e}); this reads images of at most {limit:,d} '
+                         f'pixels: scale it down') from None
     except (OSError, UnidentifiedImageError) as e:
         raise ModelError(f'{path}: not a readable image ({e})') from e
     pixels = np.asarray(image, np.float32) / 255

@@ -2,8 +2,9 @@
 
     RUN/config.json                   the run's flags and facts          write_config, read_config
     RUN/metrics.csv                   one row per epoch, METRICS          write_metrics, read_metrics
-    RUN/checkpoint-NNNN.params/.states, checkpoint.json (the pointer)     save_checkpoint,
-                                                                          checkpoint_epoch, checkpoint_stem
+    RUN/checkpoint-NNNN.params/.states, checkpoint.json (the pointer)     save_epoch (with
+                                                                          metrics.csv), checkpoint_epoch
+    RUN/.lock                         held by the run writing the folder  lock, clean
     RUN/model-symbol.json, model-NNNN.params  the exported network        export, model_files
     RUN/snapshots.npz                 the transformer on 16 digits per epoch  record_snapshot, read_snapshots
     RUN/result.json                   a finished Table 1 cell (reproduce.py)  write_result, read_result
@@ -14,11 +15,15 @@ GRIDS, GRID_CONSTANTS). Every write is atomic (temp file + rename). A missing or
 unreadable file raises ``RunError`` with a message naming it and what to do. numpy
 only, no MXNet: reproduce.py reads run folders without importing it.
 """
+import contextlib
 import csv
+import fcntl
 import glob
 import json
+import math
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 
@@ -86,6 +91,15 @@ def read_metrics(run_dir, last_epoch=None):
         raise RunError(f'{path} not found: pass a run folder written by train.py') from None
     if rows and not set(METRICS) <= set(rows[0]):
         raise RunError(f'{path} lacks the columns {sorted(set(METRICS) - set(rows[0]))}')
+    for line, row in enumerate(rows, 2):
+        try:
+            numbers = [float(row[k]) for k in METRICS[1:]]
+        except (TypeError, ValueError):
+            numbers = None
+        if numbers is None or not all(map(math.isfinite, numbers)) or numbers[0] != line - 1:
+            raise RunError(f'{path}, line {line}: malformed row {row}: expected epoch {line - 1} '
+                           f'and finite numbers. Restore the file (or delete the bad rows after '
+                           f'the checkpoint\'s epoch, which --resume recomputes)')
     return [row for row in rows if last_epoch is None or int(row['epoch']) <= last_epoch]
 
 
@@ -104,26 +118,86 @@ def checkpoint_stem(run_dir, epoch):
 def checkpoint_epoch(run_dir):
     """The epoch of the run's newest complete checkpoint, or None if it has none."""
     path = os.path.join(run_dir, 'checkpoint.json')
-    return read_json(path)['epoch'] if os.path.exists(path) else None
+    if not os.path.exists(path):
+        return None
+    pointer = read_json(path)
+    epoch = pointer.get('epoch') if isinstance(pointer, dict) else None
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise RunError(f'{path} does not name a checkpoint ({{"epoch": N}} expected): restore it '
+                       f'(it names the newest checkpoint-NNNN.params), or start a new run')
+    return epoch
 
 
-def save_checkpoint(run_dir, epoch, save_params, save_states):
-    """Write checkpoint-NNNN.{params,states} with ``save_params(path)`` and
-    ``save_states(path)``, then point checkpoint.json at them and delete the older one.
+def save_epoch(run_dir, epoch, rows, save_params, save_states):
+    """Record a finished epoch: checkpoint-NNNN.{params,states} written with
+    ``save_params(path)`` and ``save_states(path)``, metrics.csv with ``rows`` (its rows up
+    to this epoch), then checkpoint.json pointed at the new checkpoint, and the older one
+    deleted.
 
-    The pointer is renamed into place last, so an interruption at any moment leaves
-    checkpoint.json naming a complete checkpoint.
+    The pointer moves last, so a kill at any moment leaves checkpoint.json naming a
+    complete checkpoint whose epoch's row is in metrics.csv (a row of a later epoch is
+    dropped and recomputed by --resume). If a write fails, the new checkpoint's files are
+    removed and the older checkpoint stays in place.
     """
-    stem = checkpoint_stem(run_dir, epoch)
-    atomic.atomic_write(stem + '.params', save_params)
-    atomic.atomic_write(stem + '.states', save_states)
-    previous = checkpoint_epoch(run_dir)
-    atomic.write_text(os.path.join(run_dir, 'checkpoint.json'), json.dumps({'epoch': epoch}))
+    stem, previous = checkpoint_stem(run_dir, epoch), checkpoint_epoch(run_dir)
+    try:
+        atomic.atomic_write(stem + '.params', save_params)
+        atomic.atomic_write(stem + '.states', save_states)
+        write_metrics(run_dir, rows)
+        atomic.write_text(os.path.join(run_dir, 'checkpoint.json'), json.dumps({'epoch': epoch}))
+    except BaseException:
+        if checkpoint_epoch(run_dir) != epoch:   # the pointer never reached it
+            remove_checkpoint(run_dir, epoch)
+        raise
     if previous is not None and previous != epoch:
-        for ext in ('.params', '.states'):
-            old = checkpoint_stem(run_dir, previous) + ext
-            if os.path.exists(old):
-                os.remove(old)
+        remove_checkpoint(run_dir, previous)
+
+
+def remove_checkpoint(run_dir, epoch):
+    for ext in ('.params', '.states'):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(checkpoint_stem(run_dir, epoch) + ext)
+
+
+# ---- owning the folder ----------------------------------------------------------------
+
+@contextlib.contextmanager
+def lock(run_dir):
+    """Hold RUN/.lock (``fcntl.flock``, exclusive) while the block runs: a second run into
+    the same folder gets a RunError naming the first one's process. The operating system
+    releases the lock when its process ends, however it ends, so a crashed run's lock file
+    is stale and the next run takes it."""
+    path = os.path.join(run_dir, '.lock')
+    handle = open(path, 'a+')
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or 'another process'
+            raise RunError(f'{run_dir} is in use by another run ({owner}): wait for it to finish, '
+                           f'or pass another --out') from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f'pid {os.getpid()}')
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def clean(run_dir):
+    """Remove what an interrupted run may have left: temp files (.*.tmp), temp export
+    folders (.export*) and checkpoint files that checkpoint.json does not name.
+    Call it while holding ``lock``."""
+    named = checkpoint_epoch(run_dir)
+    for path in glob.glob(os.path.join(run_dir, '.*.tmp')):
+        os.remove(path)
+    for path in glob.glob(os.path.join(run_dir, '.export*')):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in glob.glob(os.path.join(run_dir, 'checkpoint-[0-9][0-9][0-9][0-9].*')):
+        if named is None or not os.path.basename(path).startswith(f'checkpoint-{named:04d}.'):
+            os.remove(path)
 
 
 # ---- the exported network -------------------------------------------------------------
@@ -135,8 +209,8 @@ def export(run_dir, epoch, export_fn):
     tmp = tempfile.mkdtemp(dir=run_dir, prefix='.export')
     try:
         export_fn(os.path.join(tmp, 'model'), epoch)
-        for name in os.listdir(tmp):
-            os.replace(os.path.join(tmp, name), os.path.join(run_dir, name))
+        for name in sorted(os.listdir(tmp), key=lambda n: n.endswith('-symbol.json')):
+            os.replace(os.path.join(tmp, name), os.path.join(run_dir, name))   # params first
     finally:
         for name in os.listdir(tmp):
             os.remove(os.path.join(tmp, name))
@@ -161,6 +235,53 @@ def model_files(model, epoch=None):
                            f'an interrupted run (python train.py --out RUN_DIR --resume) or pass '
                            f'the folder (or file prefix) of a finished run.')
     return symbol, params, prefix, epoch
+
+
+def check_symbol(path):
+    """RunError unless ``path`` holds an MXNet symbol graph with a 'data' input: a JSON object
+    with nodes (each with op, name and inputs naming earlier nodes), arg_nodes and heads.
+    MXNet itself crashes the interpreter on some valid JSON that is no graph (``{}``)."""
+    graph = read_json(path)
+    nodes = graph.get('nodes') if isinstance(graph, dict) else None
+
+    def refs_ok(refs, limit):
+        return isinstance(refs, list) and all(
+            isinstance(r, list) and r and isinstance(r[0], int) and 0 <= r[0] < limit for r in refs)
+    fine = (isinstance(nodes, list) and nodes and isinstance(graph.get('arg_nodes'), list)
+            and all(isinstance(n, dict) and isinstance(n.get('op'), str)
+                    and isinstance(n.get('name'), str) and refs_ok(n.get('inputs'), k)
+                    for k, n in enumerate(nodes))
+            and graph.get('heads') and refs_ok(graph['heads'], len(nodes))
+            and any(n['name'] == 'data' and n['op'] == 'null' for n in nodes))
+    if not fine:
+        raise RunError(f'{path} is not an exported network (an MXNet symbol graph with a "data" '
+                       f'input): export the run again, or pass the folder of a finished run')
+
+
+def load_export(model, epoch=None):
+    """(symbol without a SoftmaxOutput loss, {name: NDArray} weights, symbol file, params
+    file) of an export (``model_files``' rules), checked: a readable symbol graph, a
+    readable parameter file, and every weight the symbol needs present. RunError otherwise."""
+    import compat  # noqa: F401  (before mxnet; imported here: reproduce.py needs no MXNet)
+    import mxnet as mx
+    symbol_file, params_file, _, _ = model_files(model, epoch)
+    check_symbol(symbol_file)
+    try:
+        symbol = mx.sym.load(symbol_file)
+    except mx.MXNetError as e:
+        raise RunError(f'{symbol_file} is not a readable MXNet symbol ({e})') from None
+    if symbol.name == 'softmax':
+        symbol = symbol.get_children()[0]
+    try:
+        saved = mx.nd.load(params_file)
+    except mx.MXNetError as e:
+        raise RunError(f'{params_file} is corrupt or not an MXNet parameter file ({str(e)[:200]}): '
+                       f'export the run again (python train.py --out RUN_DIR --resume)') from None
+    weights = {k.split(':', 1)[-1]: v for k, v in saved.items()} if isinstance(saved, dict) else {}
+    missing = [n for n in symbol.list_inputs() if n not in weights and n != 'data']
+    if missing:
+        raise RunError(f'{params_file} does not match {symbol_file}: it lacks {missing[:3]}')
+    return symbol, weights, symbol_file, params_file
 
 
 # ---- snapshots.npz --------------------------------------------------------------------

@@ -23,6 +23,8 @@ transformer samples outlined, beside its output) and snapshots.npz (its output a
 those outlines on 16 test digits after every epoch, for visualize.py --animate).
 """
 import argparse
+import contextlib
+import io
 import math
 import os
 import sys
@@ -37,16 +39,19 @@ import mnist
 import net
 import rundir
 import stn
-from engine import LR_MODES, GluonModel, NonFiniteLoss, build_net, pool_after_stn
+from engine import LR_MODES, Diverged, GluonModel, build_net, pool_after_stn
 from net import MODELS
 from symbolic import ModuleModel
 
-# Flags a resumed run takes from the run it continues; the others may change.
-RUN_FLAGS = ['api', 'dataset', 'data_seed', 'fresh_distortions', 'batch_size', 'lr', 'lr_steps',
-             'lr_factor', 'lr_mode', 'warmup_epochs', 'optimizer', 'momentum', 'loc_lr_mult',
-             'seed', 'train_size', 'model', 'transform', 'tps_grid', 'width']
-SCHEDULE_FLAGS = {'lr_mode': 'step', 'warmup_epochs': 0}   # defaults for configs made before them
+# The flags that make a run what it is: --resume takes them from its config.json. Of
+# them, only CHANGEABLE may be given anew on the command line when resuming.
+RUN_FLAGS = ['api', 'dataset', 'data_seed', 'fresh_distortions', 'epochs', 'batch_size', 'lr',
+             'lr_steps', 'lr_factor', 'lr_mode', 'warmup_epochs', 'optimizer', 'momentum',
+             'loc_lr_mult', 'seed', 'train_size', 'model', 'transform', 'tps_grid', 'width']
+CHANGEABLE = ['epochs', 'lr']   # extend a run; a smaller rate after a divergence
+ADDED_LATER = ['lr_mode', 'warmup_epochs']   # configs written before them used the defaults
 TRANSFORMS = ('none',) + stn.TRANSFORMS
+MAX_SEED = 999_999   # the per-epoch seed is seed * 1000 + epoch, within numpy's 2**32
 
 
 def positive(kind):
@@ -71,6 +76,18 @@ def epoch_list(text):
     return steps
 
 
+def bounded_int(low, high):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not an int')
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f'{text!r} must be between {low} and {high:,d}')
+        return value
+    return parse
+
+
 def context(text):
     if text == 'cpu':
         return text
@@ -84,13 +101,94 @@ def context(text):
 
 
 def parse_args(argv=None):
+    """The checked flags of ``argv``; exits with a usage message on a bad value."""
+    p = parser()
+    args = p.parse_args(argv)
+    if not 0 <= args.momentum < 1:
+        p.error(f'argument --momentum: {args.momentum} must be in [0, 1)')
+    if not 0 <= args.warmup_epochs < args.epochs:
+        p.error(f'argument --warmup-epochs: {args.warmup_epochs} must be >= 0 and below --epochs')
+    if args.tps_grid < 2:
+        p.error(f'argument --tps-grid: {args.tps_grid} must be >= 2')
+    if args.width is not None and args.model == 'lenet':
+        p.error('argument --width: only for --model fcn or cnn (LeNet\'s sizes are fixed)')
+    if args.api == 'symbol' and (args.model != 'lenet' or args.transform not in ('affine', 'none')):
+        p.error(f'argument --api: symbol builds only --model lenet with --transform affine or '
+                f'none, not --model {args.model} --transform {args.transform}; use --api gluon')
+    return args
+
+
+def given(argv):
+    """The names (dests) of the flags that ``argv`` sets itself, defaults left out."""
+    p = parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def as_argv(settings):
+    """Command-line flags that set ``settings`` (a dict of RUN_FLAGS values)."""
+    argv = []
+    for key, value in settings.items():
+        flag = '--' + key.replace('_', '-')
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        elif isinstance(value, list):
+            argv += [flag, ','.join(map(str, value))]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def resume_args(args, argv):
+    """``args`` for continuing the run in ``args.out``: its settings from config.json,
+    checked like the command line's, with --epochs and --lr (CHANGEABLE) taken from the
+    command line where given there; another run flag given there must match the run's.
+    Returns (args, the epoch of its checkpoint); RunError if it cannot be continued."""
+    start = rundir.checkpoint_epoch(args.out)
+    config = os.path.join(args.out, 'config.json')
+    if start is None:
+        raise rundir.RunError(f'--resume: no checkpoint.json in {args.out}; start a new run '
+                              f'without --resume')
+    saved = rundir.read_config(args.out)
+    missing = [k for k in RUN_FLAGS if k not in saved and k not in ADDED_LATER]
+    if missing:
+        raise rundir.RunError(f'{config} is missing or lacks {missing}: restore it, or start '
+                              f'the run anew in another --out')
+    settings = {k: saved[k] for k in RUN_FLAGS if k in saved}
+    explicit = given(argv)
+    clash = [f'--{k.replace("_", "-")} {getattr(args, k)} (the run has {settings.get(k)})'
+             for k in RUN_FLAGS if k in explicit and k not in CHANGEABLE
+             and getattr(args, k) != settings.get(k)]
+    if clash:
+        raise rundir.RunError(f'--resume keeps the run\'s settings but for --epochs and --lr: '
+                              f'{"; ".join(clash)}. Leave those flags out, or start a new run in '
+                              f'another --out')
+    settings.update({k: getattr(args, k) for k in CHANGEABLE if k in explicit})
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            checked = parse_args(as_argv(settings))
+    except SystemExit:
+        raise rundir.RunError(f'{config} holds a setting the command line would reject: '
+                              f'{errors.getvalue().strip().splitlines()[-1]}') from None
+    if checked.epochs < start:
+        raise rundir.RunError(f'{args.out} has trained {start} epochs already; --epochs '
+                              f'{checked.epochs} would not continue it: pass --epochs N > {start} '
+                              f'to extend it')
+    for key in RUN_FLAGS:
+        setattr(args, key, getattr(checked, key))
+    return args, start
+
+
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--api', choices=['gluon', 'symbol'], default='gluon',
                    help='Gluon HybridBlocks, or sym.SpatialTransformer trained with mx.mod.Module')
     p.add_argument('--dataset', choices=distort.DATASETS, default='mnist',
                    help='MNIST or one of the paper\'s distorted sets (see distort.py)')
-    p.add_argument('--data-seed', type=int, default=0,
+    p.add_argument('--data-seed', type=bounded_int(0, 2 ** 31 - 1), default=0,
                    help='seed of the distorted train/test sets (the test set is fixed by it)')
     p.add_argument('--fresh-distortions', action='store_true',
                    help='distort the training digits anew every epoch instead of once')
@@ -109,7 +207,7 @@ def parse_args(argv=None):
                    help='epochs of linear warm-up from 0 to --lr before the schedule')
     p.add_argument('--loc-lr-mult', type=positive(float), default=0.1,
                    help='learning-rate multiplier of the localisation net and regressor')
-    p.add_argument('--seed', type=int, default=1)
+    p.add_argument('--seed', type=bounded_int(0, MAX_SEED), default=1)
     p.add_argument('--model', choices=MODELS, default='lenet',
                    help='classifier: the seed LeNet, or the paper\'s FCN or CNN (see net.py)')
     which = p.add_mutually_exclusive_group()
@@ -130,20 +228,10 @@ def parse_args(argv=None):
                    help='folder with the MNIST files (default: $MNIST_DIR, else data/mnist)')
     p.add_argument('--out', default='result', help='folder for everything the run writes')
     p.add_argument('--ctx', type=context, default='cpu', help='cpu, or a GPU id')
-    p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
-    args = p.parse_args(argv)
-    if not 0 <= args.momentum < 1:
-        p.error(f'argument --momentum: {args.momentum} must be in [0, 1)')
-    if not 0 <= args.warmup_epochs < args.epochs:
-        p.error(f'argument --warmup-epochs: {args.warmup_epochs} must be >= 0 and below --epochs')
-    if args.tps_grid < 2:
-        p.error(f'argument --tps-grid: {args.tps_grid} must be >= 2')
-    if args.width is not None and args.model == 'lenet':
-        p.error('argument --width: only for --model fcn or cnn (LeNet\'s sizes are fixed)')
-    if args.api == 'symbol' and (args.model != 'lenet' or args.transform not in ('affine', 'none')):
-        p.error(f'argument --api: symbol builds only --model lenet with --transform affine or '
-                f'none, not --model {args.model} --transform {args.transform}; use --api gluon')
-    return args
+    p.add_argument('--resume', action='store_true',
+                   help='continue the run in --out from its checkpoint, with its own settings '
+                        '(--epochs N extends it, --lr sets a new rate; see README)')
+    return p
 
 
 def resolve_width(args, image_shape):
@@ -197,50 +285,70 @@ def main(argv=None):
     args = parse_args(argv)
     if args.summary:
         return summary(args)
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        with rundir.lock(args.out):
+            rundir.clean(args.out)   # what an interrupted run may have left
+            train(args, argv)
+    except rundir.RunError as e:
+        sys.exit(f'error: {e}')
+    except OSError as e:   # a bad --out, a full disk, a read-only folder
+        done = rundir.checkpoint_epoch(args.out) if os.path.isdir(args.out) else None
+        sys.exit(f'error: {e.filename or args.out}: {e.strerror or e}. Nothing half-written was '
+                 f'left in {args.out}' + (
+                     f'; its last complete checkpoint (epoch {done}) is kept: fix the cause and '
+                     f'continue with python train.py --out {args.out} --resume' if done is not None
+                     else '; fix the cause and start the run again'))
+
+
+def train(args, argv):
+    """The run of ``args`` in ``args.out`` (held by ``rundir.lock``)."""
     start_epoch = 0
     if args.resume:
-        try:
-            start_epoch = rundir.checkpoint_epoch(args.out)
-            if start_epoch is None:
-                sys.exit(f'error: --resume: no checkpoint.json in {args.out}; '
-                         f'start a new run without --resume')
-            saved = rundir.read_config(args.out)
-            for key in RUN_FLAGS:
-                # Runs made before --lr-mode and --warmup-epochs used step decay, no warm-up.
-                setattr(args, key, saved[key] if key not in SCHEDULE_FLAGS else
-                        saved.get(key, SCHEDULE_FLAGS[key]))
-        except (rundir.RunError, KeyError) as e:
-            sys.exit(f'error: --resume: {args.out} cannot be continued: {e}')
-        print(f'resuming {args.out} after epoch {start_epoch} (run settings from its config.json)')
+        args, start_epoch = resume_args(args, argv)
+        print(f'resuming {args.out} after epoch {start_epoch} of {args.epochs}')
 
     ctx = mx.cpu() if args.ctx == 'cpu' else mx.gpu(int(args.ctx))
     try:
         data = distort.load_dataset(args.dataset, args.data_dir, args.data_seed)
     except mnist.MNISTError as e:
-        sys.exit(f'error: {e}')
+        raise rundir.RunError(e) from None
     train_x, train_y, test_x, test_y = data.train_x, data.train_y, data.test_x, data.test_y
     if args.train_size:
         train_x, train_y = train_x[:args.train_size], train_y[:args.train_size]
+    if args.api == 'symbol' and args.batch_size > len(train_x):
+        raise rundir.RunError(f'--batch-size {args.batch_size} is larger than the {len(train_x)} '
+                              f'training images: --api symbol trains on whole batches only (its '
+                              f'NDArrayIter drops the last partial one). Pass a smaller --batch-size')
 
     resolve_width(args, train_x.shape[1:])
     mx.random.seed(args.seed)
     np.random.seed(args.seed)
     model = (GluonModel if args.api == 'gluon' else ModuleModel)(args, train_x.shape, ctx,
                                                                  start_epoch)
-
+    config = dict(vars(args), num_params=model.num_params, train_images=len(train_x),
+                  pool_after_stn=pool_after_stn(args), image_shape=train_x.shape[1:],
+                  mxnet=mx.__version__,
+                  distortion=dict(distort.check_params(args.dataset, {}), version=distort.VERSION))
     if args.resume:
-        model.load(rundir.checkpoint_stem(args.out, start_epoch))
+        stem = rundir.checkpoint_stem(args.out, start_epoch)
+        for path in (stem + '.params', stem + '.states'):
+            if not os.path.isfile(path):
+                raise rundir.RunError(f'{path} not found, though checkpoint.json names it: restore '
+                                      f'it, or start the run anew in another --out')
+        try:
+            model.load(stem)
+        except Exception as e:   # MXNet, pickle and numpy each have their own errors here
+            raise rundir.RunError(f'{stem}.params / .states cannot be loaded ({type(e).__name__}: '
+                                  f'{str(e).strip()[:200]}): the checkpoint is damaged; restore '
+                                  f'it, or start the run anew in another --out') from None
         rows = rundir.read_metrics(args.out, start_epoch)
+        rundir.write_config(args.out, dict(rundir.read_config(args.out), epochs=args.epochs,
+                                           lr=args.lr))   # what --resume may change
     else:
         rows = []
-        rundir.write_config(args.out, dict(
-            vars(args), num_params=model.num_params, train_images=len(train_x),
-            pool_after_stn=pool_after_stn(args), image_shape=train_x.shape[1:],
-            mxnet=mx.__version__,
-            distortion=dict(distort.check_params(args.dataset, {}), version=distort.VERSION)))
-        rundir.write_metrics(args.out, rows)
-        rundir.save_checkpoint(args.out, 0, model.save_params, model.save_states)  # for Ctrl-C
+        rundir.write_config(args.out, config)
+        rundir.save_epoch(args.out, 0, rows, model.save_params, model.save_states)  # for Ctrl-C
         snapshot(model, test_x[:16], args.out, 0)
 
     print(f'{describe(args)} ({args.api} API), '
@@ -248,7 +356,7 @@ def main(argv=None):
           f'{args.dataset}: {len(train_x)} training / {len(test_x)} test images '
           f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {ctx}')
     print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')
-    epoch = start_epoch
+    epoch, resume = start_epoch, f'python train.py --out {args.out} --resume'
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
             start = time.time()
@@ -263,23 +371,22 @@ def main(argv=None):
                              imgs_per_s=f'{imgs_per_s:.0f}', epoch_s=f'{time.time() - start:.1f}'))
             print(f'{epoch:5d}  {train_loss:10.4f}  {test_loss:9.4f}  {100 * test_acc:7.2f}%  '
                   f'{lr:6g}  {imgs_per_s:6.0f}  {time.time() - start:7.1f}', flush=True)
-            rundir.save_checkpoint(args.out, epoch, model.save_params, model.save_states)
-            rundir.write_metrics(args.out, rows)
+            rundir.save_epoch(args.out, epoch, rows, model.save_params, model.save_states)
             snapshot(model, test_x[:16], args.out, epoch)
+        prefix = rundir.export(args.out, args.epochs, model.export)
+        print(f'exported {prefix}-symbol.json and {prefix}-{args.epochs:04d}.params')
+        if args.transform != 'none':
+            import visualize   # matplotlib, only for the picture at the end
+            print(f'wrote {visualize.compare_run(args.out, test_x[:64], test_y[:64])}')
     except KeyboardInterrupt:
-        sys.exit(f'\ninterrupted in epoch {epoch}; the checkpoint of epoch '
-                 f'{rundir.checkpoint_epoch(args.out)} is in {args.out}: continue with '
-                 f'python train.py --out {args.out} --resume')
-    except NonFiniteLoss as e:
+        done = rundir.checkpoint_epoch(args.out)
+        what = 'while exporting' if done == args.epochs else f'in epoch {epoch}'
+        sys.exit(f'\ninterrupted {what}; the checkpoint of epoch {done} is in {args.out}: '
+                 f'continue with {resume}')
+    except Diverged as e:
         sys.exit(f'error: {e}. Stopped; the last good checkpoint (epoch '
-                 f'{rundir.checkpoint_epoch(args.out)}) is kept in {args.out}. '
-                 f'Try a smaller --lr or --loc-lr-mult.')
-
-    prefix = rundir.export(args.out, args.epochs, model.export)
-    print(f'exported {prefix}-symbol.json and {prefix}-{args.epochs:04d}.params')
-    if args.transform != 'none':
-        import visualize   # matplotlib, only for the picture at the end
-        print(f'wrote {visualize.compare_run(args.out, test_x[:64], test_y[:64])}')
+                 f'{rundir.checkpoint_epoch(args.out)}) is kept in {args.out}: continue with a '
+                 f'smaller rate, {resume} --lr {args.lr / 10:g}, or lower --loc-lr-mult in a new run')
 
 
 if __name__ == '__main__':

@@ -1,6 +1,8 @@
 """rundir.py: the one module that writes and reads a run folder."""
 import json
 import os
+import subprocess
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -11,6 +13,8 @@ import rundir
 import stn
 import symbolic
 from net import Net
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def export(folder, epoch, transform='affine'):
@@ -62,22 +66,80 @@ def test_metrics_round_trip_and_read_up_to_an_epoch(tmp_path):
         rundir.read_metrics(str(tmp_path / 'none'))
 
 
-def test_a_checkpoint_is_pointed_at_only_when_complete_and_replaces_the_older_one(tmp_path):
+def row(epoch):
+    return dict(dataset='r', epoch=epoch, train_loss=1 / epoch, test_loss=2 / epoch, test_acc=0.9,
+                lr=0.001, imgs_per_s=100, epoch_s=1.5)
+
+
+def test_an_epoch_is_recorded_checkpoint_and_metrics_together_replacing_the_older_one(tmp_path):
     def write(path):
         open(path, 'w').write('x')
     assert rundir.checkpoint_epoch(str(tmp_path)) is None
-    rundir.save_checkpoint(str(tmp_path), 1, write, write)
-    rundir.save_checkpoint(str(tmp_path), 2, write, write)
+    rundir.save_epoch(str(tmp_path), 1, [row(1)], write, write)
+    rundir.save_epoch(str(tmp_path), 2, [row(1), row(2)], write, write)
     assert rundir.checkpoint_epoch(str(tmp_path)) == 2
+    assert len(rundir.read_metrics(str(tmp_path))) == 2
     assert sorted(os.listdir(tmp_path)) == ['checkpoint-0002.params', 'checkpoint-0002.states',
-                                            'checkpoint.json']
+                                            'checkpoint.json', 'metrics.csv']
 
     def fail(path):
-        raise OSError('disk full')
+        raise OSError(28, 'No space left on device')
     with pytest.raises(OSError):
-        rundir.save_checkpoint(str(tmp_path), 3, write, fail)
-    assert rundir.checkpoint_epoch(str(tmp_path)) == 2
-    assert 'checkpoint-0002.states' in os.listdir(tmp_path)
+        rundir.save_epoch(str(tmp_path), 3, [row(1), row(2), row(3)], write, fail)
+    assert rundir.checkpoint_epoch(str(tmp_path)) == 2     # the older checkpoint stays, whole
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint-0002.params', 'checkpoint-0002.states',
+                                            'checkpoint.json', 'metrics.csv']   # nothing stray
+
+
+def test_a_malformed_metrics_row_is_an_error_naming_the_file_and_line(tmp_path):
+    rundir.write_metrics(str(tmp_path), [row(1), row(2)])
+    text = (tmp_path / 'metrics.csv').read_text().replace('0.5,1.0', 'oops,1.0')
+    (tmp_path / 'metrics.csv').write_text(text)
+    with pytest.raises(rundir.RunError, match=r'metrics.csv, line 3: malformed row'):
+        rundir.read_metrics(str(tmp_path))
+
+
+def test_a_second_holder_of_the_folder_is_refused_and_a_dead_holders_lock_is_stale(tmp_path):
+    with rundir.lock(str(tmp_path)):
+        with pytest.raises(rundir.RunError, match=rf'in use by another run \(pid {os.getpid()}\)'):
+            with rundir.lock(str(tmp_path)):
+                pass
+    code = 'import os, rundir\nwith rundir.lock(%r):\n    os._exit(9)' % str(tmp_path)
+    assert subprocess.run([sys.executable, '-c', code], cwd=ROOT).returncode == 9   # crashed
+    with rundir.lock(str(tmp_path)):   # its lock died with it
+        pass
+
+
+def test_clean_removes_what_an_interrupted_run_left_and_keeps_the_checkpoint(tmp_path):
+    def write(path):
+        open(path, 'w').write('x')
+    rundir.save_epoch(str(tmp_path), 2, [row(1), row(2)], write, write)
+    for stray in ['.checkpoint.jsonab12.tmp', 'checkpoint-0003.params', 'checkpoint-0001.states']:
+        write(str(tmp_path / stray))
+    (tmp_path / '.exportxyz').mkdir()
+    write(str(tmp_path / '.exportxyz' / 'model-symbol.json'))
+    rundir.clean(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint-0002.params', 'checkpoint-0002.states',
+                                            'checkpoint.json', 'metrics.csv']
+
+
+@pytest.mark.parametrize('text', ['{"epoch": -1}', '{"epoch": "2"}', '[]', '{"epoch": 2'])
+def test_a_damaged_checkpoint_pointer_is_an_error_naming_the_file(tmp_path, text):
+    (tmp_path / 'checkpoint.json').write_text(text)
+    with pytest.raises(rundir.RunError, match='checkpoint.json'):
+        rundir.checkpoint_epoch(str(tmp_path))
+
+
+@pytest.mark.parametrize('graph', ['{}', '{"nodes": []}', '[1, 2]', '"x"',
+                                   '{"nodes": [{"op": "null", "name": "x", "inputs": []}], '
+                                   '"arg_nodes": [0], "heads": [[0, 0, 0]]}',
+                                   '{"nodes": [{"op": "null", "name": "data", "inputs": [[5, 0, 0]]}], '
+                                   '"arg_nodes": [0], "heads": [[0, 0, 0]]}'])
+def test_a_symbol_file_that_holds_no_network_is_refused_before_mxnet_reads_it(tmp_path, graph):
+    export(tmp_path, 1)
+    (tmp_path / 'model-symbol.json').write_text(graph)
+    with pytest.raises(rundir.RunError, match='is not an exported network'):
+        rundir.load_export(str(tmp_path))
 
 
 def test_an_unreadable_config_is_an_error_naming_the_file(tmp_path):
