@@ -258,6 +258,10 @@ def cache_path(name, seed):
     return os.path.join(CACHE_DIR, f'{name}-seed{seed}-v{VERSION}.npz')
 
 
+class CacheError(mnist.MNISTError):
+    """A distorted set's cache path cannot hold the cache (the message says what to do)."""
+
+
 Dataset = namedtuple('Dataset', 'train_x train_y test_x test_y digits')
 
 
@@ -288,12 +292,21 @@ def load(name, digits, seed=0, **params):
     if name == 'mnist':
         return train_x, train_y, test_x, test_y
     path, stamp = cache_path(name, seed), json.dumps({'version': VERSION, 'params': p}, sort_keys=True)
+    if os.path.isdir(path):
+        raise CacheError(f'{path} is a folder, where the cache file of set {name} belongs: '
+                         f'move it away (the set is regenerated there)')
+    side = image_shape(name)[1]
     try:
         with np.load(path, allow_pickle=False) as cached:
-            if str(cached['stamp']) == stamp:
-                return (cached['train_x'] / np.float32(255), train_y,
-                        cached['test_x'] / np.float32(255), test_y)
-            print(f'{path} was made with other parameters: regenerating')
+            arrays = cached['train_x'], cached['test_x']
+            expected = [(len(train_y), 1, side, side), (len(test_y), 1, side, side)]
+            if str(cached['stamp']) != stamp:
+                print(f'{path} was made with other parameters: regenerating')
+            elif [a.shape for a in arrays] != expected or any(a.dtype != np.uint8 for a in arrays):
+                print(f'{path} holds {[a.shape for a in arrays]} {arrays[0].dtype} images where '
+                      f'{expected} uint8 belong: regenerating')
+            else:
+                return arrays[0] / np.float32(255), train_y, arrays[1] / np.float32(255), test_y
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:

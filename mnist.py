@@ -65,6 +65,10 @@ def read_idx_bytes(path):
                 return f.read()
         with open(path, 'rb') as f:
             return f.read()
+    except PermissionError as e:
+        raise MNISTError(f'{path}: cannot be read: permission denied ({e.strerror}). The file '
+                         f'itself may be fine: make it readable (chmod a+r), or pass --data-dir '
+                         f'a folder whose files you can read.') from e
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise MNISTError(f'{path}: cannot be read ({e}); the file is corrupt or truncated. '
                          f'Delete it and download it again. {HOW_TO_SUPPLY}') from e
@@ -102,11 +106,16 @@ def parse_idx(raw, path, magic=None, shape=None):
 
 
 def find_file(folder, name):
-    """The path of ``name`` or ``name.gz`` in ``folder``, or None."""
+    """The path of ``name`` or ``name.gz`` in ``folder``, or None; MNISTError if one of them
+    is there but is not a file (a folder, say)."""
     for candidate in (name, name + '.gz'):
         path = os.path.join(folder, candidate)
         if os.path.isfile(path):
             return path
+        if os.path.lexists(path):
+            raise MNISTError(f'{path} is not a file (a folder or a broken link?), where the '
+                             f'MNIST file {name} belongs: move it away or replace it with the '
+                             f'file. {HOW_TO_SUPPLY}')
     return None
 
 
@@ -131,7 +140,12 @@ def download(name, folder, timeout=30):
             errors.append(f'{url}: checksum mismatch')
             continue
         path = os.path.join(folder, name + '.gz')
-        atomic.write_bytes(path, payload)
+        try:
+            atomic.write_bytes(path, payload)
+        except OSError as e:
+            raise MNISTError(f'{name} was downloaded from {url} but cannot be saved as {path} '
+                             f'({e.strerror or e}): make {folder} a writable folder, or pass '
+                             f'--data-dir one') from e
         return path
     raise MNISTError(f'{name} is not in {folder} and could not be downloaded:\n  '
                      + '\n  '.join(errors) + f'\n{HOW_TO_SUPPLY}')

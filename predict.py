@@ -85,7 +85,10 @@ def read_image(path, shape):
     Pillow's ``Image.MAX_IMAGE_PIXELS`` pixels are refused."""
     limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():   # Pillow warns above its limit; refused below
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             if image.width * image.height > limit:
                 raise Image.DecompressionBombError(f'{image.width}x{image.height} pixels')
             image = flatten(image).resize(shape[:0:-1], Image.BILINEAR)

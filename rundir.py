@@ -50,6 +50,12 @@ class RunError(RuntimeError):
     """A file of a run folder is missing, unreadable or inconsistent (the message says which)."""
 
 
+def reason(error):
+    """The last line of an exception's text (MXNet's carry a C++ traceback before it)."""
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[-1] if lines else ""}'
+
+
 def read_json(path):
     """The JSON object in ``path``; RunError if it is missing or not valid JSON."""
     try:
@@ -269,13 +275,13 @@ def load_export(model, epoch=None):
     try:
         symbol = mx.sym.load(symbol_file)
     except mx.MXNetError as e:
-        raise RunError(f'{symbol_file} is not a readable MXNet symbol ({e})') from None
+        raise RunError(f'{symbol_file} is not a readable MXNet symbol ({reason(e)})') from None
     if symbol.name == 'softmax':
         symbol = symbol.get_children()[0]
     try:
         saved = mx.nd.load(params_file)
     except mx.MXNetError as e:
-        raise RunError(f'{params_file} is corrupt or not an MXNet parameter file ({str(e)[:200]}): '
+        raise RunError(f'{params_file} is corrupt or not an MXNet parameter file ({reason(e)}): '
                        f'export the run again (python train.py --out RUN_DIR --resume)') from None
     weights = {k.split(':', 1)[-1]: v for k, v in saved.items()} if isinstance(saved, dict) else {}
     missing = [n for n in symbol.list_inputs() if n not in weights and n != 'data']

@@ -285,6 +285,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.summary:
         return summary(args)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        sys.exit(f'error: --out {args.out} is a file, not a folder: pass a folder for the run')
     try:
         os.makedirs(args.out, exist_ok=True)
         with rundir.lock(args.out):
@@ -339,9 +341,9 @@ def train(args, argv):
         try:
             model.load(stem)
         except Exception as e:   # MXNet, pickle and numpy each have their own errors here
-            raise rundir.RunError(f'{stem}.params / .states cannot be loaded ({type(e).__name__}: '
-                                  f'{str(e).strip()[:200]}): the checkpoint is damaged; restore '
-                                  f'it, or start the run anew in another --out') from None
+            raise rundir.RunError(f'{stem}.params / .states cannot be loaded ({rundir.reason(e)}): '
+                                  f'the checkpoint is damaged; restore it, or start the run anew '
+                                  f'in another --out') from None
         rows = rundir.read_metrics(args.out, start_epoch)
         rundir.write_config(args.out, dict(rundir.read_config(args.out), epochs=args.epochs,
                                            lr=args.lr))   # what --resume may change

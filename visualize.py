@@ -157,8 +157,7 @@ def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
     stn.affine_grid inside the block. ``image_shape`` (C, H, W), if given, is checked
     against the saved weights. Problems raise ``rundir.RunError`` with a message.
     """
-    symbol_file, params_file, _, _ = rundir.model_files(run_dir)
-    sym = mx.sym.load(symbol_file)
+    sym, _, symbol_file, params_file = rundir.load_export(run_dir)   # checked
     internals = sym.get_internals()
     transformed = [name for name in TRANSFORMED if name in internals.list_outputs()]
     if not transformed:

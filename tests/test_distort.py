@@ -184,3 +184,28 @@ def test_a_folded_quadrilateral_is_not_convex():
     folded = square.copy()
     folded[3] = [-0.9, -0.9]                                 # the corner crossed the diagonal
     assert distort.convex(np.stack([square, square[::-1], folded])).tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize('change', ['fewer', 'shape', 'dtype'])
+def test_a_cache_with_the_right_stamp_but_wrong_arrays_is_regenerated_not_trusted(cache, capsys,
+                                                                                  change):
+    folder, digits = cache
+    good = distort.load('r', digits)
+    path = str(folder / f'r-seed0-v{distort.VERSION}.npz')
+    with np.load(path) as cached:
+        saved = dict(cached)
+    saved['train_x'] = {'fewer': saved['train_x'][:10], 'shape': saved['train_x'][:, :, :14],
+                        'dtype': saved['train_x'].astype(np.float32)}[change]
+    np.savez(path, **saved)
+    capsys.readouterr()
+    again = distort.load('r', digits)
+    assert 'images where [(200, 1, 28, 28), (50, 1, 28, 28)] uint8 belong: regenerating' in \
+        capsys.readouterr().out
+    assert again[0].tobytes() == good[0].tobytes() and len(again[0]) == len(again[1])
+
+
+def test_a_folder_where_the_cache_belongs_is_a_clear_error(cache):
+    folder, digits = cache
+    (folder / f'r-seed0-v{distort.VERSION}.npz').mkdir()
+    with pytest.raises(distort.CacheError, match='is a folder, where the cache file of set r belongs'):
+        distort.load('r', digits)

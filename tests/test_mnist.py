@@ -1,5 +1,6 @@
 """Loading MNIST: raw or gzipped IDX files, clear errors for bad ones, verified downloads."""
 import functools
+import hashlib
 import gzip
 import http.server
 import os
@@ -155,3 +156,53 @@ def test_a_raw_copy_of_a_real_file_is_read_like_the_gz(tmp_path):
     (tmp_path / name).write_bytes(raw)
     np.testing.assert_array_equal(mnist.load_file(str(tmp_path), name, allow_download=False),
                                   mnist.load_file(REAL_DIR, name, allow_download=False))
+
+
+@pytest.fixture
+def fake_file(monkeypatch):
+    """A 3-label IDX file that mnist.FILES takes for MNIST's test labels: (name, its bytes)."""
+    name, raw = 't10k-labels-idx1-ubyte', idx_bytes(np.array([7, 2, 1]), 2049)
+    monkeypatch.setitem(mnist.FILES, name, (hashlib.sha256(raw).hexdigest(), 2049, (3,)))
+    return name, raw
+
+
+@pytest.mark.parametrize('online', [False, True])
+@pytest.mark.parametrize('suffix', ['', '.gz'])
+def test_a_folder_where_a_data_file_belongs_is_named_as_such(tmp_path, mirror, monkeypatch,
+                                                            fake_file, online, suffix):
+    name, raw = fake_file
+    served, url = mirror
+    write(served / (name + '.gz'), raw)
+    monkeypatch.setattr(mnist, 'MIRRORS', [url] if online else ['http://127.0.0.1:9/'])
+    (tmp_path / (name + suffix)).mkdir()
+    with pytest.raises(mnist.MNISTError, match=f'{name}{suffix} is not a file .*, where the MNIST '
+                                               f'file {name} belongs'):
+        mnist.load_file(str(tmp_path), name)
+
+
+def test_a_download_that_cannot_be_saved_says_so(tmp_path, mirror, monkeypatch, fake_file):
+    name, raw = fake_file
+    served, url = mirror
+    write(served / (name + '.gz'), raw)
+    monkeypatch.setattr(mnist, 'MIRRORS', [url])
+
+    def read_only(path, payload):
+        raise PermissionError(13, 'Permission denied', path)
+    monkeypatch.setattr(mnist.atomic, 'write_bytes', read_only)
+    with pytest.raises(mnist.MNISTError, match=f'{name} was downloaded from .* but cannot be saved '
+                                               f'.*Permission denied.*writable folder'):
+        mnist.load_file(str(tmp_path), name)
+
+
+def test_an_unreadable_file_is_a_permission_problem_not_corruption(tmp_path, monkeypatch,
+                                                                   fake_file):
+    name, raw = fake_file
+    write(tmp_path / (name + '.gz'), raw)
+
+    def denied(path, mode='rb'):
+        raise PermissionError(13, 'Permission denied', path)
+    monkeypatch.setattr(mnist.gzip, 'open', denied)
+    with pytest.raises(mnist.MNISTError) as error:
+        mnist.load_file(str(tmp_path), name)
+    assert 'permission denied' in str(error.value) and 'corrupt' not in str(error.value)
+    assert 'Delete it' not in str(error.value)

@@ -111,3 +111,30 @@ def test_nothing_to_do_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as error:
         predict.main(['--model', str(tmp_path)])
     assert error.value.code == 2 and '--dataset' in capsys.readouterr().err
+
+
+def test_a_symbol_file_that_holds_no_network_is_an_error_not_a_crash(tmp_path):
+    exported(tmp_path)
+    (tmp_path / 'model-symbol.json').write_text('{}')   # MXNet itself segfaults on this
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py'), '--model',
+                             str(tmp_path), '--dataset', 'mnist'], capture_output=True, text=True)
+    assert result.returncode == 1 and 'model-symbol.json is not an exported network' in result.stderr
+
+
+@pytest.mark.parametrize('side', [40, 100])   # above the limit; above twice it (Pillow's own error)
+def test_an_image_above_the_pixel_limit_is_a_clear_error(tmp_path, monkeypatch, side):
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
+    Image.fromarray(np.zeros((side, side), np.uint8)).save(tmp_path / 'huge.png')
+    with pytest.raises(predict.ModelError, match=r'huge.png: too large .* at most 1,000 pixels'):
+        predict.read_image(str(tmp_path / 'huge.png'), (1, 28, 28))
+
+
+@pytest.mark.parametrize('ink', [0, 255], ids=['black-ink', 'white-ink'])
+def test_a_digit_drawn_only_in_the_alpha_channel_is_read_as_that_digit(tmp_path, ink):
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 12:16] = 255                                   # a '1'
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = ink, digit                   # transparent but for the stroke
+    Image.fromarray(rgba, 'RGBA').save(tmp_path / 'one.png')
+    np.testing.assert_allclose(predict.read_image(str(tmp_path / 'one.png'), (1, 28, 28))[0],
+                               digit / 255, atol=1 / 255)

@@ -438,3 +438,35 @@ def test_train_snapshots_a_tps_net_and_animate_draws_its_curved_outlines(tmp_pat
 def test_animate_without_snapshots_exits_with_a_message(tmp_path):
     with pytest.raises(SystemExit, match='snapshots.npz not found'):
         visualize.main(['--out', str(tmp_path), '--animate'])
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda run: open(os.path.join(run, 'model-0003.params'), 'r+b').truncate(300),
+     'model-0003.params is corrupt or not an MXNet parameter file'),
+    (lambda run: open(os.path.join(run, 'model-symbol.json'), 'w').write('{"nodes": []}'),
+     'model-symbol.json is not an exported network'),
+    (lambda run: open(os.path.join(run, 'model-symbol.json'), 'w').write('{"nodes": '),
+     'model-symbol.json is not valid JSON'),
+], ids=['truncated-params', 'no-network', 'bad-json'])
+def test_a_damaged_export_exits_with_a_message_naming_the_file(tmp_path, damage, message):
+    run = exported_run(tmp_path)
+    damage(run)
+    with pytest.raises(SystemExit, match=message):
+        visualize.main(['--out', run])
+
+
+def test_a_truncated_snapshot_file_exits_with_a_message(tmp_path):
+    net, images = fresh_net(), digits(16)
+    snapshot(net, images, str(tmp_path), 0)
+    path = tmp_path / 'snapshots.npz'
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(SystemExit, match='snapshots.npz is unreadable'):
+        visualize.main(['--out', str(tmp_path), '--animate'])
+
+
+def test_a_malformed_metrics_row_exits_with_a_message(tmp_path):
+    run = write_metrics(tmp_path / 'run', [0.9, 0.95])
+    text = open(os.path.join(run, 'metrics.csv')).read().replace('0.95', 'nan')
+    open(os.path.join(run, 'metrics.csv'), 'w').write(text)
+    with pytest.raises(SystemExit, match='metrics.csv, line 3: malformed row'):
+        visualize.main(['--curves', run, '--out', str(tmp_path)])
