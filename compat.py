@@ -1,4 +1,5 @@
-"""Import this before ``mxnet``: it lets MXNet 1.9.1 run on numpy >= 1.24 (Python 3.12).
+"""Import this before ``mxnet``: it lets MXNet 1.9.1 run on numpy >= 1.24 (Python 3.12), and
+gives MXNet's operators one OpenMP thread per core this process may use.
 
 mxnet 1.9.1 refers to ``np.bool``, an alias of ``bool`` that numpy 1.24 removed; numpy
 1.23.5 (Python <= 3.11) still has it, numpy 1.26 (the first with Python 3.12 wheels)
@@ -17,3 +18,12 @@ with warnings.catch_warnings():
     except AttributeError:
         np.bool = bool
 os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')  # no banner on every Module reshape
+# The PyPI MXNet runs its operators on one OpenMP thread here unless told otherwise; all the
+# cores train fastest (bench_train.py). OMP_NUM_THREADS=N in the environment overrides it.
+# Results repeat exactly for a given thread count, and differ slightly between thread counts
+# (sums are taken in another order). config.json records the count a run used.
+try:
+    THREADS = int(os.environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0)))))
+except ValueError:
+    raise SystemExit(f'error: OMP_NUM_THREADS={os.environ["OMP_NUM_THREADS"]!r} is not a whole '
+                     f'number of threads: unset it (one per core) or set it to one') from None

@@ -20,9 +20,20 @@ import time
 import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
 import numpy as np
-from gluoncv.utils import LRScheduler, LRSequential
 from mxnet import autograd, gluon
 from tqdm import tqdm
+
+# GluonCV 0.10 refuses to import at all when PyTorch >= 2.0 is installed beside it (its
+# package __init__ checks torch's version), though its MXNet part works: hide torch from
+# that check, unless torch is already imported.
+_hide_torch = 'torch' not in sys.modules
+if _hide_torch:
+    sys.modules['torch'] = None   # makes "import torch" raise ImportError, which GluonCV skips
+try:
+    from gluoncv.utils import LRScheduler, LRSequential
+finally:
+    if _hide_torch:
+        del sys.modules['torch']
 
 import net
 
@@ -122,6 +133,7 @@ class GluonModel:
         self.trainer = gluon.Trainer(self.net.collect_params(), args.optimizer,
                                      optimizer_params(args, self.schedule))
         self.num_params = net.trainable_params(self.net)   # grid constants excluded
+        self.on_device = None   # (numpy training images, the same on ctx, labels on ctx)
 
     @property
     def learning_rate(self):
@@ -131,12 +143,18 @@ class GluonModel:
         """One pass over (x, y) in shuffled mini-batches; returns (mean loss, images/s)."""
         args, ctx = self.args, self.ctx
         loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-        order = epoch_order(args, epoch, len(x))
-        total, seen, start = mx.nd.zeros(1, ctx=ctx), 0, time.time()
+        start = time.time()
+        # The whole set goes to the device once (again only when it changes, as with
+        # --fresh-distortions) and every batch is taken from it there: no per-step copy.
+        if self.on_device is None or self.on_device[0] is not x:
+            self.on_device = x, mx.nd.array(x, ctx=ctx), mx.nd.array(y, ctx=ctx)
+        _, x_nd, y_nd = self.on_device
+        order = mx.nd.array(epoch_order(args, epoch, len(x)), ctx=ctx, dtype='int64')
+        total, seen = mx.nd.zeros(1, ctx=ctx), 0
         progress = progress_bar(epoch, math.ceil(len(x) / args.batch_size))
         for step, i in enumerate(range(0, len(x), args.batch_size), 1):
             idx = order[i:i + args.batch_size]
-            data, label = mx.nd.array(x[idx], ctx=ctx), mx.nd.array(y[idx], ctx=ctx)
+            data, label = mx.nd.take(x_nd, idx), mx.nd.take(y_nd, idx)
             with autograd.record():
                 loss = loss_fn(self.net(data), label)
             loss.backward()

@@ -330,7 +330,7 @@ def train(args, argv):
                                                                  start_epoch)
     config = dict(vars(args), num_params=model.num_params, train_images=len(train_x),
                   pool_after_stn=pool_after_stn(args), image_shape=train_x.shape[1:],
-                  mxnet=mx.__version__,
+                  mxnet=mx.__version__, omp_threads=compat.THREADS,
                   distortion=dict(distort.check_params(args.dataset, {}), version=distort.VERSION))
     if args.resume:
         stem = rundir.checkpoint_stem(args.out, start_epoch)

@@ -1,6 +1,8 @@
 """reproduce.py: the Table 1 grid, resumable cells, and the tables it writes."""
 import json
 import os
+import threading
+import time
 
 import pytest
 
@@ -33,18 +35,31 @@ def test_the_paper_schedule_is_150k_iterations_of_batch_256_with_two_tenfold_dro
 @pytest.fixture
 def fake_train(monkeypatch):
     """Stands in for train.py: records the command and writes a 2-epoch metrics.csv."""
-    commands = []
+    commands = Commands()
 
-    def call(command, stdout, stderr):
+    def call(command, stdout, stderr, env):
         commands.append(command)
+        call.threads.append(env['OMP_NUM_THREADS'])
+        with call.lock:
+            call.running += 1
+            call.most = max(call.most, call.running)
+        time.sleep(0.05)
+        with call.lock:
+            call.running -= 1
         out = command[command.index('--out') + 1]
         with open(os.path.join(out, 'metrics.csv'), 'w') as f:
             f.write('dataset,epoch,train_loss,test_loss,test_acc,lr,imgs_per_s,epoch_s\n'
                     'r,1,0.5,0.4,0.9800,0.001,1000,30.0\nr,2,0.4,0.3,0.9875,0.001,1000,30.0\n')
         return 0
 
+    call.threads, call.running, call.most, call.lock = [], 0, 0, threading.Lock()
+    commands.call = call
     monkeypatch.setattr(reproduce.subprocess, 'call', call)
     return commands
+
+
+class Commands(list):
+    pass
 
 
 def test_a_cell_runs_once_and_a_finished_cell_is_skipped(tmp_path, fake_train):
@@ -97,3 +112,13 @@ def test_fresh_distortions_reach_train_py_and_get_folders_of_their_own(tmp_path,
     reproduce.main(['--cells', 'tc/fcn', '--fresh-distortions', '--out', str(tmp_path)])
     assert '--fresh-distortions' in fake_train[0]
     assert (tmp_path / 'tc-fcn-ours-fresh-seed1' / 'result.json').exists()
+
+
+def test_cells_train_side_by_side_one_thread_each_by_default(tmp_path, fake_train, monkeypatch):
+    monkeypatch.setattr(reproduce, 'CORES', 2)
+    reproduce.main(['--cells', 'r/cnn,r/fcn,e/cnn,e/fcn', '--out', str(tmp_path)])
+    assert len(fake_train) == 4 and fake_train.call.most == 2
+    assert fake_train.call.threads == ['1'] * 4
+    assert len(open(tmp_path / 'table1.csv').read().splitlines()) == 37   # header + 36 cells
+    reproduce.main(['--cells', 'rts/cnn', '--jobs', '1', '--out', str(tmp_path)])
+    assert fake_train.call.threads[-1] == '2'   # one job: all the cores

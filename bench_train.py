@@ -1,0 +1,293 @@
+"""Benchmark: training images/s of train.py's networks, beside the identical PyTorch networks.
+
+    python bench_train.py                        # every workload, 1 and 2 threads, 3 repeats
+    python bench_train.py --workloads default,rts-st-cnn-affine --threads 2 --repeats 5
+    python bench_train.py --workloads rts-st-cnn-affine,rts-cnn --side-by-side --no-torch
+
+Every measurement runs in a fresh process with OMP_NUM_THREADS (and torch's thread count)
+set to the thread count under test: the step (forward, backward, optimizer update on a
+batch already in memory) is timed over --steps steps after --warmup steps. The two
+frameworks alternate, workload by workload, repeat by repeat, and the table gives the
+median images/s of the repeats, the peak resident memory of each process and the ratio
+stn-gluon / PyTorch. The PyTorch twins (same layers, same parameter count, which is
+checked; the same Adam with the localisation at --loc-lr-mult's rate) are timed when
+torch imports (pip install -r requirements-bench.txt); they are not needed otherwise.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# name -> train.py flags
+WORKLOADS = {
+    'default': [],
+    'rts-cnn': ['--dataset', 'rts', '--model', 'cnn', '--no-stn'],
+    **{f'rts-st-cnn-{family}': ['--dataset', 'rts', '--model', 'cnn', '--transform', family]
+       for family in ('affine', 'attention', 'projective', 'tps')},
+    **{f'rts-st-cnn-{family}-b256': ['--dataset', 'rts', '--model', 'cnn', '--transform', family,
+                                     '--batch-size', '256']
+       for family in ('affine', 'attention', 'projective', 'tps')},
+}
+
+
+def peak_mb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def args_of(flags):
+    import distort
+    import train
+    args = train.parse_args(flags)
+    train.resolve_width(args, distort.image_shape(args.dataset))
+    return args
+
+
+def time_steps(step, batch, warmup, steps, sync):
+    for _ in range(warmup):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def measure_mxnet(flags, warmup, steps):
+    import compat  # noqa: F401
+    import mxnet as mx
+    import numpy as np
+    from mxnet import autograd, gluon
+
+    import distort
+    import engine
+    args = args_of(flags)
+    shape = (args.batch_size, *distort.image_shape(args.dataset))
+    model = engine.GluonModel(args, (args.batch_size * 10, *shape[1:]), mx.cpu())
+    rng = np.random.RandomState(0)
+    data, label = mx.nd.array(rng.rand(*shape)), mx.nd.array(rng.randint(0, 10, shape[0]))
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def step():
+        with autograd.record():
+            loss = loss_fn(model.net(data), label)
+        loss.backward()
+        model.trainer.step(shape[0])
+    rate = time_steps(step, shape[0], warmup, steps, mx.nd.waitall)
+    return {'imgs_per_s': rate, 'params': model.num_params, 'peak_mb': peak_mb(),
+            'version': f'MXNet {mx.__version__}'}
+
+
+def torch_net(args):
+    """The PyTorch twin of engine.build_net(args) for lenet and cnn, any transform."""
+    import numpy as np
+    import torch
+    from torch import nn
+    import net as mxnet_net
+    import stn
+
+    class Transformer(nn.Module):
+        def __init__(self, localisation, family, side):
+            super().__init__()
+            self.family, self.side = family, side
+            self.localisation = localisation
+            size = stn.theta_size(family, args.tps_grid)
+            self.regressor = nn.LazyLinear(size)
+            constant = stn.grid_constant(family, (side, side), args.tps_grid)
+            self.register_buffer('constant', None if constant is None else
+                                 torch.tensor(constant).reshape(len(constant), -1))
+            self.identity = torch.tensor(stn.identity_theta(family, args.tps_grid))
+
+        def grid(self, theta):
+            n, s = len(theta), self.side
+            if self.family in ('affine', 'attention'):
+                if self.family == 'attention':
+                    scale, tx, ty = theta.unbind(1)
+                    zero = torch.zeros_like(scale)
+                    theta = torch.stack([scale, zero, tx, zero, scale, ty], 1)
+                return nn.functional.affine_grid(theta.view(n, 2, 3), (n, 1, s, s),
+                                                 align_corners=True)
+            if self.family == 'projective':
+                h = torch.cat([theta, torch.ones(n, 1)], 1).view(n, 3, 3)
+                uvw = h @ self.constant                                     # (N, 3, P)
+                w = uvw[:, 2:]
+                w = torch.where(w >= 0, w.clamp(min=stn.PROJECTIVE_EPS), w.clamp(max=-stn.PROJECTIVE_EPS))
+                xy = uvw[:, :2] / w
+            else:
+                xy = theta.view(n, 2, -1) @ self.constant                   # (N, 2, P)
+            return xy.view(n, 2, s, s).permute(0, 2, 3, 1)
+
+        def forward(self, x):
+            theta = self.regressor(self.localisation(x))
+            grid = self.grid(theta)
+            return nn.functional.grid_sample(x, grid, align_corners=True, padding_mode='zeros')
+
+    relu = nn.ReLU
+    side = 42 if args.dataset == 'rts' else 28
+    if args.model == 'lenet':
+        classifier = nn.Sequential(
+            nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), relu(), nn.Conv2d(10, 20, 5), nn.Dropout2d(0.5),
+            nn.MaxPool2d(2), relu(), nn.Flatten(), nn.LazyLinear(50), relu(), nn.Dropout(0.5),
+            nn.LazyLinear(10))
+        localisation = nn.Sequential(nn.Conv2d(1, 8, 7), nn.MaxPool2d(2), relu(), nn.Conv2d(8, 10, 5),
+                                     nn.MaxPool2d(2), relu(), nn.Flatten(), nn.LazyLinear(32), relu())
+    else:
+        w = args.width
+        classifier = nn.Sequential(nn.Conv2d(1, w, 9), relu(), nn.MaxPool2d(2),
+                                   nn.Conv2d(w, 2 * w, 7, padding=2), relu(), nn.MaxPool2d(2),
+                                   nn.Flatten(), nn.LazyLinear(10))
+        localisation = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(1, 20, 5), relu(), nn.MaxPool2d(2),
+                                     nn.Conv2d(20, 20, 5), relu(), nn.Flatten(), nn.LazyLinear(20),
+                                     relu())
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stn = Transformer(localisation, args.transform, side) \
+                if args.transform != 'none' else None
+            self.pool = nn.AvgPool2d(2) if args.model == 'cnn' and self.stn is not None \
+                and args.dataset in ('rts', 'tc') else None
+            self.classifier = classifier
+
+        def forward(self, x):
+            if self.stn is not None:
+                x = self.stn(x)
+                if self.pool is not None:
+                    x = self.pool(x)
+            return self.classifier((x - mxnet_net.MEAN) / mxnet_net.STD)
+
+    model = Net()
+    model(torch.zeros(2, 1, side, side))   # materialise the lazy layers
+    if model.stn is not None:
+        with torch.no_grad():
+            model.stn.regressor.weight.zero_()
+            model.stn.regressor.bias.copy_(model.stn.identity)
+    return model, side, np
+
+
+def measure_torch(flags, warmup, steps):
+    args = args_of(flags)   # train.py first: GluonCV must be imported before torch (engine.py)
+    import torch
+    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', os.cpu_count())))
+    model, side, np = torch_net(args)
+    local = [p for n, p in model.named_parameters() if n.startswith('stn.')]
+    rest = [p for n, p in model.named_parameters() if not n.startswith('stn.')]
+    optimizer = torch.optim.Adam([{'params': rest},
+                                  {'params': local, 'lr': args.lr * args.loc_lr_mult}], lr=args.lr)
+    rng = np.random.RandomState(0)
+    data = torch.tensor(rng.rand(args.batch_size, 1, side, side), dtype=torch.float32)
+    label = torch.tensor(rng.randint(0, 10, args.batch_size))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        optimizer.zero_grad()
+        loss_fn(model(data), label).backward()
+        optimizer.step()
+    model.train()
+    rate = time_steps(step, args.batch_size, warmup, steps, lambda: None)
+    return {'imgs_per_s': rate, 'params': sum(p.numel() for p in model.parameters()),
+            'peak_mb': peak_mb(), 'version': f'PyTorch {torch.__version__}'}
+
+
+def child(framework, workload, threads, warmup, steps):
+    """One measurement in a fresh process; its JSON result, or None if it failed."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    code = (f'import sys, json; sys.path.insert(0, {HERE!r}); import bench_train as b; '
+            f'print(json.dumps(b.measure_{framework}(b.WORKLOADS[{workload!r}], {warmup}, {steps})))')
+    result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                            timeout=900)
+    if result.returncode != 0:
+        print(f'  {framework} {workload} at {threads} thread(s) failed:\n{result.stderr[-2000:]}',
+              file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def side_by_side(workload, cores, warmup, steps):
+    """Total images/s of ``cores`` single-threaded stn-gluon processes training at once
+    (the Table 1 grid's cells side by side), or None if one failed."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(cores) as pool:
+        runs = list(pool.map(lambda _: child('mxnet', workload, 1, warmup, steps), range(cores)))
+    return None if None in runs else sum(r['imgs_per_s'] for r in runs)
+
+
+def torch_available():
+    return subprocess.run([sys.executable, '-c', 'import torch'], capture_output=True).returncode == 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--workloads', default=','.join(WORKLOADS),
+                   help=f'comma-separated, of: {", ".join(WORKLOADS)}')
+    p.add_argument('--threads', default='1,2', help='comma-separated OpenMP thread counts')
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--warmup', type=int, default=10)
+    p.add_argument('--steps', type=int, default=50)
+    p.add_argument('--no-torch', action='store_true', help='time stn-gluon only')
+    p.add_argument('--side-by-side', action='store_true',
+                   help='also time one single-threaded process per core at once (total images/s) '
+                        'against one process with a thread per core')
+    args = p.parse_args(argv)
+    workloads = args.workloads.split(',')
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        p.error(f'unknown workloads {unknown}; choose from {", ".join(WORKLOADS)}')
+    threads = [int(t) for t in args.threads.split(',')]
+    cores = len(os.sched_getaffinity(0))
+    if args.side_by_side and cores not in threads:
+        threads.append(cores)
+    frameworks = ['mxnet'] + ([] if args.no_torch or not torch_available() else ['torch'])
+    print(f'{os.cpu_count()} CPUs; {args.repeats} repeats of {args.steps} steps after {args.warmup}, '
+          f'frameworks alternating; median images/s (peak MB)', flush=True)
+    results = {}
+    for repeat in range(args.repeats):
+        for workload in workloads:
+            for t in threads:
+                for framework in frameworks:
+                    r = child(framework, workload, t, args.warmup, args.steps)
+                    if r:
+                        results.setdefault((workload, t, framework), []).append(r)
+            if args.side_by_side:
+                total = side_by_side(workload, cores, args.warmup, args.steps)
+                if total:
+                    results.setdefault((workload, 'side'), []).append(total)
+    versions = sorted({r[0]['version'] for key, r in results.items() if key[1] != 'side'})
+    print(', '.join(versions))
+    header = f'{"workload":28s} {"threads":>7s} {"stn-gluon":>16s}'
+    print(header + (f' {"PyTorch":>16s} {"ratio":>6s}' if 'torch' in frameworks else ''))
+    for workload in workloads:
+        for t in threads:
+            row, rates = f'{workload:28s} {t:7d}', {}
+            for framework in frameworks:
+                runs = results.get((workload, t, framework))
+                if not runs:
+                    row += f' {"failed":>16s}'
+                    continue
+                rates[framework] = statistics.median(r['imgs_per_s'] for r in runs)
+                row += f' {rates[framework]:8,.0f} ({max(r["peak_mb"] for r in runs):4.0f})'
+            if len(rates) == 2:
+                row += f' {rates["mxnet"] / rates["torch"]:6.2f}'
+                mx_params = results[(workload, t, 'mxnet')][0]['params']
+                torch_params = results[(workload, t, 'torch')][0]['params']
+                if mx_params != torch_params:
+                    row += f'  (parameters differ: {mx_params:,d} against {torch_params:,d})'
+            print(row, flush=True)
+    if args.side_by_side:
+        print(f'\n{cores} single-threaded processes at once against one with {cores} threads '
+              f'(stn-gluon, total images/s, median):')
+        for workload in workloads:
+            side, one = results.get((workload, 'side')), results.get((workload, cores, 'mxnet'))
+            if side and one:
+                side, one = statistics.median(side), statistics.median(r['imgs_per_s'] for r in one)
+                print(f'{workload:28s} {side:8,.0f} against {one:8,.0f}: {side / one:.2f}x')
+
+
+if __name__ == '__main__':
+    main()
