@@ -6,7 +6,9 @@
 
 Every measurement runs in a fresh process with OMP_NUM_THREADS (and torch's thread count)
 set to the thread count under test: the step (forward, backward, optimizer update on a
-batch already in memory) is timed over --steps steps after --warmup steps. The two
+batch already in memory) is timed over --steps steps after --warmup steps, and so is
+train.py's own loop (``engine.GluonModel.fit_epoch``, feeding included) over as many
+images, as the rate it reports in metrics.csv. The two
 frameworks alternate, workload by workload, repeat by repeat, and the table gives the
 median images/s of the repeats, the peak resident memory of each process and the ratio
 stn-gluon / PyTorch. The PyTorch twins (same layers, same parameter count, which is
@@ -41,6 +43,7 @@ def peak_mb():
 
 
 def args_of(flags):
+    """train.py's args for ``flags``; the width fitted unless --width is among them."""
     import distort
     import train
     args = train.parse_args(flags)
@@ -80,8 +83,14 @@ def measure_mxnet(flags, warmup, steps):
         loss.backward()
         model.trainer.step(shape[0])
     rate = time_steps(step, shape[0], warmup, steps, mx.nd.waitall)
-    return {'imgs_per_s': rate, 'params': model.num_params, 'peak_mb': peak_mb(),
-            'version': f'MXNet {mx.__version__}'}
+    # train.py's own loop (engine.GluonModel.fit_epoch: the set sent to the device, batches
+    # taken there, the loss summed and checked) over as many images, as train.py reports it.
+    x = rng.rand(steps * shape[0], *shape[1:]).astype(np.float32)
+    y = rng.randint(0, 10, len(x)).astype(np.int32)
+    model.fit_epoch(1, x[:warmup * shape[0]], y[:warmup * shape[0]])
+    _, loop = model.fit_epoch(2, x, y)
+    return {'imgs_per_s': rate, 'loop_imgs_per_s': loop, 'params': model.num_params,
+            'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}'}
 
 
 def torch_net(args):
@@ -171,8 +180,14 @@ def torch_net(args):
     return model, side, np
 
 
-def measure_torch(flags, warmup, steps):
+def measure_torch(flags, warmup, steps, wait_policy=None):
     args = args_of(flags)   # train.py first: GluonCV must be imported before torch (engine.py)
+    # compat.py (imported just now) sets OMP_WAIT_POLICY for MXNet; PyTorch gets what the
+    # environment had (``wait_policy``), its own default unless the user set one.
+    if wait_policy is None:
+        os.environ.pop('OMP_WAIT_POLICY', None)
+    else:
+        os.environ['OMP_WAIT_POLICY'] = wait_policy
     import torch
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', os.cpu_count())))
     model, side, np = torch_net(args)
@@ -195,26 +210,39 @@ def measure_torch(flags, warmup, steps):
             'peak_mb': peak_mb(), 'version': f'PyTorch {torch.__version__}'}
 
 
-def child(framework, workload, threads, warmup, steps):
+def resolved(workloads):
+    """{workload: its train.py flags with the fitted --width}, worked out in a process of its
+    own: measuring processes must run no MXNet operator but their own (an idle OpenMP
+    thread of MXNet's spins, compat.py, and would slow whatever else that process runs)."""
+    code = (f'import sys, json; sys.path.insert(0, {HERE!r}); import bench_train as b; '
+            f'print(json.dumps({{w: b.WORKLOADS[w] + (["--width", str(b.args_of(b.WORKLOADS[w]).width)] '
+            f'if b.args_of(b.WORKLOADS[w]).width else []) for w in {workloads!r}}}))')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            check=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def child(framework, flags, threads, warmup, steps):
     """One measurement in a fresh process; its JSON result, or None if it failed."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    extra = f', {os.environ.get("OMP_WAIT_POLICY")!r}' if framework == 'torch' else ''
     code = (f'import sys, json; sys.path.insert(0, {HERE!r}); import bench_train as b; '
-            f'print(json.dumps(b.measure_{framework}(b.WORKLOADS[{workload!r}], {warmup}, {steps})))')
+            f'print(json.dumps(b.measure_{framework}({flags!r}, {warmup}, {steps}{extra})))')
     result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                             timeout=900)
     if result.returncode != 0:
-        print(f'  {framework} {workload} at {threads} thread(s) failed:\n{result.stderr[-2000:]}',
+        print(f'  {framework} {" ".join(flags)} at {threads} thread(s) failed:\n{result.stderr[-2000:]}',
               file=sys.stderr)
         return None
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def side_by_side(workload, cores, warmup, steps):
+def side_by_side(flags, cores, warmup, steps):
     """Total images/s of ``cores`` single-threaded stn-gluon processes training at once
     (the Table 1 grid's cells side by side), or None if one failed."""
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(cores) as pool:
-        runs = list(pool.map(lambda _: child('mxnet', workload, 1, warmup, steps), range(cores)))
+        runs = list(pool.map(lambda _: child('mxnet', flags, 1, warmup, steps), range(cores)))
     return None if None in runs else sum(r['imgs_per_s'] for r in runs)
 
 
@@ -246,21 +274,21 @@ def main(argv=None):
     frameworks = ['mxnet'] + ([] if args.no_torch or not torch_available() else ['torch'])
     print(f'{os.cpu_count()} CPUs; {args.repeats} repeats of {args.steps} steps after {args.warmup}, '
           f'frameworks alternating; median images/s (peak MB)', flush=True)
-    results = {}
+    results, flags = {}, resolved(workloads)
     for repeat in range(args.repeats):
         for workload in workloads:
             for t in threads:
                 for framework in frameworks:
-                    r = child(framework, workload, t, args.warmup, args.steps)
+                    r = child(framework, flags[workload], t, args.warmup, args.steps)
                     if r:
                         results.setdefault((workload, t, framework), []).append(r)
             if args.side_by_side:
-                total = side_by_side(workload, cores, args.warmup, args.steps)
+                total = side_by_side(flags[workload], cores, args.warmup, args.steps)
                 if total:
                     results.setdefault((workload, 'side'), []).append(total)
     versions = sorted({r[0]['version'] for key, r in results.items() if key[1] != 'side'})
     print(', '.join(versions))
-    header = f'{"workload":28s} {"threads":>7s} {"stn-gluon":>16s}'
+    header = f'{"workload":28s} {"threads":>7s} {"stn-gluon":>16s} {"train.py loop":>13s}'
     print(header + (f' {"PyTorch":>16s} {"ratio":>6s}' if 'torch' in frameworks else ''))
     for workload in workloads:
         for t in threads:
@@ -272,6 +300,8 @@ def main(argv=None):
                     continue
                 rates[framework] = statistics.median(r['imgs_per_s'] for r in runs)
                 row += f' {rates[framework]:8,.0f} ({max(r["peak_mb"] for r in runs):4.0f})'
+                if framework == 'mxnet':
+                    row += f' {statistics.median(r["loop_imgs_per_s"] for r in runs):13,.0f}'
             if len(rates) == 2:
                 row += f' {rates["mxnet"] / rates["torch"]:6.2f}'
                 mx_params = results[(workload, t, 'mxnet')][0]['params']
