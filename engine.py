@@ -24,16 +24,17 @@ from mxnet import autograd, gluon
 from tqdm import tqdm
 
 # GluonCV 0.10 refuses to import at all when PyTorch >= 2.0 is installed beside it (its
-# package __init__ checks torch's version), though its MXNet part works: hide torch from
-# that check, unless torch is already imported.
-_hide_torch = 'torch' not in sys.modules
-if _hide_torch:
-    sys.modules['torch'] = None   # makes "import torch" raise ImportError, which GluonCV skips
+# package __init__ checks torch's version), though its MXNet part works: hide torch (even
+# an imported one) from that check while GluonCV imports.
+_torch = sys.modules.get('torch')
+sys.modules['torch'] = None   # makes "import torch" raise ImportError, which GluonCV skips
 try:
     from gluoncv.utils import LRScheduler, LRSequential
 finally:
-    if _hide_torch:
+    if _torch is None:
         del sys.modules['torch']
+    else:
+        sys.modules['torch'] = _torch
 
 import net
 

@@ -209,7 +209,8 @@ def main(argv=None):
     p.add_argument('--table-only', action='store_true', help='only rewrite the tables')
     p.add_argument('--jobs', type=positive_int, default=CORES,
                    help='cells trained at once (default: one per core; bench_train.py '
-                        '--side-by-side measured 1.45x the cells per hour of one cell on all cores)')
+                        '--side-by-side: 1.15x the images/s of one cell on all cores for the '
+                        'RTS ST-CNN, 1.01x to 1.47x across the workloads)')
     p.add_argument('--threads', type=positive_int, default=None,
                    help='OpenMP threads per cell (default: the cores divided among the jobs)')
     args = p.parse_args(argv)

@@ -54,14 +54,15 @@ def test_both_apis_train_with_the_rates_of_one_schedule_and_report_the_last_one(
     assert len(set(np.round(rates, 8))) == 3   # the rate really changed from epoch to epoch
 
 
-def test_training_imports_beside_a_pytorch_2_that_gluoncv_would_refuse(tmp_path):
+@pytest.mark.parametrize('order', ['engine, torch', 'torch, engine'])
+def test_training_imports_beside_a_pytorch_2_that_gluoncv_would_refuse(tmp_path, order):
     import os
     import subprocess
     import sys
     (tmp_path / 'torch').mkdir()
     (tmp_path / 'torch' / '__init__.py').write_text("__version__ = '2.5.0'\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, '-c', 'import engine, torch; print(torch.__version__)'],
+    result = subprocess.run([sys.executable, '-c', f'import {order}; print(torch.__version__)'],
                             cwd=root, capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{root}'))
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,39 @@
+"""bench_train.py: it runs and prints its table (speed itself is the benchmark's to print,
+not a test's), and its PyTorch twins have the parameter counts of our networks."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import bench_train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_benchmark_prints_a_row_per_workload_and_thread_count():
+    result = subprocess.run([sys.executable, 'bench_train.py', '--workloads', 'default',
+                             '--threads', '1', '--repeats', '1', '--warmup', '1', '--steps', '2',
+                             '--no-torch'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    row = [line for line in result.stdout.splitlines() if line.startswith('default ')]
+    assert len(row) == 1 and row[0].split()[1] == '1'
+    assert float(row[0].split()[2].replace(',', '')) > 0
+
+
+def test_an_unknown_workload_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        bench_train.main(['--workloads', 'vgg'])
+    assert 'unknown workloads' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('workload', ['default', 'rts-cnn', 'rts-st-cnn-projective',
+                                      'rts-st-cnn-tps'])
+def test_the_pytorch_twins_have_our_parameter_counts(workload):
+    pytest.importorskip('torch')
+    import engine
+    import mxnet as mx
+    args = bench_train.args_of(bench_train.WORKLOADS[workload])
+    model, side, _ = bench_train.torch_net(args)
+    ours = engine.GluonModel(args, (10, 1, side, side), mx.cpu()).num_params
+    assert sum(p.numel() for p in model.parameters()) == ours
