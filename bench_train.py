@@ -287,7 +287,9 @@ def main(argv=None):
                 if total:
                     results.setdefault((workload, 'side'), []).append(total)
     versions = sorted({r[0]['version'] for key, r in results.items() if key[1] != 'side'})
-    print(', '.join(versions))
+    print(', '.join(versions) + '; stn-gluon with OMP_WAIT_POLICY='
+          + os.environ.get('OMP_WAIT_POLICY', 'ACTIVE (compat.py)') + ', PyTorch with '
+          + os.environ.get('OMP_WAIT_POLICY', 'its own default') + '; threads: OMP_NUM_THREADS')
     header = f'{"workload":28s} {"threads":>7s} {"stn-gluon":>16s} {"train.py loop":>13s}'
     print(header + (f' {"PyTorch":>16s} {"ratio":>6s}' if 'torch' in frameworks else ''))
     for workload in workloads:
