@@ -124,15 +124,21 @@ class GluonModel:
     """net.Net trained with gluon.Trainer on batches sliced from the in-memory arrays."""
 
     def __init__(self, args, data_shape, ctx, begin_epoch=0):
-        self.args, self.ctx = args, ctx
+        """``ctx``: a context, or a list of them to train data-parallel on (every batch split
+        across them with ``split_and_load``, gradients summed by the Trainer's kvstore,
+        ``args.kvstore``); evaluation and the transformer's pictures use the first."""
+        self.args = args
+        self.contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
+        self.ctx = self.contexts[0]
         num, *image_shape = data_shape
         self.net = build_net(args)
-        self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=ctx)
+        self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=self.contexts)
         self.net.hybridize(static_alloc=True, static_shape=True)
-        self.net(mx.nd.zeros((2, *image_shape), ctx=ctx))  # deferred init: shapes are known
+        self.net(mx.nd.zeros((2, *image_shape), ctx=self.ctx))  # deferred init: shapes are known
         self.schedule = Schedule(args, math.ceil(num / args.batch_size))
         self.trainer = gluon.Trainer(self.net.collect_params(), args.optimizer,
-                                     optimizer_params(args, self.schedule))
+                                     optimizer_params(args, self.schedule),
+                                     kvstore=getattr(args, 'kvstore', 'device'))
         self.num_params = net.trainable_params(self.net)   # grid constants excluded
         self.on_device = None   # (numpy training images, the same on ctx, labels on ctx)
 
@@ -155,12 +161,15 @@ class GluonModel:
         progress = progress_bar(epoch, math.ceil(len(x) / args.batch_size))
         for step, i in enumerate(range(0, len(x), args.batch_size), 1):
             idx = order[i:i + args.batch_size]
-            data, label = mx.nd.take(x_nd, idx), mx.nd.take(y_nd, idx)
+            devices = self.contexts[:len(idx)]   # a last batch smaller than the device count
+            data = gluon.utils.split_and_load(mx.nd.take(x_nd, idx), devices, even_split=False)
+            label = gluon.utils.split_and_load(mx.nd.take(y_nd, idx), devices, even_split=False)
             with autograd.record():
-                loss = loss_fn(self.net(data), label)
-            loss.backward()
+                losses = [loss_fn(self.net(d), t) for d, t in zip(data, label)]
+            autograd.backward(losses)
             self.trainer.step(len(idx))
-            total += loss.sum()
+            for loss in losses:
+                total += loss.sum().as_in_context(ctx)
             seen += len(idx)
             progress.update()
             if step % 50 == 0 or seen == len(x):
@@ -194,7 +203,7 @@ class GluonModel:
         self.trainer.save_states(path)
 
     def load(self, stem):
-        self.net.load_parameters(stem + '.params', ctx=self.ctx)
+        self.net.load_parameters(stem + '.params', ctx=self.contexts)
         self.trainer.load_states(stem + '.states')   # the optimizer, with its update count
         self.trainer.optimizer.lr_scheduler = self.schedule   # this run's schedule
 

@@ -89,15 +89,29 @@ def bounded_int(low, high):
 
 
 def context(text):
-    if text == 'cpu':
-        return text
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f'{text!r}: use cpu or a GPU id such as 0')
-    if int(text) >= mx.context.num_gpus():
-        raise argparse.ArgumentTypeError(
-            f'GPU {text} requested but this MXNet sees {mx.context.num_gpus()} GPU(s) '
-            f'(the PyPI mxnet wheel is CPU-only; install mxnet-cuXXX for GPUs)')
+    """--ctx: cpu, a GPU id, or a comma-separated list of them (0,1; cpu,cpu)."""
+    parts = text.split(',')
+    for part in parts:
+        if part == 'cpu':
+            continue
+        if not part.isdigit():
+            raise argparse.ArgumentTypeError(f'{text!r}: use cpu, a GPU id such as 0, or a '
+                                             f'comma-separated list of them such as 0,1')
+        if int(part) >= mx.context.num_gpus():
+            raise argparse.ArgumentTypeError(
+                f'GPU {part} requested but this MXNet sees {mx.context.num_gpus()} GPU(s) '
+                f'(the PyPI mxnet wheel is CPU-only; install mxnet-cuXXX for GPUs)')
+    gpus = [p for p in parts if p != 'cpu']
+    if len(set(gpus)) != len(gpus):
+        raise argparse.ArgumentTypeError(f'{text!r}: a GPU appears twice')
     return text
+
+
+def contexts(text):
+    """The mx contexts of a --ctx value; the k-th 'cpu' is mx.cpu(k), so that cpu,cpu is two
+    devices (data-parallel on one CPU, for testing the multi-device path)."""
+    return [mx.cpu(k) if part == 'cpu' else mx.gpu(int(part))
+            for k, part in enumerate(text.split(','))]
 
 
 def parse_args(argv=None):
@@ -112,6 +126,8 @@ def parse_args(argv=None):
         p.error(f'argument --tps-grid: {args.tps_grid} must be >= 2')
     if args.width is not None and args.model == 'lenet':
         p.error('argument --width: only for --model fcn or cnn (LeNet\'s sizes are fixed)')
+    if args.api == 'symbol' and ',' in args.ctx:
+        p.error(f'argument --ctx: --api symbol trains on one device, not {args.ctx}; use --api gluon')
     if args.api == 'symbol' and (args.model != 'lenet' or args.transform not in ('affine', 'none')):
         p.error(f'argument --api: symbol builds only --model lenet with --transform affine or '
                 f'none, not --model {args.model} --transform {args.transform}; use --api gluon')
@@ -227,7 +243,10 @@ def parser():
     p.add_argument('--data-dir', default=None,
                    help='folder with the MNIST files (default: $MNIST_DIR, else data/mnist)')
     p.add_argument('--out', default='result', help='folder for everything the run writes')
-    p.add_argument('--ctx', type=context, default='cpu', help='cpu, or a GPU id')
+    p.add_argument('--ctx', type=context, default='cpu',
+                   help='cpu, a GPU id, or several (0,1,2,3): each batch is split across them')
+    p.add_argument('--kvstore', choices=['device', 'local'], default='device',
+                   help='with several --ctx: where gradients are summed (gluon.Trainer\'s kvstore)')
     p.add_argument('--resume', action='store_true',
                    help='continue the run in --out from its checkpoint, with its own settings '
                         '(--epochs N extends it, --lr sets a new rate; see README)')
@@ -310,7 +329,7 @@ def train(args, argv):
         args, start_epoch = resume_args(args, argv)
         print(f'resuming {args.out} after epoch {start_epoch} of {args.epochs}')
 
-    ctx = mx.cpu() if args.ctx == 'cpu' else mx.gpu(int(args.ctx))
+    ctx = contexts(args.ctx)
     try:
         data = distort.load_dataset(args.dataset, args.data_dir, args.data_seed)
     except mnist.MNISTError as e:
@@ -326,8 +345,8 @@ def train(args, argv):
     resolve_width(args, train_x.shape[1:])
     mx.random.seed(args.seed)
     np.random.seed(args.seed)
-    model = (GluonModel if args.api == 'gluon' else ModuleModel)(args, train_x.shape, ctx,
-                                                                 start_epoch)
+    model = (GluonModel(args, train_x.shape, ctx, start_epoch) if args.api == 'gluon'
+             else ModuleModel(args, train_x.shape, ctx[0], start_epoch))
     config = dict(vars(args), num_params=model.num_params, train_images=len(train_x),
                   pool_after_stn=pool_after_stn(args), image_shape=train_x.shape[1:],
                   mxnet=mx.__version__, omp_threads=compat.THREADS,
@@ -356,7 +375,7 @@ def train(args, argv):
     print(f'{describe(args)} ({args.api} API), '
           f'{model.num_params} parameters, '
           f'{args.dataset}: {len(train_x)} training / {len(test_x)} test images '
-          f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {ctx}')
+          f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {",".join(map(str, ctx))}')
     print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')
     epoch, resume = start_epoch, f'python train.py --out {args.out} --resume'
     try:

@@ -67,3 +67,25 @@ def test_training_imports_beside_a_pytorch_2_that_gluoncv_would_refuse(tmp_path,
                             env=dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{root}'))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-1] == '2.5.0'   # torch itself still imports afterwards
+
+
+def test_two_devices_train_the_weights_one_device_trains_from_the_same_global_batches():
+    # The FCN has no dropout, so the two runs draw nothing at random after the same init.
+    args = train.parse_args(['--model', 'fcn', '--width', '32', '--batch-size', '32',
+                             '--epochs', '2', '--kvstore', 'local'])
+    rng = np.random.RandomState(0)
+    x, y = rng.rand(100, 1, 28, 28).astype(np.float32), rng.randint(0, 10, 100).astype(np.int32)
+    weights = []
+    for devices in ([mx.cpu(0)], [mx.cpu(0), mx.cpu(1)]):
+        mx.random.seed(1)
+        model = engine.GluonModel(args, x.shape, devices)
+        model.fit_epoch(1, x, y)   # 3 batches of 32 and one of 4, each split across the devices
+        weights.append({n: p.data(devices[-1]).asnumpy()
+                        for n, p in model.net.collect_params().items()})
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        np.testing.assert_allclose(weights[1][name], weights[0][name], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+    moved = max(abs(weights[1][n] - model.net.collect_params()[n].data(mx.cpu(0)).asnumpy()).max()
+                for n in weights[0])
+    assert moved == 0   # every device holds the same weights after the update

@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (['--lr', '-0.1'], "--lr: '-0.1' must be a finite number > 0"),
     (['--optimizer', 'rmsprop'], "--optimizer: invalid choice: 'rmsprop'"),
     (['--ctx', '7'], 'GPU 7 requested but this MXNet sees 0 GPU(s)'),
-    (['--ctx', 'tpu'], "--ctx: 'tpu': use cpu or a GPU id"),
+    (['--ctx', 'tpu'], "--ctx: 'tpu': use cpu, a GPU id such as 0"),
     (['--lr-steps', '16,12'], "--lr-steps: '16,12': epochs must be >= 1 and increasing"),
     (['--momentum', '1.5'], '--momentum: 1.5 must be in [0, 1)'),
     (['--dataset', 'svhn'], "--dataset: invalid choice: 'svhn'"),
@@ -41,6 +41,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (['--api', 'symbol', '--transform', 'tps'], 'symbol builds only --model lenet'),
     (['--width', '64'], '--width: only for --model fcn or cnn'),
     (['--transform', 'tps', '--tps-grid', '1'], '--tps-grid: 1 must be >= 2'),
+    (['--api', 'symbol', '--ctx', 'cpu,cpu'], '--ctx: --api symbol trains on one device'),
+    (['--ctx', 'cpu,gpu'], "--ctx: 'cpu,gpu': use cpu, a GPU id such as 0, or a comma"),
+    (['--kvstore', 'dist_sync'], "--kvstore: invalid choice: 'dist_sync'"),
 ])
 def test_the_cli_rejects_bad_values(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
