@@ -314,7 +314,10 @@ def main(argv=None):
     except rundir.RunError as e:
         sys.exit(f'error: {e}')
     except OSError as e:   # a bad --out, a full disk, a read-only folder
-        done = rundir.checkpoint_epoch(args.out) if os.path.isdir(args.out) else None
+        try:
+            done = rundir.checkpoint_epoch(args.out)
+        except (rundir.RunError, OSError):
+            done = None
         sys.exit(f'error: {e.filename or args.out}: {e.strerror or e}. Nothing half-written was '
                  f'left in {args.out}' + (
                      f'; its last complete checkpoint (epoch {done}) is kept: fix the cause and '
