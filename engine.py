@@ -123,10 +123,12 @@ def build_net(args):
 class GluonModel:
     """net.Net trained with gluon.Trainer on batches sliced from the in-memory arrays."""
 
-    def __init__(self, args, data_shape, ctx, begin_epoch=0):
+    def __init__(self, args, data_shape, ctx, begin_epoch=0, kvstore=None):
         """``ctx``: a context, or a list of them to train data-parallel on (every batch split
         across them with ``split_and_load``, gradients summed by the Trainer's kvstore,
-        ``args.kvstore``); evaluation and the transformer's pictures use the first."""
+        ``kvstore``, default ``args.kvstore``: a name, or a dist KVStore, when each worker
+        process trains its share of every global batch); evaluation and the pictures use
+        the first context."""
         self.args = args
         self.contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
         self.ctx = self.contexts[0]
@@ -136,9 +138,14 @@ class GluonModel:
         self.net.hybridize(static_alloc=True, static_shape=True)
         self.net(mx.nd.zeros((2, *image_shape), ctx=self.ctx))  # deferred init: shapes are known
         self.schedule = Schedule(args, math.ceil(num / args.batch_size))
+        kvstore = kvstore if kvstore is not None else getattr(args, 'kvstore', 'device')
+        self.rank, self.workers = (kvstore.rank, kvstore.num_workers) \
+            if isinstance(kvstore, mx.kvstore.KVStore) else (0, 1)
+        # update_on_kvstore=False: every worker applies the same update to the summed
+        # gradients, so every worker holds the weights and its optimizer state to checkpoint.
         self.trainer = gluon.Trainer(self.net.collect_params(), args.optimizer,
-                                     optimizer_params(args, self.schedule),
-                                     kvstore=getattr(args, 'kvstore', 'device'))
+                                     optimizer_params(args, self.schedule), kvstore=kvstore,
+                                     update_on_kvstore=False if self.workers > 1 else None)
         self.num_params = net.trainable_params(self.net)   # grid constants excluded
         self.on_device = None   # (numpy training images, the same on ctx, labels on ctx)
 
@@ -161,22 +168,31 @@ class GluonModel:
         progress = progress_bar(epoch, math.ceil(len(x) / args.batch_size))
         for step, i in enumerate(range(0, len(x), args.batch_size), 1):
             idx = order[i:i + args.batch_size]
+            if self.workers > 1:   # this worker's share of the global batch
+                share = [len(idx) * k // self.workers for k in (self.rank, self.rank + 1)]
+                if share[0] == share[1]:   # none: add zero gradients to the sum
+                    for param in self.net.collect_params().values():
+                        param.zero_grad()
+                    self.trainer.step(len(idx))
+                    continue
+                idx = idx[share[0]:share[1]]
+                global_batch = min(args.batch_size, len(x) - i)
             devices = self.contexts[:len(idx)]   # a last batch smaller than the device count
             data = gluon.utils.split_and_load(mx.nd.take(x_nd, idx), devices, even_split=False)
             label = gluon.utils.split_and_load(mx.nd.take(y_nd, idx), devices, even_split=False)
             with autograd.record():
                 losses = [loss_fn(self.net(d), t) for d, t in zip(data, label)]
             autograd.backward(losses)
-            self.trainer.step(len(idx))
+            self.trainer.step(global_batch if self.workers > 1 else len(idx))
             for loss in losses:
                 total += loss.sum().as_in_context(ctx)
             seen += len(idx)
             progress.update()
-            if step % 50 == 0 or seen == len(x):
+            if step % 50 == 0 or i + args.batch_size >= len(x):
                 check_loss(total.asscalar() / seen, epoch, step)
                 progress.set_postfix(loss=f'{total.asscalar() / seen:.4f}')
         progress.close()
-        return total.asscalar() / seen, seen / (time.time() - start)
+        return total.asscalar() / max(seen, 1), seen * self.workers / (time.time() - start)
 
     def evaluate(self, x, y, batch_size=1000):
         """Mean cross-entropy and accuracy over every example of (x, y)."""

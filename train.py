@@ -245,8 +245,11 @@ def parser():
     p.add_argument('--out', default='result', help='folder for everything the run writes')
     p.add_argument('--ctx', type=context, default='cpu',
                    help='cpu, a GPU id, or several (0,1,2,3): each batch is split across them')
-    p.add_argument('--kvstore', choices=['device', 'local'], default='device',
-                   help='with several --ctx: where gradients are summed (gluon.Trainer\'s kvstore)')
+    p.add_argument('--kvstore', choices=['device', 'local', 'dist_sync', 'dist_device_sync'],
+                   default='device',
+                   help='where gradients are summed (gluon.Trainer\'s kvstore): device or local '
+                        'across --ctx; dist_sync or dist_device_sync across worker processes '
+                        'started with DMLC_ROLE=worker (see README)')
     p.add_argument('--resume', action='store_true',
                    help='continue the run in --out from its checkpoint, with its own settings '
                         '(--epochs N extends it, --lr sets a new rate; see README)')
@@ -306,11 +309,14 @@ def main(argv=None):
         return summary(args)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         sys.exit(f'error: --out {args.out} is a file, not a folder: pass a folder for the run')
+    kvstore = mx.kv.create(args.kvstore) if args.kvstore.startswith('dist') else args.kvstore
     try:
+        if getattr(kvstore, 'rank', 0) != 0:   # a distributed run's other workers write nothing
+            return train(args, argv, kvstore)
         os.makedirs(args.out, exist_ok=True)
         with rundir.lock(args.out):
             rundir.clean(args.out)   # what an interrupted run may have left
-            train(args, argv)
+            train(args, argv, kvstore)
     except rundir.RunError as e:
         sys.exit(f'error: {e}')
     except OSError as e:   # a bad --out, a full disk, a read-only folder
@@ -325,8 +331,11 @@ def main(argv=None):
                      else '; fix the cause and start the run again'))
 
 
-def train(args, argv):
-    """The run of ``args`` in ``args.out`` (held by ``rundir.lock``)."""
+def train(args, argv, kvstore='device'):
+    """The run of ``args`` in ``args.out`` (held by ``rundir.lock``). ``kvstore``: a dist
+    KVStore when this process is one worker of several; only rank 0 writes the run folder
+    and evaluates, every worker trains its share of each global batch."""
+    writer = getattr(kvstore, 'rank', 0) == 0
     start_epoch = 0
     if args.resume:
         args, start_epoch = resume_args(args, argv)
@@ -348,7 +357,7 @@ def train(args, argv):
     resolve_width(args, train_x.shape[1:])
     mx.random.seed(args.seed)
     np.random.seed(args.seed)
-    model = (GluonModel(args, train_x.shape, ctx, start_epoch) if args.api == 'gluon'
+    model = (GluonModel(args, train_x.shape, ctx, start_epoch, kvstore) if args.api == 'gluon'
              else ModuleModel(args, train_x.shape, ctx[0], start_epoch))
     config = dict(vars(args), num_params=model.num_params, train_images=len(train_x),
                   pool_after_stn=pool_after_stn(args), image_shape=train_x.shape[1:],
@@ -367,19 +376,23 @@ def train(args, argv):
                                   f'the checkpoint is damaged; restore it, or start the run anew '
                                   f'in another --out') from None
         rows = rundir.read_metrics(args.out, start_epoch)
-        rundir.write_config(args.out, dict(rundir.read_config(args.out), epochs=args.epochs,
-                                           lr=args.lr))   # what --resume may change
-    else:
+        if writer:
+            rundir.write_config(args.out, dict(rundir.read_config(args.out), epochs=args.epochs,
+                                               lr=args.lr))   # what --resume may change
+    elif writer:
         rows = []
         rundir.write_config(args.out, config)
         rundir.save_epoch(args.out, 0, rows, model.save_params, model.save_states)  # for Ctrl-C
         snapshot(model, test_x[:16], args.out, 0)
 
+    workers = getattr(kvstore, 'num_workers', 1)
     print(f'{describe(args)} ({args.api} API), '
           f'{model.num_params} parameters, '
           f'{args.dataset}: {len(train_x)} training / {len(test_x)} test images '
-          f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {",".join(map(str, ctx))}')
-    print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')
+          f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {",".join(map(str, ctx))}'
+          + (f', worker {kvstore.rank} of {workers}' if workers > 1 else ''))
+    if writer:
+        print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')
     epoch, resume = start_epoch, f'python train.py --out {args.out} --resume'
     try:
         for epoch in range(start_epoch + 1, args.epochs + 1):
@@ -388,6 +401,8 @@ def train(args, argv):
                 train_x = distort.fresh_training_set(args.dataset, data.digits[:args.train_size],
                                                      args.data_seed, epoch)
             train_loss, imgs_per_s = model.fit_epoch(epoch, train_x, train_y)
+            if not writer:
+                continue
             test_loss, test_acc = model.evaluate(test_x, test_y)
             lr = model.learning_rate
             rows.append(dict(dataset=args.dataset, epoch=epoch, train_loss=f'{train_loss:.5f}',
@@ -397,6 +412,8 @@ def train(args, argv):
                   f'{lr:6g}  {imgs_per_s:6.0f}  {time.time() - start:7.1f}', flush=True)
             rundir.save_epoch(args.out, epoch, rows, model.save_params, model.save_states)
             snapshot(model, test_x[:16], args.out, epoch)
+        if not writer:
+            return
         prefix = rundir.export(args.out, args.epochs, model.export)
         print(f'exported {prefix}-symbol.json and {prefix}-{args.epochs:04d}.params')
         if args.transform != 'none':

@@ -43,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (['--transform', 'tps', '--tps-grid', '1'], '--tps-grid: 1 must be >= 2'),
     (['--api', 'symbol', '--ctx', 'cpu,cpu'], '--ctx: --api symbol trains on one device'),
     (['--ctx', 'cpu,gpu'], "--ctx: 'cpu,gpu': use cpu, a GPU id such as 0, or a comma"),
-    (['--kvstore', 'dist_sync'], "--kvstore: invalid choice: 'dist_sync'"),
+    (['--kvstore', 'dist_async'], "--kvstore: invalid choice: 'dist_async'"),
 ])
 def test_the_cli_rejects_bad_values(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
