@@ -95,9 +95,9 @@ def measure_mxnet(flags, warmup, steps):
 
 def torch_net(args):
     """The PyTorch twin of engine.build_net(args) for lenet and cnn, any transform."""
-    import numpy as np
     import torch
     from torch import nn
+
     import net as mxnet_net
     import stn
 
@@ -177,7 +177,16 @@ def torch_net(args):
         with torch.no_grad():
             model.stn.regressor.weight.zero_()
             model.stn.regressor.bias.copy_(model.stn.identity)
-    return model, side, np
+    return model, side
+
+
+def with_width(workloads):
+    """{workload: its train.py flags, with --width when one was fitted}."""
+    flags = {}
+    for workload in workloads:
+        width = args_of(WORKLOADS[workload]).width
+        flags[workload] = WORKLOADS[workload] + (['--width', str(width)] if width else [])
+    return flags
 
 
 def measure_torch(flags, warmup, steps, wait_policy=None):
@@ -188,9 +197,10 @@ def measure_torch(flags, warmup, steps, wait_policy=None):
         os.environ.pop('OMP_WAIT_POLICY', None)
     else:
         os.environ['OMP_WAIT_POLICY'] = wait_policy
+    import numpy as np
     import torch
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', os.cpu_count())))
-    model, side, np = torch_net(args)
+    model, side = torch_net(args)
     local = [p for n, p in model.named_parameters() if n.startswith('stn.')]
     rest = [p for n, p in model.named_parameters() if not n.startswith('stn.')]
     optimizer = torch.optim.Adam([{'params': rest},
@@ -215,8 +225,7 @@ def resolved(workloads):
     own: measuring processes must run no MXNet operator but their own (an idle OpenMP
     thread of MXNet's spins, compat.py, and would slow whatever else that process runs)."""
     code = (f'import sys, json; sys.path.insert(0, {HERE!r}); import bench_train as b; '
-            f'print(json.dumps({{w: b.WORKLOADS[w] + (["--width", str(b.args_of(b.WORKLOADS[w]).width)] '
-            f'if b.args_of(b.WORKLOADS[w]).width else []) for w in {workloads!r}}}))')
+            f'print(json.dumps(b.with_width({workloads!r})))')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                             check=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -168,27 +168,25 @@ class GluonModel:
         progress = progress_bar(epoch, math.ceil(len(x) / args.batch_size))
         for step, i in enumerate(range(0, len(x), args.batch_size), 1):
             idx = order[i:i + args.batch_size]
-            if self.workers > 1:   # this worker's share of the global batch
-                share = [len(idx) * k // self.workers for k in (self.rank, self.rank + 1)]
-                if share[0] == share[1]:   # none: add zero gradients to the sum
-                    for param in self.net.collect_params().values():
-                        param.zero_grad()
-                    self.trainer.step(len(idx))
-                    continue
-                idx = idx[share[0]:share[1]]
-                global_batch = min(args.batch_size, len(x) - i)
-            devices = self.contexts[:len(idx)]   # a last batch smaller than the device count
-            data = gluon.utils.split_and_load(mx.nd.take(x_nd, idx), devices, even_split=False)
-            label = gluon.utils.split_and_load(mx.nd.take(y_nd, idx), devices, even_split=False)
-            with autograd.record():
-                losses = [loss_fn(self.net(d), t) for d, t in zip(data, label)]
-            autograd.backward(losses)
-            self.trainer.step(global_batch if self.workers > 1 else len(idx))
-            for loss in losses:
-                total += loss.sum().as_in_context(ctx)
-            seen += len(idx)
+            batch = len(idx)   # the global batch: the gradients' sum is divided by it
+            share = [batch * k // self.workers for k in (self.rank, self.rank + 1)]
+            idx = idx[share[0]:share[1]]   # this worker's share (all of it with one worker)
+            if len(idx) == 0:   # a last batch smaller than the worker count: add zeros
+                for param in self.net.collect_params().values():
+                    param.zero_grad()
+            else:
+                devices = self.contexts[:len(idx)]   # fewer images than devices: fewer devices
+                data = gluon.utils.split_and_load(mx.nd.take(x_nd, idx), devices, even_split=False)
+                label = gluon.utils.split_and_load(mx.nd.take(y_nd, idx), devices, even_split=False)
+                with autograd.record():
+                    losses = [loss_fn(self.net(d), t) for d, t in zip(data, label)]
+                autograd.backward(losses)
+                for loss in losses:
+                    total += loss.sum().as_in_context(ctx)
+                seen += len(idx)
+            self.trainer.step(batch)
             progress.update()
-            if step % 50 == 0 or i + args.batch_size >= len(x):
+            if seen and (step % 50 == 0 or i + args.batch_size >= len(x)):
                 check_loss(total.asscalar() / seen, epoch, step)
                 progress.set_postfix(loss=f'{total.asscalar() / seen:.4f}')
         progress.close()

@@ -359,10 +359,6 @@ def train(args, argv, kvstore='device'):
     np.random.seed(args.seed)
     model = (GluonModel(args, train_x.shape, ctx, start_epoch, kvstore) if args.api == 'gluon'
              else ModuleModel(args, train_x.shape, ctx[0], start_epoch))
-    config = dict(vars(args), num_params=model.num_params, train_images=len(train_x),
-                  pool_after_stn=pool_after_stn(args), image_shape=train_x.shape[1:],
-                  mxnet=mx.__version__, omp_threads=compat.THREADS,
-                  distortion=dict(distort.check_params(args.dataset, {}), version=distort.VERSION))
     if args.resume:
         stem = rundir.checkpoint_stem(args.out, start_epoch)
         for path in (stem + '.params', stem + '.states'):
@@ -381,7 +377,11 @@ def train(args, argv, kvstore='device'):
                                                lr=args.lr))   # what --resume may change
     elif writer:
         rows = []
-        rundir.write_config(args.out, config)
+        rundir.write_config(args.out, dict(
+            vars(args), num_params=model.num_params, train_images=len(train_x),
+            pool_after_stn=pool_after_stn(args), image_shape=train_x.shape[1:],
+            mxnet=mx.__version__, omp_threads=compat.THREADS,
+            distortion=dict(distort.check_params(args.dataset, {}), version=distort.VERSION)))
         rundir.save_epoch(args.out, 0, rows, model.save_params, model.save_states)  # for Ctrl-C
         snapshot(model, test_x[:16], args.out, 0)
 

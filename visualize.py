@@ -157,15 +157,15 @@ def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
     stn.affine_grid inside the block. ``image_shape`` (C, H, W), if given, is checked
     against the saved weights. Problems raise ``rundir.RunError`` with a message.
     """
-    sym, _, symbol_file, params_file = rundir.load_export(run_dir)   # checked
+    sym, weights, symbol_file, params_file = rundir.load_export(run_dir)   # checked
     internals = sym.get_internals()
     transformed = [name for name in TRANSFORMED if name in internals.list_outputs()]
     if not transformed:
         raise RunError(f'{symbol_file} has no spatial transformer (none of {TRANSFORMED} '
-                         f'is among its internals): a plain LeNet (--no-stn) run has nothing to '
-                         f'show. Pass --out RUN_DIR of an STN run.')
+                       f'is among its internals): a plain LeNet (--no-stn) run has nothing to '
+                       f'show. Pass --out RUN_DIR of an STN run.')
     if image_shape is not None:
-        check_input_shape(sym, params_file, tuple(image_shape))
+        check_input_shape(sym, params_file, weights, tuple(image_shape))
     outputs = mx.sym.Group([internals[transformed[0]], grid_of(internals, transformed[0], run_dir),
                             sym])
     block = gluon.SymbolBlock(outputs, mx.sym.var('data', dtype='float32'))
@@ -185,8 +185,8 @@ def grid_of(internals, transformed, run_dir):
     target_shape = internals[transformed].attr('target_shape')
     if THETA not in names or target_shape is None or transform != 'affine':
         raise RunError(f'the exported symbol of {run_dir} has no sampling grid (none of '
-                         f'{GRIDS}) to rebuild for a {transform} transformer: export the run '
-                         f'again with this version of train.py.')
+                       f'{GRIDS}) to rebuild for a {transform} transformer: export the run '
+                       f'again with this version of train.py.')
     target_shape = tuple(int(n) for n in re.findall(r'\d+', target_shape))
     return stn.affine_grid(mx.sym, internals[THETA], target_shape)
 
@@ -205,9 +205,10 @@ def trained_shape(sym, saved):
     return None
 
 
-def check_input_shape(sym, params_file, shape):
-    """Exit with a message if the weights in ``params_file`` do not fit inputs of ``shape`` (C, H, W)."""
-    saved = {k.split(':', 1)[-1]: v.shape for k, v in mx.nd.load(params_file).items()}
+def check_input_shape(sym, params_file, weights, shape):
+    """RunError if ``weights`` ({name: NDArray}, from ``params_file``) do not fit inputs of
+    ``shape`` (C, H, W)."""
+    saved = {name: w.shape for name, w in weights.items()}
     trained = trained_shape(sym, saved)
     try:
         arg_shapes = sym.infer_shape(data=(1,) + shape)[0]
@@ -217,8 +218,8 @@ def check_input_shape(sym, params_file, shape):
     if not fits:
         trained = 'x'.join(map(str, trained)) + ' images' if trained else 'other images'
         raise RunError(f'{params_file} was trained on {trained} and does not take '
-                         f'{"x".join(map(str, shape))} inputs. Pick the --dataset the run was '
-                         f'trained on (see its config.json), or leave --dataset out.')
+                       f'{"x".join(map(str, shape))} inputs. Pick the --dataset the run was '
+                       f'trained on (see its config.json), or leave --dataset out.')
 
 
 def compare_run(run_dir, images, labels=None, model=None):

@@ -34,6 +34,6 @@ def test_the_pytorch_twins_have_our_parameter_counts(workload):
     import engine
     import mxnet as mx
     args = bench_train.args_of(bench_train.WORKLOADS[workload])
-    model, side, _ = bench_train.torch_net(args)
+    model, side = bench_train.torch_net(args)
     ours = engine.GluonModel(args, (10, 1, side, side), mx.cpu()).num_params
     assert sum(p.numel() for p in model.parameters()) == ours
