@@ -13,8 +13,12 @@ A trained model is an object with this small interface, which train.py's loop us
 ``GluonModel`` is net.Net with a gluon.Trainer; ``symbolic.ModuleModel`` the symbolic
 network with mx.mod.Module. Both take their learning rate from one ``Schedule``.
 """
+import contextlib
+import hashlib
 import math
+import os
 import sys
+import threading
 import time
 
 import compat  # noqa: F401  (before mxnet)
@@ -95,9 +99,46 @@ def epoch_order(args, epoch, n):
     return np.random.RandomState(args.seed * 1000 + epoch).permutation(n)
 
 
-def progress_bar(epoch, batches):
+def progress_bar(epoch, batches, show=True):
     return tqdm(total=batches, desc=f'epoch {epoch}', leave=False, unit='batch',
-                file=sys.stderr, disable=None)
+                file=sys.stderr, disable=None if show else True)
+
+
+class Watchdog:
+    """Ends this process when a distributed run stops making progress.
+
+    A dist_sync worker waits in the kvstore for every other worker and the servers; if one
+    of them dies, ps-lite waits forever. While armed (``with watchdog.armed(what):``), a
+    thread checks that ``beat()`` was called within ``timeout`` seconds, else prints
+    ``message(what)`` and leaves with exit code 1 (``os._exit``: MXNet's shutdown would wait
+    for the dead process too). Arm it only where nothing is written: training steps, not
+    the checkpoint.
+    """
+
+    def __init__(self, timeout, message, poll=0.5):
+        self.timeout, self.message, self.poll = timeout, message, poll
+        self.what, self.last = None, time.monotonic()
+        threading.Thread(target=self._watch, daemon=True, name='watchdog').start()
+
+    def beat(self):
+        self.last = time.monotonic()
+
+    @contextlib.contextmanager
+    def armed(self, what):
+        self.beat()
+        self.what = what
+        try:
+            yield
+        finally:
+            self.what = None
+
+    def _watch(self):
+        while True:
+            time.sleep(self.poll)
+            what = self.what
+            if what is not None and time.monotonic() - self.last > self.timeout:
+                print(f'\n{self.message(what)}', file=sys.stderr, flush=True)
+                os._exit(1)
 
 
 def optimizer_params(args, schedule):
@@ -147,6 +188,7 @@ class GluonModel:
                                      optimizer_params(args, self.schedule), kvstore=kvstore,
                                      update_on_kvstore=False if self.workers > 1 else None)
         self.num_params = net.trainable_params(self.net)   # grid constants excluded
+        self.beat = lambda: None   # called after every step (train.py: a Watchdog's beat)
         self.on_device = None   # (numpy training images, the same on ctx, labels on ctx)
 
     @property
@@ -165,7 +207,7 @@ class GluonModel:
         _, x_nd, y_nd = self.on_device
         order = mx.nd.array(epoch_order(args, epoch, len(x)), ctx=ctx, dtype='int64')
         total, seen = mx.nd.zeros(1, ctx=ctx), 0
-        progress = progress_bar(epoch, math.ceil(len(x) / args.batch_size))
+        progress = progress_bar(epoch, math.ceil(len(x) / args.batch_size), show=self.rank == 0)
         for step, i in enumerate(range(0, len(x), args.batch_size), 1):
             idx = order[i:i + args.batch_size]
             batch = len(idx)   # the global batch: the gradients' sum is divided by it
@@ -185,6 +227,7 @@ class GluonModel:
                     total += loss.sum().as_in_context(ctx)
                 seen += len(idx)
             self.trainer.step(batch)
+            self.beat()
             progress.update()
             if seen and (step % 50 == 0 or i + args.batch_size >= len(x)):
                 check_loss(total.asscalar() / seen, epoch, step)
@@ -209,6 +252,13 @@ class GluonModel:
         """The transformer's (output, theta) for ``images`` (N, C, H, W), as numpy arrays."""
         out, theta = self.net.stn(mx.nd.array(images, ctx=self.ctx))
         return out.asnumpy(), theta.asnumpy()
+
+    def fingerprint(self):
+        """A short hash of every weight's bytes: equal on workers that hold equal weights."""
+        digest = hashlib.sha256()
+        for name, param in sorted(self.net.collect_params().items()):
+            digest.update(name.encode() + param.data(self.ctx).asnumpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def save_params(self, path):
         self.net.save_parameters(path)

@@ -29,6 +29,7 @@ import math
 import os
 import sys
 import time
+import traceback
 
 import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
@@ -39,7 +40,7 @@ import mnist
 import net
 import rundir
 import stn
-from engine import LR_MODES, Diverged, GluonModel, build_net, pool_after_stn
+from engine import LR_MODES, Diverged, GluonModel, Watchdog, build_net, pool_after_stn
 from net import MODELS
 from symbolic import ModuleModel
 
@@ -126,6 +127,9 @@ def parse_args(argv=None):
         p.error(f'argument --tps-grid: {args.tps_grid} must be >= 2')
     if args.width is not None and args.model == 'lenet':
         p.error('argument --width: only for --model fcn or cnn (LeNet\'s sizes are fixed)')
+    if args.api == 'symbol' and args.kvstore.startswith('dist'):
+        p.error(f'argument --kvstore: --api symbol trains in one process, not with {args.kvstore}; '
+                f'use --api gluon')
     if args.api == 'symbol' and ',' in args.ctx:
         p.error(f'argument --ctx: --api symbol trains on one device, not {args.ctx}; use --api gluon')
     if args.api == 'symbol' and (args.model != 'lenet' or args.transform not in ('affine', 'none')):
@@ -250,6 +254,9 @@ def parser():
                    help='where gradients are summed (gluon.Trainer\'s kvstore): device or local '
                         'across --ctx; dist_sync or dist_device_sync across worker processes '
                         'started with DMLC_ROLE=worker (see README)')
+    p.add_argument('--dist-timeout', type=positive(float), default=300,
+                   help='dist kvstores: seconds without progress (another process dead or '
+                        'unreachable) after which a worker stops with a message')
     p.add_argument('--resume', action='store_true',
                    help='continue the run in --out from its checkpoint, with its own settings '
                         '(--epochs N extends it, --lr sets a new rate; see README)')
@@ -309,14 +316,53 @@ def main(argv=None):
         return summary(args)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         sys.exit(f'error: --out {args.out} is a file, not a folder: pass a folder for the run')
-    kvstore = mx.kv.create(args.kvstore) if args.kvstore.startswith('dist') else args.kvstore
+    if not args.kvstore.startswith('dist'):
+        return run(args, argv)
+    # One worker of several (README, "Scaling out"): each waits in the kvstore for all the
+    # others, so a watchdog stops it if they stop answering, and a worker that stops early
+    # leaves with os._exit: MXNet's own shutdown would wait for the others forever.
+    watchdog = Watchdog(args.dist_timeout, lambda what: stalled(args, what))
     try:
-        if getattr(kvstore, 'rank', 0) != 0:   # a distributed run's other workers write nothing
-            return train(args, argv, kvstore)
+        with watchdog.armed('waiting for the scheduler, the servers and the other workers to start'):
+            kvstore = mx.kv.create(args.kvstore)
+        run(args, argv, kvstore, watchdog)
+        with watchdog.armed('waiting for the other workers to finish'):
+            kvstore._barrier()
+    except BaseException as e:
+        if not isinstance(e, SystemExit):
+            traceback.print_exc()
+        elif e.code not in (None, 0):
+            print(e.code if isinstance(e.code, str) else f'exit {e.code}', file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1 if not isinstance(e, SystemExit) or e.code else 0)
+
+
+def stalled(args, what):
+    """The watchdog's message when a distributed run stops making progress."""
+    try:
+        done = rundir.checkpoint_epoch(args.out)
+    except (rundir.RunError, OSError):
+        done = None
+    return (f'error: no progress for {args.dist_timeout:g} s (--dist-timeout) while {what}: a '
+            f'worker, a server or the scheduler of this {args.kvstore} run has stopped or cannot '
+            f'be reached, so this worker stops too. ' + (
+                f'The last complete checkpoint (epoch {done}) is kept in {args.out}: start the '
+                f'scheduler, the servers and the workers again, the workers with --resume'
+                if done is not None else f'No checkpoint was written in {args.out}: start the '
+                f'run again'))
+
+
+def run(args, argv, kvstore='device', watchdog=None):
+    """``train`` in ``args.out``, held by ``rundir.lock`` (by rank 0 alone in a distributed
+    run: the other workers write nothing); a RunError or OSError ends it with one line."""
+    try:
+        if getattr(kvstore, 'rank', 0) != 0:
+            return train(args, argv, kvstore, watchdog)
         os.makedirs(args.out, exist_ok=True)
         with rundir.lock(args.out):
             rundir.clean(args.out)   # what an interrupted run may have left
-            train(args, argv, kvstore)
+            train(args, argv, kvstore, watchdog)
     except rundir.RunError as e:
         sys.exit(f'error: {e}')
     except OSError as e:   # a bad --out, a full disk, a read-only folder
@@ -331,10 +377,11 @@ def main(argv=None):
                      else '; fix the cause and start the run again'))
 
 
-def train(args, argv, kvstore='device'):
+def train(args, argv, kvstore='device', watchdog=None):
     """The run of ``args`` in ``args.out`` (held by ``rundir.lock``). ``kvstore``: a dist
     KVStore when this process is one worker of several; only rank 0 writes the run folder
-    and evaluates, every worker trains its share of each global batch."""
+    and evaluates, every worker trains its share of each global batch, with ``watchdog``
+    (an engine.Watchdog) armed while it does."""
     writer = getattr(kvstore, 'rank', 0) == 0
     start_epoch = 0
     if args.resume:
@@ -359,6 +406,8 @@ def train(args, argv, kvstore='device'):
     np.random.seed(args.seed)
     model = (GluonModel(args, train_x.shape, ctx, start_epoch, kvstore) if args.api == 'gluon'
              else ModuleModel(args, train_x.shape, ctx[0], start_epoch))
+    if watchdog:
+        model.beat = watchdog.beat
     if args.resume:
         stem = rundir.checkpoint_stem(args.out, start_epoch)
         for path in (stem + '.params', stem + '.states'):
@@ -400,7 +449,8 @@ def train(args, argv, kvstore='device'):
             if args.fresh_distortions:
                 train_x = distort.fresh_training_set(args.dataset, data.digits[:args.train_size],
                                                      args.data_seed, epoch)
-            train_loss, imgs_per_s = model.fit_epoch(epoch, train_x, train_y)
+            with watchdog.armed(f'training epoch {epoch}') if watchdog else contextlib.nullcontext():
+                train_loss, imgs_per_s = model.fit_epoch(epoch, train_x, train_y)
             if not writer:
                 continue
             test_loss, test_acc = model.evaluate(test_x, test_y)
@@ -412,6 +462,9 @@ def train(args, argv, kvstore='device'):
                   f'{lr:6g}  {imgs_per_s:6.0f}  {time.time() - start:7.1f}', flush=True)
             rundir.save_epoch(args.out, epoch, rows, model.save_params, model.save_states)
             snapshot(model, test_x[:16], args.out, epoch)
+        if workers > 1:   # every worker applied the same updates: the same weights
+            print(f'worker {kvstore.rank} of {workers} ends with weights {model.fingerprint()}',
+                  flush=True)
         if not writer:
             return
         prefix = rundir.export(args.out, args.epochs, model.export)

@@ -1,5 +1,7 @@
 """engine.py: one learning-rate schedule (GluonCV's schedulers) that both APIs follow, and
 the rate metrics.csv logs."""
+import os
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -89,3 +91,33 @@ def test_two_devices_train_the_weights_one_device_trains_from_the_same_global_ba
     moved = max(abs(weights[1][n] - model.net.collect_params()[n].data(mx.cpu(0)).asnumpy()).max()
                 for n in weights[0])
     assert moved == 0   # every device holds the same weights after the update
+
+
+WATCHED = '''
+import sys, time
+from engine import Watchdog
+dog = Watchdog(0.5, lambda what: f'stalled while {what}', poll=0.05)
+with dog.armed('training'):
+    for _ in range(int(sys.argv[1])):   # steps of 0.1 s, each beating
+        time.sleep(0.1)
+        dog.beat()
+    time.sleep(float(sys.argv[2]))   # then silence
+print('finished')
+'''
+
+
+@pytest.mark.parametrize('steps, silence, finishes', [(15, 0, True), (3, 30, False)])
+def test_the_watchdog_ends_the_process_when_the_beats_stop_and_not_while_they_come(
+        steps, silence, finishes):
+    import subprocess
+    import sys
+    import time
+    start = time.time()
+    done = subprocess.run([sys.executable, '-c', WATCHED, str(steps), str(silence)], timeout=60,
+                          capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.abspath(engine.__file__)))
+    if finishes:   # 1.5 s of training with beats every 0.1 s outlasts the 0.5 s timeout
+        assert done.returncode == 0 and 'finished' in done.stdout
+    else:
+        assert done.returncode == 1 and done.stderr.strip() == 'stalled while training'
+        assert time.time() - start < 15   # not the 30 s of silence
