@@ -177,7 +177,13 @@ class GluonModel:
         self.net = build_net(args)
         self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=self.contexts)
         self.net.hybridize(static_alloc=True, static_shape=True)
-        self.net(mx.nd.zeros((2, *image_shape), ctx=self.ctx))  # deferred init: shapes are known
+        # Deferred init, so that shapes are known. In train mode: an inference-mode forward
+        # lets oneDNN reorder weights in place, and a dist kvstore initialised from such
+        # weights answers a worker's first pull before it holds them ("init 9 first", the
+        # server aborts); the kvstore is initialised (save_states, load_states or the
+        # first step) before any inference-mode forward.
+        with autograd.train_mode():
+            self.net(mx.nd.zeros((2, *image_shape), ctx=self.ctx))
         self.schedule = Schedule(args, math.ceil(num / args.batch_size))
         kvstore = kvstore if kvstore is not None else getattr(args, 'kvstore', 'device')
         self.rank, self.workers = (kvstore.rank, kvstore.num_workers) \

@@ -5,6 +5,7 @@
     python reproduce.py --cells 'r/st-cnn-*,r/cnn' --schedule paper --ctx 0
     python reproduce.py --epochs 20             # our schedule, 4x longer
     python reproduce.py --fresh-distortions     # new training distortions every epoch
+    python reproduce.py --scheduler tcp://HOST:8786   # on an existing Dask cluster
     python reproduce.py --table-only            # just rewrite the tables
 
 Every cell (dataset, model, seed) is its own train.py run in
@@ -14,18 +15,27 @@ stopped at any moment and continued later, on this machine or another one that
 gets a copy of OUT. After every cell OUT/table1.md and OUT/table1.csv are
 rewritten: our test error (mean and spread over the seeds done) beside the
 paper's, with the schedule and the time each cell took.
+
+The cells are tasks of a Dask cluster: by default a LocalCluster of --jobs worker
+processes on 127.0.0.1, or the cluster of --scheduler, whose workers must see OUT
+and this repository at the same paths (a shared filesystem). A cell whose worker dies
+is run again by the scheduler (Dask's allowed-failures, 3) and resumes from its last
+epoch; a cell whose train.py fails (a bad flag, a diverged loss) is reported in the
+tables with its error and not retried.
 """
 import argparse
 import csv
+import ctypes
 import fnmatch
+import importlib.util
 import io
+import logging
 import os
+import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import atomic
 import rundir
@@ -89,9 +99,10 @@ def train_flags(cell):
 
 def label(args):
     """The schedule's name in folders and tables: 'ours', 'ours-20ep' with --epochs 20,
-    'ours-fresh' with --fresh-distortions."""
+    'ours-fresh' with --fresh-distortions, 'ours-n2000' with --train-size 2000."""
     name = args.schedule if args.epochs is None else f'{args.schedule}-{args.epochs}ep'
-    return name + '-fresh' if args.fresh_distortions else name
+    name += '-fresh' if args.fresh_distortions else ''
+    return name + (f'-n{args.train_size}' if getattr(args, 'train_size', None) else '')
 
 
 def run_dir(args, cell, seed):
@@ -99,27 +110,45 @@ def run_dir(args, cell, seed):
     return os.path.join(args.out, f'{cell.replace("/", "-")}-{label(args)}-seed{seed}')
 
 
+class CellFailed(RuntimeError):
+    """A cell's train.py ended with an error (not retried: running it again would fail again)."""
+
+
+def die_with_parent():
+    """In the child before train.py starts: end it when the process that started it dies
+    (a killed Dask worker), so that it does not train on, holding its run folder."""
+    if sys.platform.startswith('linux'):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+
+
 def run_cell(cell, seed, args):
-    """Train one cell to the end (continuing an interrupted run) and save its result.json."""
+    """Train one cell to the end (continuing an interrupted run) and save its result.json.
+    Runs on a Dask worker; raises CellFailed if train.py fails."""
     folder = run_dir(args, cell, seed)
     command = [sys.executable, os.path.join(HERE, 'train.py'), *train_flags(cell),
                *schedule_flags(args.schedule, args.epochs), '--seed', str(seed), '--out', folder,
                '--ctx', args.ctx]
     if args.fresh_distortions:
         command.append('--fresh-distortions')
+    if args.train_size:
+        command += ['--train-size', str(args.train_size)]
     if args.data_dir:
         command += ['--data-dir', args.data_dir]
     if rundir.checkpoint_epoch(folder) is not None:
         command.append('--resume')
     os.makedirs(folder, exist_ok=True)
-    print(f'{cell} seed {seed}: {" ".join(command[1:])}', flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    with open(os.path.join(folder, 'train.log'), 'a') as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    threads = args.threads or max(1, CORES // worker_threads())
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    log_path = os.path.join(folder, 'train.log')
+    with open(log_path, 'a') as log:
+        log.write(f'$ {" ".join(command)}\n')
+        log.flush()
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               preexec_fn=die_with_parent)
     if code != 0:
-        raise SystemExit(f'error: {cell} seed {seed} failed (exit {code}); see '
-                         f'{os.path.join(folder, "train.log")}. Run reproduce.py again to '
-                         f'continue from its last checkpoint.')
+        with open(log_path) as log:
+            last = ([line.strip() for line in log if line.strip()] or [''])[-1]
+        raise CellFailed(f'train.py exit {code}: {last} (see {log_path})')
     rows = rundir.read_metrics(folder)
     result = {'cell': cell, 'seed': seed, 'schedule': label(args),
               'test_error': round(100 * (1 - float(rows[-1]['test_acc'])), 2),
@@ -129,9 +158,19 @@ def run_cell(cell, seed, args):
     return result
 
 
-def write_tables(args):
-    """OUT/table1.csv and OUT/table1.md from every result.json found."""
-    out, seeds = args.out, args.seeds
+def worker_threads():
+    """The task threads of the Dask worker running this (cells it trains at once), else 1."""
+    try:
+        from distributed import get_worker
+        return get_worker().nthreads
+    except (ImportError, ValueError):
+        return 1
+
+
+def write_tables(args, failed=None):
+    """OUT/table1.csv and OUT/table1.md from every result.json found, with the cells of
+    ``failed`` ({(cell, seed): error}) marked and their errors listed."""
+    out, seeds, failed = args.out, args.seeds, failed or {}
     rows = []
     for cell in cells():
         results = [r for r in (rundir.read_result(run_dir(args, cell, s)) for s in seeds) if r]
@@ -142,7 +181,7 @@ def write_tables(args):
             'our_error': round(statistics.mean(errors), 2) if errors else '',
             'spread': round(statistics.stdev(errors), 2) if len(errors) > 1 else '',
             'seeds': len(errors), 'minutes': round(sum(r['train_seconds'] for r in results) / 60, 1)
-            if results else ''})
+            if results else '', 'failed': sum(c == cell for c, _ in failed)})
     text = io.StringIO()
     writer = csv.DictWriter(text, list(rows[0]), lineterminator='\n')
     writer.writeheader()
@@ -156,6 +195,8 @@ def write_tables(args):
         ours = '-' if row['our_error'] == '' else f'{row["our_error"]:.2f}'
         if row['spread'] != '':
             ours += f' ± {row["spread"]:.2f}'
+        if row['failed']:
+            ours = 'failed' if ours == '-' else f'{ours}, {row["failed"]} failed'
         return f'{ours} ({row["paper_error"]})'
 
     flags = ' '.join(schedule_flags(args.schedule, args.epochs))
@@ -172,6 +213,9 @@ def write_tables(args):
         times = [next((str(r['minutes']) for r in rows if r['model'] == model
                        and r['dataset'] == d), '') for d in DATASETS]
         lines.append(f'| {model} | ' + ' | '.join(times) + ' |')
+    if failed:
+        lines += ['', 'Failed (fix the cause and run reproduce.py again to continue them):', '']
+        lines += [f'- {cell} seed {seed}: {error}' for (cell, seed), error in sorted(failed.items())]
     atomic.write_text(os.path.join(out, 'table1.md'), '\n'.join(lines) + '\n')
 
 
@@ -207,14 +251,20 @@ def main(argv=None):
     p.add_argument('--data-dir', default=None)
     p.add_argument('--ctx', default='cpu')
     p.add_argument('--table-only', action='store_true', help='only rewrite the tables')
+    p.add_argument('--train-size', type=positive_int, default=None,
+                   help='train every cell on the first N training images (quick checks)')
     p.add_argument('--jobs', type=positive_int, default=CORES,
-                   help='cells trained at once (default: one per core; bench_train.py '
-                        '--side-by-side: 1.15x the images/s of one cell on all cores for the '
-                        'RTS ST-CNN, 1.01x to 1.47x across the workloads)')
+                   help='cells trained at once: the local Dask cluster\'s workers (default: one '
+                        'per core; bench_train.py --side-by-side: 1.15x the images/s of one cell '
+                        'on all cores for the RTS ST-CNN, 1.01x to 1.47x across the workloads)')
     p.add_argument('--threads', type=positive_int, default=None,
-                   help='OpenMP threads per cell (default: the cores divided among the jobs)')
+                   help='OpenMP threads per cell (default: the cores divided among the jobs; '
+                        'with --scheduler, a worker machine\'s cores divided among its task '
+                        'threads)')
+    p.add_argument('--scheduler', default=None, metavar='tcp://HOST:PORT',
+                   help='run the cells on this Dask scheduler\'s workers (they must see --out '
+                        'and this repository at the same paths) instead of a local cluster')
     args = p.parse_args(argv)
-    args.threads = args.threads or max(1, CORES // args.jobs)
     patterns = args.cells.split(',')
     chosen = [c for c in cells() if any(fnmatch.fnmatch(c, pat) for pat in patterns)]
     if not chosen:
@@ -222,21 +272,66 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     todo = [] if args.table_only else [(cell, seed) for cell in chosen for seed in args.seeds
                                        if rundir.read_result(run_dir(args, cell, seed)) is None]
-    tables = threading.Lock()
-
-    def run(job):
-        cell, seed = job
-        start = time.time()
-        result = run_cell(cell, seed, args)
-        with tables:
-            print(f'{cell} seed {seed}: {result["test_error"]:.2f}% test error '
-                  f'(paper {PAPER[cell.split("/")[1]][cell.split("/")[0]]}%), '
-                  f'{(time.time() - start) / 60:.1f} min', flush=True)
-            write_tables(args)
-    with ThreadPoolExecutor(args.jobs) as pool:   # each job waits on its train.py process
-        list(pool.map(run, todo))
-    write_tables(args)
+    failed = run_grid(todo, args) if todo else {}
+    write_tables(args, failed)
     print(f'wrote {os.path.join(args.out, "table1.md")} and table1.csv')
+    if failed:
+        sys.exit(f'error: {len(failed)} of {len(todo)} cells failed (listed in table1.md)')
+
+
+def local_cluster(jobs):
+    """A Dask LocalCluster of ``jobs`` worker processes, one cell each, listening on
+    127.0.0.1 only (its dashboard too, when bokeh is installed)."""
+    from distributed import LocalCluster
+    dashboard = '127.0.0.1:0' if importlib.util.find_spec('bokeh') else None
+    return LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, host='127.0.0.1',
+                        dashboard_address=dashboard, silence_logs=logging.ERROR)
+
+
+def run_grid(todo, args):
+    """Train the (cell, seed) pairs of ``todo`` as tasks of a Dask cluster, rewriting the
+    tables after each; returns {(cell, seed): error} of those that failed."""
+    if args.scheduler:
+        cluster, where = None, f'the Dask cluster at {args.scheduler}'
+    else:
+        args.threads = args.threads or max(1, CORES // args.jobs)
+        cluster = local_cluster(args.jobs)
+        where = f'a local Dask cluster of {args.jobs} workers, {args.threads} threads each'
+    try:
+        return submit(todo, args, cluster, where)
+    finally:
+        if cluster:
+            cluster.close()
+
+
+def submit(todo, args, cluster, where):
+    from distributed import Client, KilledWorker, as_completed
+    failed, done, start = {}, 0, time.time()
+    with Client(args.scheduler or cluster) as client:
+        link = f', dashboard {client.dashboard_link}' if cluster and cluster.dashboard_link else ''
+        print(f'{len(todo)} cells to train on {where}{link}', flush=True)
+        futures = {client.submit(run_cell, cell, seed, args, pure=False,
+                                 key=f'{cell}-seed{seed}-{label(args)}'): (cell, seed)
+                   for cell, seed in todo}
+        for future in as_completed(futures):
+            (cell, seed), done = futures[future], done + 1
+            try:
+                result = future.result()
+                dataset, model = cell.split('/')
+                outcome = (f'{result["test_error"]:.2f}% test error (paper '
+                           f'{PAPER[model][dataset]}%), {result["train_seconds"] / 60:.1f} min')
+            except CellFailed as e:
+                failed[cell, seed] = outcome = str(e)
+            except KilledWorker:
+                failed[cell, seed] = outcome = (
+                    f'its Dask worker died every time it ran it (allowed-failures); see '
+                    f'{os.path.join(run_dir(args, cell, seed), "train.log")}')
+            keys = {f.key for f in futures if not f.done()}
+            running = sum(len(keys & set(k)) for k in client.processing().values())
+            print(f'[{done}/{len(todo)} done, {running} running, {len(keys) - running} waiting, '
+                  f'{(time.time() - start) / 60:.1f} min] {cell} seed {seed}: {outcome}', flush=True)
+            write_tables(args, failed)
+    return failed
 
 
 if __name__ == '__main__':

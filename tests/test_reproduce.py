@@ -37,7 +37,7 @@ def fake_train(monkeypatch):
     """Stands in for train.py: records the command and writes a 2-epoch metrics.csv."""
     commands = Commands()
 
-    def call(command, stdout, stderr, env):
+    def call(command, stdout, stderr, env, preexec_fn):
         commands.append(command)
         call.threads.append(env['OMP_NUM_THREADS'])
         with call.lock:
@@ -55,7 +55,14 @@ def fake_train(monkeypatch):
     call.threads, call.running, call.most, call.lock = [], 0, 0, threading.Lock()
     commands.call = call
     monkeypatch.setattr(reproduce.subprocess, 'call', call)
+    monkeypatch.setattr(reproduce, 'local_cluster', in_process_cluster)   # sees the fake
     return commands
+
+
+def in_process_cluster(jobs):
+    from distributed import LocalCluster
+    return LocalCluster(n_workers=jobs, threads_per_worker=1, processes=False,
+                        dashboard_address=None)
 
 
 class Commands(list):
@@ -81,8 +88,8 @@ def test_an_interrupted_cell_is_resumed(tmp_path, fake_train):
 def test_the_tables_put_our_mean_and_spread_beside_the_paper(tmp_path, fake_train):
     reproduce.main(['--cells', 'rts/st-cnn-aff', '--seeds', '1,2', '--out', str(tmp_path)])
     rows = (tmp_path / 'table1.csv').read_text().splitlines()
-    assert rows[0] == 'dataset,model,paper_error,our_error,spread,seeds,minutes'
-    assert 'rts,st-cnn-aff,0.5,1.25,0.0,2,2.0' in rows
+    assert rows[0] == 'dataset,model,paper_error,our_error,spread,seeds,minutes,failed'
+    assert 'rts,st-cnn-aff,0.5,1.25,0.0,2,2.0,0' in rows
     table = (tmp_path / 'table1.md').read_text()
     assert '| st-cnn-aff | - (0.7) | 1.25 ± 0.00 (0.5) |' in table
 
