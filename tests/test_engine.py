@@ -1,5 +1,5 @@
-"""engine.py: one learning-rate schedule (GluonCV's schedulers) that both APIs follow, and
-the rate metrics.csv logs."""
+"""engine.py: one learning-rate schedule (GluonCV's schedulers) that both APIs follow, the
+rate metrics.csv logs, several devices, and the watchdog of a distributed run."""
 import os
 
 import mxnet as mx

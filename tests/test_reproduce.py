@@ -1,12 +1,19 @@
 """reproduce.py: the Table 1 grid, resumable cells, and the tables it writes."""
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 import reproduce
+from test_mnist import REAL_DIR, needs_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_grid_is_table_1_plus_the_four_tc_cells():
@@ -47,12 +54,16 @@ def fake_train(monkeypatch):
         with call.lock:
             call.running -= 1
         out = command[command.index('--out') + 1]
+        if call.fail and call.fail in out:
+            stdout.write('error: the training loss became nan in epoch 1 (batch 50)\n')
+            return 1
         with open(os.path.join(out, 'metrics.csv'), 'w') as f:
             f.write('dataset,epoch,train_loss,test_loss,test_acc,lr,imgs_per_s,epoch_s\n'
                     'r,1,0.5,0.4,0.9800,0.001,1000,30.0\nr,2,0.4,0.3,0.9875,0.001,1000,30.0\n')
         return 0
 
     call.threads, call.running, call.most, call.lock = [], 0, 0, threading.Lock()
+    call.fail = None   # a folder name part whose train.py fails
     commands.call = call
     monkeypatch.setattr(reproduce.subprocess, 'call', call)
     monkeypatch.setattr(reproduce, 'local_cluster', in_process_cluster)   # sees the fake
@@ -129,3 +140,63 @@ def test_cells_train_side_by_side_one_thread_each_by_default(tmp_path, fake_trai
     assert len(open(tmp_path / 'table1.csv').read().splitlines()) == 37   # header + 36 cells
     reproduce.main(['--cells', 'rts/cnn', '--jobs', '1', '--out', str(tmp_path)])
     assert fake_train.call.threads[-1] == '2'   # one job: all the cores
+
+
+def test_a_failing_cell_is_reported_in_the_tables_with_its_error_and_not_retried(tmp_path, fake_train):
+    fake_train.call.fail = 'r-fcn'
+    with pytest.raises(SystemExit) as error:
+        reproduce.main(['--cells', 'r/cnn,r/fcn', '--out', str(tmp_path)])
+    assert str(error.value.code) == 'error: 1 of 2 cells failed (listed in table1.md)'
+    assert len(fake_train) == 2   # each ran once
+    assert 'r,fcn,2.1,,,0,,1' in (tmp_path / 'table1.csv').read_text().splitlines()
+    table = (tmp_path / 'table1.md').read_text()
+    assert '| fcn | failed (2.1) |' in table and '| cnn | 1.25 (1.2) |' in table
+    log = tmp_path / 'r-fcn-ours-seed1' / 'train.log'
+    assert (f'- r/fcn seed 1: train.py exit 1: error: the training loss became nan in epoch 1 '
+            f'(batch 50) (see {log})') in table
+
+
+def without_minutes(out):
+    """table1.csv and table1.md less the training times, which no two runs share."""
+    rows = [row.split(',') for row in (out / 'table1.csv').read_text().splitlines()]
+    at = rows[0].index('minutes')
+    md = (out / 'table1.md').read_text()
+    return [row[:at] + row[at + 1:] for row in rows], md[:md.index('Minutes of training')]
+
+
+@needs_mnist
+def test_a_local_dask_cluster_writes_the_tables_of_a_sequential_run_though_a_worker_dies(tmp_path):
+    quick = [sys.executable, 'reproduce.py', '--cells', 'r/fcn,r/cnn,r/st-fcn-aff,r/st-cnn-aff',
+             '--epochs', '3', '--train-size', '1000', '--threads', '1', '--data-dir', REAL_DIR]
+    sequential = subprocess.run(quick + ['--jobs', '1', '--out', str(tmp_path / 'one')],
+                                cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert sequential.returncode == 0, sequential.stdout + sequential.stderr
+
+    parallel = subprocess.Popen(quick + ['--jobs', '2', '--out', str(tmp_path / 'two')], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    try:
+        victim = None
+        deadline = time.time() + 300
+        while victim is None:   # a cell's train.py under way: kill the Dask worker running it
+            assert time.time() < deadline and parallel.poll() is None
+            for process in psutil.process_iter(['cmdline']):
+                command = process.info['cmdline'] or []
+                if 'train.py' in ' '.join(command) and str(tmp_path / 'two') in ' '.join(command):
+                    folder = command[command.index('--out') + 1]
+                    if os.path.exists(os.path.join(folder, 'checkpoint.json')):
+                        victim, worker = folder, process.parent()
+                        worker.kill()
+                        break
+            time.sleep(0.05)
+        output, _ = parallel.communicate(timeout=600)
+    finally:
+        if parallel.poll() is None:
+            os.killpg(parallel.pid, signal.SIGKILL)
+            parallel.wait()
+    assert parallel.returncode == 0, output
+    log = open(os.path.join(victim, 'train.log')).read()
+    commands = [line for line in log.splitlines() if line.startswith('$ ')]
+    assert len(commands) == 2 and commands[1].endswith('--resume'), log   # run again, resumed
+    assert '[4/4 done' in output and 'local Dask cluster of 2 workers, 1 threads each' in output
+    assert without_minutes(tmp_path / 'two') == without_minutes(tmp_path / 'one')
