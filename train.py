@@ -453,7 +453,9 @@ def train(args, argv, kvstore='device', watchdog=None):
                 train_loss, imgs_per_s = model.fit_epoch(epoch, train_x, train_y)
             if not writer:
                 continue
-            test_loss, test_acc = model.evaluate(test_x, test_y)
+            with watchdog.armed(f'evaluating epoch {epoch} (its last update)') if watchdog \
+                    else contextlib.nullcontext():
+                test_loss, test_acc = model.evaluate(test_x, test_y)
             lr = model.learning_rate
             rows.append(dict(dataset=args.dataset, epoch=epoch, train_loss=f'{train_loss:.5f}',
                              test_loss=f'{test_loss:.5f}', test_acc=f'{test_acc:.4f}', lr=f'{lr:g}',

@@ -136,7 +136,10 @@ def test_a_killed_worker_stops_the_run_within_the_timeout_and_resume_finishes_it
     assert code == 0 and left == [], log   # the same run, uninterrupted: the same weights
     resumed, whole = (mx.nd.load(str(o / 'model-0004.params')) for o in (out, tmp_path / 'whole'))
     for name in whole:
-        np.testing.assert_array_equal(resumed[name].asnumpy(), whole[name].asnumpy(), name)
+        np.testing.assert_array_equal(
+            resumed[name].asnumpy(), whole[name].asnumpy(),
+            f'{name}, resumed after epoch {kept}:\n{(out / "metrics.csv").read_text()}\n'
+            f'{(tmp_path / "whole" / "metrics.csv").read_text()}\n{log}')
 
 
 FAILING_WORKER = """import compat, mxnet as mx, os, time

@@ -166,8 +166,9 @@ def without_minutes(out):
 
 @needs_mnist
 def test_a_local_dask_cluster_writes_the_tables_of_a_sequential_run_though_a_worker_dies(tmp_path):
-    quick = [sys.executable, 'reproduce.py', '--cells', 'r/fcn,r/cnn,r/st-fcn-aff,r/st-cnn-aff',
-             '--epochs', '3', '--train-size', '1000', '--threads', '1', '--data-dir', REAL_DIR]
+    quick = [sys.executable, 'reproduce.py', '--cells',
+             'r/fcn,r/st-fcn-aff,r/st-fcn-proj,r/st-fcn-tps',
+             '--epochs', '2', '--train-size', '500', '--threads', '1', '--data-dir', REAL_DIR]
     sequential = subprocess.run(quick + ['--jobs', '1', '--out', str(tmp_path / 'one')],
                                 cwd=ROOT, timeout=600, capture_output=True, text=True)
     assert sequential.returncode == 0, sequential.stdout + sequential.stderr
