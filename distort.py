@@ -22,8 +22,6 @@ import os
 import zipfile
 from collections import namedtuple
 
-import compat  # noqa: F401  (before mxnet)
-import mxnet as mx
 import numpy as np
 
 import atomic
@@ -85,6 +83,8 @@ def sample(images, grid_of, size):
     ``grid_of(chunk)`` gives the (n, 2, P) input coordinates (x, y; normalised) of the
     P = size * size output pixels for the images in slice ``chunk``.
     """
+    import compat  # noqa: F401  (before mxnet; imported here: reading a cached set needs none)
+    import mxnet as mx
     out = np.empty((len(images), 1, size, size), np.float32)
     for i in range(0, len(images), CHUNK):
         chunk = slice(i, i + CHUNK)

@@ -3,53 +3,49 @@
     python predict.py --model result digit.png other.jpg     # a class per image
     python predict.py --model result --dataset mnist          # accuracy on a test set
     python predict.py --model result --loader module ...      # through mx.mod.Module
+    python predict.py --model result --runtime onnxruntime --dataset mnist   # model.onnx
 
 --model is a run folder (or a file prefix) holding PREFIX-symbol.json and
 PREFIX-NNNN.params, as train.py writes for either API (--api gluon or symbol). The
 network is loaded with ``gluon.SymbolBlock.imports`` (--loader gluon) or with
 ``mx.mod.Module.load`` (--loader module); nothing of net.py, stn.py or symbolic.py is
-used. Image files of any size are read as grayscale, resized to the network's input
-and scaled to [0, 1]; a mostly bright image is inverted, since the network was trained
-on white digits on a black background.
+used. --runtime onnxruntime runs RUN_DIR/model.onnx (export_onnx.py, or train.py --onnx)
+in ONNX Runtime instead, without importing MXNet at all. Image files of any size are
+read as grayscale, resized to the network's input and scaled to [0, 1]; a mostly bright
+image is inverted, since the network was trained on white digits on a black background.
 """
 import argparse
+import os
 import sys
 import warnings
 
-import compat  # noqa: F401  (before mxnet)
-import mxnet as mx
 import numpy as np
-from mxnet import gluon
 from PIL import Image, UnidentifiedImageError
 
 import distort  # data only: no model code
 import mnist
 import rundir
 
-SIZES = [28, 42, 60] + list(range(8, 129))  # input sizes tried, the datasets' first
-
 
 class ModelError(RuntimeError):
     """The exported files are missing, corrupt or do not fit together."""
 
 
-def input_shape(symbol, weights):
-    """(1, H, W) of the images the saved weights fit; tries the datasets' sizes first."""
-    for size in SIZES:
-        try:
-            args, _, aux = symbol.infer_shape(data=(1, 1, size, size))
-        except mx.MXNetError:
-            continue
-        shapes = dict(zip(symbol.list_arguments(), args), **dict(zip(symbol.list_auxiliary_states(), aux)))
-        if all(tuple(shapes[n]) == weights[n].shape for n in shapes if n in weights):
-            return (1, size, size)
-    raise ModelError('the weights fit no square grayscale input of 8 to 128 pixels')
+def softmax(logits):
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def load(model, epoch=None, loader='gluon'):
-    """A function images (N, 1, H, W) -> class probabilities (N, K), and the input shape."""
+    """A function images (N, 1, H, W) -> class probabilities (N, K), and the input shape
+    (C, H, W). ``loader``: 'gluon', 'module' (MXNet) or 'onnxruntime' (``load_onnx``)."""
+    if loader == 'onnxruntime':
+        return load_onnx(model)
+    import compat  # noqa: F401  (before mxnet)
+    import mxnet as mx
+    from mxnet import gluon
     symbol, weights, symbol_file, params_file = rundir.load_export(model, epoch)
-    shape = input_shape(symbol, weights)
+    shape = rundir.input_shape(symbol, weights)
     if loader == 'gluon':
         with warnings.catch_warnings():   # "Cannot decide type for ... data": it is float32
             warnings.simplefilter('ignore', UserWarning)
@@ -63,6 +59,31 @@ def load(model, epoch=None, loader='gluon'):
 
     def predict(x):
         return module.predict(mx.io.NDArrayIter(x, batch_size=min(len(x), 1000))).asnumpy()
+    return predict, shape
+
+
+def load_onnx(model, batch_size=1000):
+    """``load`` for RUN_DIR/model.onnx (or an .onnx file) in ONNX Runtime: the logits are
+    the model's first output."""
+    path = os.path.join(model, rundir.ONNX) if os.path.isdir(model) else model
+    if not os.path.isfile(path):
+        raise ModelError(f'{path} not found: write it with python export_onnx.py --model {model}')
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelError('--runtime onnxruntime needs the onnxruntime package: pip install -r '
+                         'requirements.txt') from None
+    try:
+        session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    except Exception as e:   # ONNX Runtime raises its own Fail / InvalidProtobuf errors
+        raise ModelError(f'{path} is not a loadable ONNX model ({str(e).strip()[:200]}): write '
+                         f'it again with python export_onnx.py --model RUN_DIR') from None
+    data = session.get_inputs()[0]
+    shape = tuple(data.shape[1:])
+
+    def predict(x):
+        return np.concatenate([softmax(session.run(None, {data.name: x[i:i + batch_size]})[0])
+                               for i in range(0, len(x), batch_size)])
     return predict, shape
 
 
@@ -110,15 +131,21 @@ def main(argv=None):
     p.add_argument('--epoch', type=int, default=None, help='which PREFIX-NNNN.params (default: newest)')
     p.add_argument('--loader', choices=['gluon', 'module'], default='gluon',
                    help='gluon.SymbolBlock.imports or mx.mod.Module')
+    p.add_argument('--runtime', choices=['mxnet', 'onnxruntime'], default='mxnet',
+                   help='MXNet with --loader, or ONNX Runtime on RUN_DIR/model.onnx (no MXNet)')
     p.add_argument('--dataset', choices=distort.DATASETS, default=None,
                    help='report the accuracy on this test set')
     p.add_argument('--data-seed', type=int, default=0)
     p.add_argument('--data-dir', default=None, help='MNIST folder (default: $MNIST_DIR, else data/mnist)')
     args = p.parse_args(argv)
+    if args.runtime == 'onnxruntime' and args.epoch is not None:
+        p.error('--epoch picks among MXNet exports; model.onnx holds one set of weights '
+                '(export_onnx.py --epoch N writes another)')
     if not args.images and not args.dataset:
         p.error('give image files to classify, or --dataset NAME to score a test set')
     try:
-        predict, shape = load(args.model, args.epoch, args.loader)
+        predict, shape = load(args.model, args.epoch,
+                              'onnxruntime' if args.runtime == 'onnxruntime' else args.loader)
         if args.dataset:
             wanted = distort.image_shape(args.dataset)
             if wanted != shape:

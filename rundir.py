@@ -39,6 +39,7 @@ SNAPSHOT_SIDE = 16   # segments per side of the outlines kept in snapshots.npz
 # symbolic.py's sym.SpatialTransformer give them these names; the grid is GridGenerator's
 # (affine, attention) or stn.py's 'grid' (projective, tps); sym.SpatialTransformer makes
 # its grid inside the operator, so it has none (visualize.py rebuilds it from theta).
+ONNX = 'model.onnx'   # export_onnx.py's file in a run folder, beside the MXNet export
 GLUON_TRANSFORMED, SYMBOL_TRANSFORMED = 'net_stn_bilinearsampler0_output', 'net_stn_transformer_output'
 TRANSFORMED = (GLUON_TRANSFORMED, SYMBOL_TRANSFORMED)
 THETA = 'net_stn_regressor_fwd_output'
@@ -288,6 +289,25 @@ def load_export(model, epoch=None):
     if missing:
         raise RunError(f'{params_file} does not match {symbol_file}: it lacks {missing[:3]}')
     return symbol, weights, symbol_file, params_file
+
+
+SIZES = [28, 42, 60] + list(range(8, 129))  # input sizes tried, the datasets' first
+
+
+def input_shape(symbol, weights):
+    """(C, H, W) of the images an export's weights fit (``load_export``'s symbol and
+    weights): one channel, the datasets' sizes tried first, then 8 to 128 pixels square."""
+    import mxnet as mx
+    for size in SIZES:
+        try:
+            args, _, aux = symbol.infer_shape(data=(1, 1, size, size))
+        except mx.MXNetError:
+            continue
+        shapes = dict(zip(symbol.list_arguments(), args),
+                      **dict(zip(symbol.list_auxiliary_states(), aux)))
+        if all(tuple(shapes[n]) == weights[n].shape for n in shapes if n in weights):
+            return (1, size, size)
+    raise RunError('the weights fit no square grayscale input of 8 to 128 pixels')
 
 
 # ---- snapshots.npz --------------------------------------------------------------------

@@ -85,9 +85,8 @@ def projective_grid(F, theta, target, target_shape, eps=PROJECTIVE_EPS):
     -> grid (N, 2, H', W'): (u, v, w) = H (x_t, y_t, 1), (x_s, y_s) = (u, v) / guard(w)."""
     h, w = target_shape
     ones = F.ones_like(F.slice_axis(theta, axis=1, begin=0, end=1))
-    rows = F.reshape(F.concat(theta, ones, dim=1), shape=(-1, 3))            # (3N, 3): rows of H
-    source = F.dot(rows, F.reshape(target, shape=(3, -1)))                    # (3N, P)
-    source = F.reshape(source, shape=(-4, -1, 3, -2))                         # (N, 3, P)
+    homography = F.reshape(F.concat(theta, ones, dim=1), shape=(0, 3, 3))    # (N, 3, 3)
+    source = F.dot(homography, F.reshape(target, shape=(3, -1)))              # (N, 3, P)
     uv = F.slice_axis(source, axis=1, begin=0, end=2)
     depth = guard(F, F.slice_axis(source, axis=1, begin=2, end=3), eps)
     return F.reshape(F.broadcast_div(uv, depth), shape=(0, 0, h, w), name='grid')
@@ -96,11 +95,11 @@ def projective_grid(F, theta, target, target_shape, eps=PROJECTIVE_EPS):
 def tps_grid(F, theta, basis, target_shape):
     """TPS grid generator: theta (N, 2K) = source positions of the K control points (all x,
     then all y), ``basis`` (K, H', W') from ``grid_constant`` -> grid (N, 2, H', W'),
-    the product (2N, K) x (K, P)."""
+    the product (N, 2, K) x (K, P). (Plain reshapes only, so that ONNX can express them.)"""
     h, w = target_shape
-    source = F.reshape(F.reshape(theta, shape=(0, 2, -1)), shape=(-3, -2))   # (2N, K): x, y rows
-    grid = F.dot(source, F.reshape(basis, shape=(0, -1)))                     # (2N, P)
-    return F.reshape(grid, shape=(-1, 2, h, w), name='grid')
+    source = F.reshape(theta, shape=(0, 2, -1))                               # (N, 2, K): x, y
+    grid = F.dot(source, F.reshape(basis, shape=(0, -1)))                     # (N, 2, P)
+    return F.reshape(grid, shape=(0, 0, h, w), name='grid')
 
 
 def projective_constant(target_shape, tps_grid=None):

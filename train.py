@@ -257,6 +257,9 @@ def parser():
     p.add_argument('--dist-timeout', type=positive(float), default=300,
                    help='dist kvstores: seconds without progress (another process dead or '
                         'unreachable) after which a worker stops with a message')
+    p.add_argument('--onnx', action='store_true',
+                   help='also write the exported network as ONNX, RUN_DIR/model.onnx '
+                        '(export_onnx.py)')
     p.add_argument('--resume', action='store_true',
                    help='continue the run in --out from its checkpoint, with its own settings '
                         '(--epochs N extends it, --lr sets a new rate; see README)')
@@ -471,6 +474,12 @@ def train(args, argv, kvstore='device', watchdog=None):
             return
         prefix = rundir.export(args.out, args.epochs, model.export)
         print(f'exported {prefix}-symbol.json and {prefix}-{args.epochs:04d}.params')
+        if args.onnx:
+            import export_onnx   # onnx, only when asked for
+            try:
+                print(f'wrote {export_onnx.export(args.out)}')
+            except export_onnx.ConversionError as e:
+                raise rundir.RunError(e) from None
         if args.transform != 'none':
             import visualize   # matplotlib, only for the picture at the end
             print(f'wrote {visualize.compare_run(args.out, test_x[:64], test_y[:64])}')
