@@ -58,12 +58,18 @@ DATASETS = ['r', 'rts', 'p', 'e', 'tc']
 TRANSFORMS = {'aff': 'affine', 'proj': 'projective', 'tps': 'tps'}
 
 # Our schedule, and the paper's (150k iterations of batch 256 = 640 epochs of 60,000
-# images, SGD, learning rate 0.01 divided by 10 every 50k iterations).
+# images, SGD, learning rate 0.01 divided by 10 every 50k iterations); for the recipe
+# pilots, ours with a cosine decay after half an epoch of warm-up, and the paper's
+# optimizer (SGD with momentum, batch 256) over our length.
 SCHEDULES = {
     'ours': ['--optimizer', 'adam', '--lr', '0.001', '--batch-size', '64',
              '--epochs', '5', '--lr-steps', '3,4'],
     'paper': ['--optimizer', 'sgd', '--lr', '0.01', '--momentum', '0.9', '--batch-size', '256',
               '--epochs', '640', '--lr-steps', '213,427'],
+    'cosine': ['--optimizer', 'adam', '--lr', '0.001', '--batch-size', '64',
+               '--epochs', '5', '--lr-mode', 'cosine', '--warmup-epochs', '0.5'],
+    'sgd': ['--optimizer', 'sgd', '--lr', '0.01', '--momentum', '0.9', '--batch-size', '256',
+            '--epochs', '5', '--lr-steps', '3,4'],
 }
 
 
@@ -77,9 +83,10 @@ def schedule_flags(schedule, epochs=None):
     at = flags.index('--epochs') + 1
     scale = epochs / int(flags[at])
     flags[at] = str(epochs)
-    at = flags.index('--lr-steps') + 1
-    steps = sorted({max(1, round(int(s) * scale)) for s in flags[at].split(',')})
-    flags[at] = ','.join(str(s) for s in steps if s < epochs)
+    if '--lr-steps' in flags:
+        at = flags.index('--lr-steps') + 1
+        steps = sorted({max(1, round(int(s) * scale)) for s in flags[at].split(',')})
+        flags[at] = ','.join(str(s) for s in steps if s < epochs)
     return flags
 
 
@@ -99,9 +106,12 @@ def train_flags(cell):
 
 def label(args):
     """The schedule's name in folders and tables: 'ours', 'ours-20ep' with --epochs 20,
-    'ours-fresh' with --fresh-distortions, 'ours-n2000' with --train-size 2000."""
+    'ours-fresh' with --fresh-distortions, 'ours-b256' with --batch-size 256, 'ours-loc1'
+    with --loc-lr-mult 1, 'ours-n2000' with --train-size 2000."""
     name = args.schedule if args.epochs is None else f'{args.schedule}-{args.epochs}ep'
     name += '-fresh' if args.fresh_distortions else ''
+    name += f'-b{args.batch_size}' if getattr(args, 'batch_size', None) else ''
+    name += f'-loc{args.loc_lr_mult:g}' if getattr(args, 'loc_lr_mult', None) else ''
     return name + (f'-n{args.train_size}' if getattr(args, 'train_size', None) else '')
 
 
@@ -130,6 +140,10 @@ def run_cell(cell, seed, args):
                '--ctx', args.ctx]
     if args.fresh_distortions:
         command.append('--fresh-distortions')
+    if args.batch_size:
+        command += ['--batch-size', str(args.batch_size)]
+    if args.loc_lr_mult:
+        command += ['--loc-lr-mult', f'{args.loc_lr_mult:g}']
     if args.train_size:
         command += ['--train-size', str(args.train_size)]
     if args.data_dir:
@@ -219,6 +233,39 @@ def write_tables(args, failed=None):
     atomic.write_text(os.path.join(out, 'table1.md'), '\n'.join(lines) + '\n')
 
 
+def write_curves(out, chosen, path):
+    """Test error (%) against training images seen, one panel per cell of ``chosen`` and
+    one line per run of it in ``out`` (every schedule and seed found), into ``path``."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    runs = {}
+    for folder in sorted(os.listdir(out)):
+        cell = next((c for c in chosen if folder.startswith(c.replace('/', '-') + '-')), None)
+        if cell is None or not os.path.isfile(os.path.join(out, folder, 'metrics.csv')):
+            continue
+        rows = rundir.read_metrics(os.path.join(out, folder))
+        images = rundir.read_config(os.path.join(out, folder))['train_images']
+        name = folder[len(cell.replace('/', '-')) + 1:]
+        runs.setdefault(cell, []).append((name, [int(r['epoch']) * images / 1e6 for r in rows],
+                                          [100 * (1 - float(r['test_acc'])) for r in rows]))
+    cols = min(len(runs), 2) or 1
+    fig, axes = plt.subplots((len(runs) + cols - 1) // cols or 1, cols, squeeze=False,
+                             figsize=(6 * cols, 4 * ((len(runs) + cols - 1) // cols or 1)))
+    for ax, (cell, lines) in zip(axes.flat, runs.items()):
+        dataset, model = cell.split('/')
+        for name, seen, error in lines:
+            ax.plot(seen, error, marker='.', label=name)
+        ax.axhline(PAPER[model][dataset], color='k', linestyle='--', label='paper')
+        ax.set(title=cell, xlabel='training images seen (millions)', ylabel='test error (%)',
+               yscale='log')
+        ax.legend(fontsize='small')
+    fig.tight_layout()
+    atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=90))
+    plt.close(fig)
+    return path
+
+
 def seed_list(text):
     try:
         seeds = [int(s) for s in text.split(',')]
@@ -251,6 +298,14 @@ def main(argv=None):
     p.add_argument('--data-dir', default=None)
     p.add_argument('--ctx', default='cpu')
     p.add_argument('--table-only', action='store_true', help='only rewrite the tables')
+    p.add_argument('--batch-size', type=positive_int, default=None,
+                   help="the schedule's batch size, if not its own (folders SCHEDULE-bN)")
+    p.add_argument('--loc-lr-mult', type=float, default=None,
+                   help="train.py's localisation learning-rate multiplier, if not 0.1 "
+                        "(folders SCHEDULE-locM)")
+    p.add_argument('--curves', default=None, metavar='PNG',
+                   help='also draw test error against images seen for every run of the chosen '
+                        'cells found in --out (one line per schedule) into this file')
     p.add_argument('--train-size', type=positive_int, default=None,
                    help='train every cell on the first N training images (quick checks)')
     p.add_argument('--jobs', type=positive_int, default=CORES,
@@ -275,6 +330,8 @@ def main(argv=None):
     failed = run_grid(todo, args) if todo else {}
     write_tables(args, failed)
     print(f'wrote {os.path.join(args.out, "table1.md")} and table1.csv')
+    if args.curves:
+        print(f'wrote {write_curves(args.out, chosen, args.curves)}')
     if failed:
         sys.exit(f'error: {len(failed)} of {len(todo)} cells failed (listed in table1.md)')
 

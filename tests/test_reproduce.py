@@ -57,6 +57,8 @@ def fake_train(monkeypatch):
         if call.fail and call.fail in out:
             stdout.write('error: the training loss became nan in epoch 1 (batch 50)\n')
             return 1
+        with open(os.path.join(out, 'config.json'), 'w') as f:
+            f.write('{"train_images": 60000}')
         with open(os.path.join(out, 'metrics.csv'), 'w') as f:
             f.write('dataset,epoch,train_loss,test_loss,test_acc,lr,imgs_per_s,epoch_s\n'
                     'r,1,0.5,0.4,0.9800,0.001,1000,30.0\nr,2,0.4,0.3,0.9875,0.001,1000,30.0\n')
@@ -140,6 +142,25 @@ def test_cells_train_side_by_side_one_thread_each_by_default(tmp_path, fake_trai
     assert len(open(tmp_path / 'table1.csv').read().splitlines()) == 37   # header + 36 cells
     reproduce.main(['--cells', 'rts/cnn', '--jobs', '1', '--out', str(tmp_path)])
     assert fake_train.call.threads[-1] == '2'   # one job: all the cores
+
+
+def test_recipe_flags_reach_train_py_and_name_their_folders(tmp_path, fake_train):
+    reproduce.main(['--cells', 'rts/st-cnn-aff', '--schedule', 'cosine', '--epochs', '20',
+                    '--fresh-distortions', '--batch-size', '256', '--loc-lr-mult', '1',
+                    '--out', str(tmp_path)])
+    command = ' '.join(fake_train[0])
+    assert '--lr-mode cosine --warmup-epochs 0.5' in command and '--epochs 20' in command
+    assert command.endswith('--ctx cpu --fresh-distortions --batch-size 256 --loc-lr-mult 1')
+    assert (tmp_path / 'rts-st-cnn-aff-cosine-20ep-fresh-b256-loc1-seed1' / 'result.json').exists()
+
+
+def test_the_learning_curves_draw_every_schedule_of_a_cell_from_the_run_folders(tmp_path, fake_train):
+    for schedule in ('ours', 'sgd'):
+        reproduce.main(['--cells', 'r/cnn', '--schedule', schedule, '--out', str(tmp_path)])
+    figure = tmp_path / 'curves.png'
+    reproduce.main(['--cells', 'r/*', '--table-only', '--out', str(tmp_path), '--curves',
+                    str(figure)])
+    assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and len(fake_train) == 2
 
 
 def test_a_failing_cell_is_reported_in_the_tables_with_its_error_and_not_retried(tmp_path, fake_train):
