@@ -42,6 +42,7 @@ import rundir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORES = len(os.sched_getaffinity(0))
+CONNECT_TIMEOUT = 30   # seconds to reach a --scheduler
 
 # The paper's Table 1: percentage test error (Jaderberg et al. 2015).
 PAPER = {
@@ -176,7 +177,7 @@ def worker_threads():
     """The task threads of the Dask worker running this (cells it trains at once), else 1."""
     try:
         from distributed import get_worker
-        return get_worker().nthreads
+        return get_worker().state.nthreads
     except (ImportError, ValueError):
         return 1
 
@@ -364,7 +365,12 @@ def run_grid(todo, args):
 def submit(todo, args, cluster, where):
     from distributed import Client, KilledWorker, as_completed
     failed, done, start = {}, 0, time.time()
-    with Client(args.scheduler or cluster) as client:
+    try:
+        client = Client(args.scheduler or cluster, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as e:   # distributed's CommClosedError is an OSError
+        raise SystemExit(f'error: cannot reach the Dask scheduler at {args.scheduler} ({e}): '
+                         f'start it (dask scheduler) or check --scheduler') from None
+    with client:
         link = f', dashboard {client.dashboard_link}' if cluster and cluster.dashboard_link else ''
         print(f'{len(todo)} cells to train on {where}{link}', flush=True)
         futures = {client.submit(run_cell, cell, seed, args, pure=False,

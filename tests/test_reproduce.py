@@ -10,6 +10,7 @@ import time
 import psutil
 import pytest
 
+import launch
 import reproduce
 from test_mnist import REAL_DIR, needs_mnist
 
@@ -222,3 +223,43 @@ def test_a_local_dask_cluster_writes_the_tables_of_a_sequential_run_though_a_wor
     assert len(commands) == 2 and commands[1].endswith('--resume'), log   # run again, resumed
     assert '[4/4 done' in output and 'local Dask cluster of 2 workers, 1 threads each' in output
     assert without_minutes(tmp_path / 'two') == without_minutes(tmp_path / 'one')
+
+
+@needs_mnist
+def test_cells_run_on_an_existing_dask_cluster_started_from_the_command_line(tmp_path):
+    """`dask scheduler` and `dask worker`, as the README starts them, with --scheduler."""
+    port = launch.free_port()
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    dask = os.path.join(os.path.dirname(sys.executable), 'dask')
+    processes = [subprocess.Popen([dask, 'scheduler', '--host', '127.0.0.1', '--port', str(port),
+                                   '--no-dashboard'], cwd=tmp_path, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)]
+    try:
+        processes.append(subprocess.Popen(
+            [dask, 'worker', f'tcp://127.0.0.1:{port}', '--nthreads', '1', '--no-dashboard'],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True))
+        done = subprocess.run([sys.executable, 'reproduce.py', '--scheduler',
+                               f'tcp://127.0.0.1:{port}', '--cells', 'r/fcn', '--epochs', '1',
+                               '--train-size', '200', '--data-dir', REAL_DIR, '--out',
+                               str(tmp_path / 'grid')], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        for process in processes:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f'1 cells to train on the Dask cluster at tcp://127.0.0.1:{port}' in done.stdout
+    result = json.load(open(tmp_path / 'grid' / 'r-fcn-ours-1ep-n200-seed1' / 'result.json'))
+    assert result['epochs'] == 1
+
+
+def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, 'CONNECT_TIMEOUT', 2)
+    port = launch.free_port()   # nothing listens there
+    with pytest.raises(SystemExit) as error:
+        reproduce.main(['--scheduler', f'tcp://127.0.0.1:{port}', '--cells', 'r/cnn', '--out',
+                        str(tmp_path)])
+    assert str(error.value.code).startswith(f'error: cannot reach the Dask scheduler at '
+                                            f'tcp://127.0.0.1:{port}')
