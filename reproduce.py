@@ -168,7 +168,7 @@ def run_cell(cell, seed, args):
     result = {'cell': cell, 'seed': seed, 'schedule': label(args),
               'test_error': round(100 * (1 - float(rows[-1]['test_acc'])), 2),
               'epochs': len(rows), 'train_seconds': round(sum(float(r['epoch_s']) for r in rows)),
-              'command': ' '.join(['python'] + command[1:])}
+              'command': ' '.join(['python', 'train.py'] + command[2:])}
     rundir.write_result(folder, result)
     return result
 
