@@ -20,7 +20,6 @@ import numpy as np
 import onnxruntime
 
 import distort
-import predict
 import rundir
 
 
@@ -44,30 +43,31 @@ def main(argv=None):
     p.add_argument('--data-dir', default=None)
     args = p.parse_args(argv)
     threads = compat.THREADS
-    mxnet_probs, shape = predict.load(args.model, loader='gluon')
+    symbol, weights, symbol_file, params_file = rundir.load_export(args.model)
+    shape = rundir.input_shape(symbol, weights)
+    with warnings.catch_warnings():   # "Cannot decide type for ... data": it is float32
+        warnings.simplefilter('ignore', UserWarning)
+        net = mx.gluon.SymbolBlock.imports(symbol_file, ['data'], params_file)
+    net.hybridize(static_alloc=True, static_shape=True)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(os.path.join(args.model, rundir.ONNX), options,
                                            providers=['CPUExecutionProvider'])
     name = session.get_inputs()[0].name
+    runs = {'MXNet': lambda x: net(mx.nd.array(x)).asnumpy(),
+            'ONNX Runtime': lambda x: session.run(None, {name: x})[0]}   # logits
     if args.dataset:
         data = distort.load_dataset(args.dataset, args.data_dir)
-        onnx_probs, _ = predict.load(args.model, loader='onnxruntime')
+        x, y = data.test_x, data.test_y
         classes = {}
-        for runtime, probs in [('MXNet', mxnet_probs), ('ONNX Runtime', onnx_probs)]:
-            classes[runtime] = probs(data.test_x).argmax(1)
-            correct = int((classes[runtime] == data.test_y).sum())
-            print(f'{runtime:13s} {args.dataset} test accuracy {correct / len(data.test_y):.4f} '
-                  f'({correct}/{len(data.test_y)})')
+        for runtime, run in runs.items():
+            classes[runtime] = np.concatenate([run(x[i:i + 1000]).argmax(1)
+                                               for i in range(0, len(x), 1000)])
+            correct = int((classes[runtime] == y).sum())
+            print(f'{runtime:13s} {args.dataset} test accuracy {correct / len(y):.4f} '
+                  f'({correct}/{len(y)})')
         same = int((classes['MXNet'] == classes['ONNX Runtime']).sum())
-        print(f'the same class for {same} of {len(data.test_y)} test images')
-    symbol, weights, symbol_file, params_file = rundir.load_export(args.model)
-    with warnings.catch_warnings():   # "Cannot decide type for ... data": it is float32
-        warnings.simplefilter('ignore', UserWarning)
-        net = mx.gluon.SymbolBlock.imports(symbol_file, ['data'], params_file)
-    net.hybridize(static_alloc=True, static_shape=True)
-    runs = {'MXNet': lambda x: net(mx.nd.array(x)).asnumpy(),
-            'ONNX Runtime': lambda x: session.run(None, {name: x})[0]}
+        print(f'the same class for {same} of {len(y)} test images')
     print(f'{threads} threads; median of {args.repeats} alternating measurements; images/s')
     print(f'{"batch":>6s} {"MXNet":>10s} {"ONNX Runtime":>13s} {"ratio":>6s}')
     rng = np.random.RandomState(0)

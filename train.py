@@ -341,12 +341,18 @@ def main(argv=None):
         os._exit(1 if not isinstance(e, SystemExit) or e.code else 0)
 
 
+def kept_epoch(out):
+    """The epoch of the last complete checkpoint in ``out``, or None (also when its pointer
+    cannot be read: for messages about a run that already failed)."""
+    try:
+        return rundir.checkpoint_epoch(out)
+    except (rundir.RunError, OSError):
+        return None
+
+
 def stalled(args, what):
     """The watchdog's message when a distributed run stops making progress."""
-    try:
-        done = rundir.checkpoint_epoch(args.out)
-    except (rundir.RunError, OSError):
-        done = None
+    done = kept_epoch(args.out)
     return (f'error: no progress for {args.dist_timeout:g} s (--dist-timeout) while {what}: a '
             f'worker, a server or the scheduler of this {args.kvstore} run has stopped or cannot '
             f'be reached, so this worker stops too. ' + (
@@ -369,10 +375,7 @@ def run(args, argv, kvstore='device', watchdog=None):
     except rundir.RunError as e:
         sys.exit(f'error: {e}')
     except OSError as e:   # a bad --out, a full disk, a read-only folder
-        try:
-            done = rundir.checkpoint_epoch(args.out)
-        except (rundir.RunError, OSError):
-            done = None
+        done = kept_epoch(args.out)
         sys.exit(f'error: {e.filename or args.out}: {e.strerror or e}. Nothing half-written was '
                  f'left in {args.out}' + (
                      f'; its last complete checkpoint (epoch {done}) is kept: fix the cause and '
@@ -409,6 +412,7 @@ def train(args, argv, kvstore='device', watchdog=None):
     np.random.seed(args.seed)
     model = (GluonModel(args, train_x.shape, ctx, start_epoch, kvstore) if args.api == 'gluon'
              else ModuleModel(args, train_x.shape, ctx[0], start_epoch))
+    armed = watchdog.armed if watchdog else lambda what: contextlib.nullcontext()
     if watchdog:
         model.beat = watchdog.beat
     if args.resume:
@@ -452,12 +456,11 @@ def train(args, argv, kvstore='device', watchdog=None):
             if args.fresh_distortions:
                 train_x = distort.fresh_training_set(args.dataset, data.digits[:args.train_size],
                                                      args.data_seed, epoch)
-            with watchdog.armed(f'training epoch {epoch}') if watchdog else contextlib.nullcontext():
+            with armed(f'training epoch {epoch}'):
                 train_loss, imgs_per_s = model.fit_epoch(epoch, train_x, train_y)
             if not writer:
                 continue
-            with watchdog.armed(f'evaluating epoch {epoch} (its last update)') if watchdog \
-                    else contextlib.nullcontext():
+            with armed(f'evaluating epoch {epoch} (its last update)'):
                 test_loss, test_acc = model.evaluate(test_x, test_y)
             lr = model.learning_rate
             rows.append(dict(dataset=args.dataset, epoch=epoch, train_loss=f'{train_loss:.5f}',
