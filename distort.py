@@ -5,7 +5,9 @@
          uniformly random position in a canvas x canvas image (the digit stays inside)
     P    scale in [scale_min, scale_max], then a projective warp: the output's corners read
          the input at its corners moved by Gaussian offsets of corner_std pixels
-         (redrawn if they fold); 28x28
+         (redrawn if they fold); 28x28. Other readings of the paper: p-forward (the
+         homography sends the corners to the moved ones), p-3.5px (smaller offsets),
+         p-box (the corners of the digit's ink box, not of the image)
     E    scale in [scale_min, scale_max], then a thin-plate-spline warp whose control
          points on a tps_grid x tps_grid grid move by Gaussian offsets of tps_std pixels
     TC   the digit at a uniformly random position in a canvas x canvas image, plus
@@ -34,13 +36,22 @@ DEFAULTS = {
     'mnist': {},
     'r': {'rotation': 90.0},
     'rts': {'rotation': 45.0, 'scale_min': 0.7, 'scale_max': 1.2, 'canvas': 42},
-    'p': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0},
+    'p': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0, 'warp': 'backward',
+          'frame': 'image'},
     'e': {'scale_min': 0.75, 'scale_max': 1.0, 'tps_grid': 4, 'tps_std': 1.5},
     'tc': {'canvas': 60, 'patches': 6, 'patch': 6},
+    # Other readings of the paper's P (docs/p-set-sources.md), as named sets:
+    'p-forward': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0, 'warp': 'forward',
+                  'frame': 'image'},
+    'p-3.5px': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 3.5, 'warp': 'backward',
+                'frame': 'image'},
+    'p-box': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0, 'warp': 'backward',
+              'frame': 'box'},
 }
 DATASETS = list(DEFAULTS)   # a new set: its parameters here and its function in GENERATORS
 CACHE_DIR = os.path.join(mnist.HERE, 'data', 'distorted')
 CHUNK = 10000  # images warped per BilinearSampler call
+CHOICES = {'warp': ('backward', 'forward'), 'frame': ('image', 'box')}   # the non-numeric ones
 
 
 def check_params(name, params):
@@ -53,7 +64,10 @@ def check_params(name, params):
                          f'it takes {sorted(DEFAULTS[name])}')
     p = dict(DEFAULTS[name], **params)
     for key, value in p.items():
-        if not np.isfinite(value) or value < 0:
+        if key in CHOICES:
+            if value not in CHOICES[key]:
+                raise ValueError(f'{name}: {key} = {value!r} must be one of {", ".join(CHOICES[key])}')
+        elif not np.isfinite(value) or value < 0:
             raise ValueError(f'{name}: {key} = {value} must be a finite number >= 0')
     if 'scale_min' in p:
         if not 0 < p['scale_min'] <= p['scale_max']:
@@ -115,6 +129,16 @@ def ink_box(images):
     return np.stack([first(cols), last(cols), first(rows), last(rows)], 1) - 13.5
 
 
+def box_corners(box, least=14):
+    """Normalised corners (N, 4, 2) TL, TR, BL, BR of pixel boxes (N, 4) x0, x1, y0, y1
+    from the 28x28 centre, each side widened about its middle to at least ``least`` px."""
+    middle, half = (box[:, ::2] + box[:, 1::2]) / 2, np.abs(box[:, 1::2] - box[:, ::2]) / 2
+    half = np.maximum(half, least / 2)
+    (x0, y0), (x1, y1) = ((middle - half) / 13.5).T, ((middle + half) / 13.5).T
+    return np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1),
+                     np.stack([x0, y1], 1), np.stack([x1, y1], 1)], 1)
+
+
 def distort_r(images, rng, rotation):
     n = len(images)
     angle = np.deg2rad(rng.uniform(-rotation, rotation, n))
@@ -172,28 +196,49 @@ def convex(quads):
     return (turns > 0).all(1) | (turns < 0).all(1)
 
 
-def distort_p(images, rng, scale_min, scale_max, corner_std):
+def facing(h):
+    """(N,) True where the homographies ``h`` (N, 3, 3), output -> input, keep w > 0 on the
+    whole output square (w is linear: its four corners decide), so that no output pixel
+    sees the page from behind or at infinity."""
+    corners = np.array([[-1, -1, 1], [1, -1, 1], [-1, 1, 1], [1, 1, 1]], float).T
+    return ((h @ corners)[:, 2] > 0).all(1)
+
+
+def distort_p(images, rng, scale_min, scale_max, corner_std, warp, frame):
     n = len(images)
     scale = rng.uniform(scale_min, scale_max, n)
-    corners = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]], float)
+    square = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]], float)
+    if frame == 'image':
+        quad = np.broadcast_to(square, (n, 4, 2))
+    else:   # the digit's ink box after the shrink, in output terms
+        quad = box_corners(ink_box(images)) * scale[:, None, None]
 
-    def draw(k, s):
-        return corners / s[:, None, None] + rng.normal(0, corner_std / 13.5, (k, 4, 2))
+    # backward: each corner of the frame reads the input at that corner divided by the
+    # scale (the digit shrinks by `scale`), moved by a Gaussian offset.
+    # forward: the digit shrinks by `scale`, then a homography sends each corner of the
+    # frame to itself moved by the offset; the sampling grid is its inverse.
+    # Offsets that fold the quadrilateral (a corner across the opposite diagonal) or turn
+    # the page away from part of the output are drawn again.
+    def draw(q, s):
+        noise = rng.normal(0, corner_std / 13.5, q.shape)
+        moved = (q / s[:, None, None] if warp == 'backward' else q) + noise
+        if warp == 'backward':
+            return moved, homographies(q, moved)                        # output -> input
+        unshrink = np.zeros((len(s), 3, 3))
+        unshrink[:, 0, 0] = unshrink[:, 1, 1] = 1 / s
+        unshrink[:, 2, 2] = 1
+        return moved, unshrink @ homographies(moved, q)
 
-    # The output's corners read the input at its own corners divided by the scale (the
-    # digit shrinks by `scale`), each moved by a Gaussian offset. Offsets that fold the
-    # quadrilateral (a corner across the opposite diagonal) are drawn again.
-    moved = draw(n, scale)
-    redo = ~convex(moved)
+    moved, h = draw(quad, scale)
+    redo = ~(convex(moved) & facing(h))
     while redo.any():
-        moved[redo] = draw(redo.sum(), scale[redo])
-        redo = ~convex(moved)
-    h = homographies(np.broadcast_to(corners, (n, 4, 2)), moved)   # output -> input (backward)
+        moved[redo], h[redo] = draw(quad[redo], scale[redo])
+        redo = ~(convex(moved) & facing(h))
     points = np.concatenate([target_points((28, 28)), np.ones((28 * 28, 1))], 1).T   # (3, P)
 
     def grid_of(chunk):
         source = h[chunk] @ points
-        return source[:, :2] / source[:, 2:]   # a convex quadrilateral: w > 0 on the square
+        return source[:, :2] / source[:, 2:]   # facing: w > 0 on the whole output
 
     return sample(images, grid_of, 28), {'scale': scale, 'corners': moved, 'homography': h}
 
@@ -236,7 +281,8 @@ def distort_tc(images, rng, canvas, patches, patch):
     return out[:, None], {'shift': np.stack([x, y], 1)}
 
 
-GENERATORS = {'r': distort_r, 'rts': distort_rts, 'p': distort_p, 'e': distort_e, 'tc': distort_tc}
+GENERATORS = {'r': distort_r, 'rts': distort_rts, 'p': distort_p, 'p-forward': distort_p,
+              'p-3.5px': distort_p, 'p-box': distort_p, 'e': distort_e, 'tc': distort_tc}
 
 
 def distort(name, images, seed, **params):

@@ -38,6 +38,7 @@ import sys
 import time
 
 import atomic
+import distort
 import rundir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -91,9 +92,33 @@ def schedule_flags(schedule, epochs=None):
     return flags
 
 
-def cells():
-    """Every (dataset, model) of Table 1 as 'dataset/model' names, in the paper's order."""
-    return [f'{d}/{m}' for d in DATASETS for m in PAPER if d in PAPER[m]]
+def cells(readings=False):
+    """Every (dataset, model) of Table 1 as 'dataset/model' names, in the paper's order;
+    with ``readings``, also the other readings of a column's set (distort.py's 'p-forward',
+    ...) under each of the column's models."""
+    names = [f'{d}/{m}' for d in DATASETS for m in PAPER if d in PAPER[m]]
+    if readings:
+        names += [f'{d}/{m}' for d in distort.DATASETS if column(d) != d
+                  for m in PAPER if column(d) in PAPER[m]]
+    return names
+
+
+def column(dataset):
+    """The Table 1 column of a set: 'p' for 'p' and for its readings 'p-forward', ..."""
+    return dataset.split('-')[0]
+
+
+def paper_error(cell):
+    dataset, model = cell.split('/')
+    return PAPER[model][column(dataset)]
+
+
+def choose(patterns):
+    """The cells matched by any of ``patterns``; a set's other readings only by a pattern
+    whose dataset part is not '*' (so '*' and '*/cnn' stay on the grid)."""
+    return [c for c in cells(readings=True) if any(
+        fnmatch.fnmatch(c, pat) and (column(c.split('/')[0]) == c.split('/')[0]
+                                     or pat.split('/')[0] != '*') for pat in patterns)]
 
 
 def train_flags(cell):
@@ -187,12 +212,14 @@ def write_tables(args, failed=None):
     ``failed`` ({(cell, seed): error}) marked and their errors listed."""
     out, seeds, failed = args.out, args.seeds, failed or {}
     rows = []
-    for cell in cells():
+    found = [c for c in cells(readings=True)[len(cells()):]
+             if any(rundir.read_result(run_dir(args, c, s)) for s in seeds)]
+    for cell in cells() + found:
         results = [r for r in (rundir.read_result(run_dir(args, cell, s)) for s in seeds) if r]
         errors = [r['test_error'] for r in results]
         dataset, model = cell.split('/')
         rows.append({
-            'dataset': dataset, 'model': model, 'paper_error': PAPER[model][dataset],
+            'dataset': dataset, 'model': model, 'paper_error': paper_error(cell),
             'our_error': round(statistics.mean(errors), 2) if errors else '',
             'spread': round(statistics.stdev(errors), 2) if len(errors) > 1 else '',
             'seeds': len(errors), 'minutes': round(sum(r['train_seconds'] for r in results) / 60, 1)
@@ -215,18 +242,19 @@ def write_tables(args, failed=None):
         return f'{ours} ({row["paper_error"]})'
 
     flags = ' '.join(schedule_flags(args.schedule, args.epochs))
+    columns = DATASETS + list(dict.fromkeys(c.split('/')[0] for c in found))
     lines = [f'Test error in %: ours (the paper\'s). Schedule `{label(args)}`: `{flags}`; '
              f'seeds {",".join(map(str, seeds))}.', '',
-             '| model | ' + ' | '.join(d.upper() for d in DATASETS) + ' |',
-             '|---|' + '---|' * len(DATASETS)]
+             '| model | ' + ' | '.join(d.upper() for d in columns) + ' |',
+             '|---|' + '---|' * len(columns)]
     for model in PAPER:
-        lines.append(f'| {model} | ' + ' | '.join(cell_text(model, d) for d in DATASETS) + ' |')
+        lines.append(f'| {model} | ' + ' | '.join(cell_text(model, d) for d in columns) + ' |')
     lines += ['', 'Minutes of training per cell (all seeds):', '',
-              '| model | ' + ' | '.join(d.upper() for d in DATASETS) + ' |',
-              '|---|' + '---|' * len(DATASETS)]
+              '| model | ' + ' | '.join(d.upper() for d in columns) + ' |',
+              '|---|' + '---|' * len(columns)]
     for model in PAPER:
         times = [next((str(r['minutes']) for r in rows if r['model'] == model
-                       and r['dataset'] == d), '') for d in DATASETS]
+                       and r['dataset'] == d), '') for d in columns]
         lines.append(f'| {model} | ' + ' | '.join(times) + ' |')
     if failed:
         lines += ['', 'Failed (fix the cause and run reproduce.py again to continue them):', '']
@@ -254,10 +282,9 @@ def write_curves(out, chosen, path):
     fig, axes = plt.subplots((len(runs) + cols - 1) // cols or 1, cols, squeeze=False,
                              figsize=(6 * cols, 4 * ((len(runs) + cols - 1) // cols or 1)))
     for ax, (cell, lines) in zip(axes.flat, runs.items()):
-        dataset, model = cell.split('/')
         for name, seen, error in lines:
             ax.plot(seen, error, marker='.', label=name)
-        ax.axhline(PAPER[model][dataset], color='k', linestyle='--', label='paper')
+        ax.axhline(paper_error(cell), color='k', linestyle='--', label='paper')
         ax.set(title=cell, xlabel='training images seen (millions)', ylabel='test error (%)',
                yscale='log')
         ax.legend(fontsize='small')
@@ -285,7 +312,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--cells', default='*',
-                   help='comma-separated patterns over DATASET/MODEL names, e.g. "rts/*,r/cnn"')
+                   help='comma-separated patterns over DATASET/MODEL names, e.g. "rts/*,r/cnn"; '
+                        'the other readings of the P set (p-forward, p-3.5px, p-box) only by '
+                        'name, e.g. "p-*/cnn"')
     p.add_argument('--seeds', type=seed_list, default=[1])
     p.add_argument('--schedule', choices=list(SCHEDULES), default='ours')
     p.add_argument('--epochs', type=positive_int, default=None,
@@ -322,7 +351,7 @@ def main(argv=None):
                         'and this repository at the same paths) instead of a local cluster')
     args = p.parse_args(argv)
     patterns = args.cells.split(',')
-    chosen = [c for c in cells() if any(fnmatch.fnmatch(c, pat) for pat in patterns)]
+    chosen = choose(patterns)
     if not chosen:
         p.error(f'--cells {args.cells!r} matches none of: {", ".join(cells())}')
     os.makedirs(args.out, exist_ok=True)
@@ -380,9 +409,8 @@ def submit(todo, args, cluster, where):
             (cell, seed), done = futures[future], done + 1
             try:
                 result = future.result()
-                dataset, model = cell.split('/')
                 outcome = (f'{result["test_error"]:.2f}% test error (paper '
-                           f'{PAPER[model][dataset]}%), {result["train_seconds"] / 60:.1f} min')
+                           f'{paper_error(cell)}%), {result["train_seconds"] / 60:.1f} min')
             except CellFailed as e:
                 failed[cell, seed] = outcome = str(e)
             except KilledWorker:

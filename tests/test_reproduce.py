@@ -108,6 +108,20 @@ def test_the_tables_put_our_mean_and_spread_beside_the_paper(tmp_path, fake_trai
     assert '| st-cnn-aff | - (0.7) | 1.25 ± 0.00 (0.5) |' in table
 
 
+def test_the_other_readings_of_p_run_only_when_named_and_get_a_column_of_their_own(tmp_path,
+                                                                                   fake_train):
+    assert reproduce.choose(['*']) == reproduce.cells()            # the grid alone
+    assert reproduce.choose(['*/cnn']) == [c for c in reproduce.cells() if c.endswith('/cnn')]
+    assert reproduce.choose(['p-*/cnn']) == ['p-forward/cnn', 'p-3.5px/cnn', 'p-box/cnn']
+    reproduce.main(['--cells', 'p-forward/cnn', '--out', str(tmp_path)])
+    command = fake_train[0]
+    assert command[command.index('--dataset') + 1] == 'p-forward'
+    assert 'p-forward,cnn,1.5,1.25,' in (tmp_path / 'table1.csv').read_text()   # P's paper figure
+    table = (tmp_path / 'table1.md').read_text()
+    assert '| model | R | RTS | P | E | TC | P-FORWARD |' in table
+    assert '| cnn | - (1.2) | - (0.8) | - (1.5) | - (1.4) | - (3.5) | 1.25 (1.5) |' in table
+
+
 def test_a_pattern_that_matches_no_cell_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as error:
         reproduce.main(['--cells', 'mnist/*', '--out', str(tmp_path)])
