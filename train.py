@@ -127,6 +127,9 @@ def parse_args(argv=None):
         p.error(f'argument --tps-grid: {args.tps_grid} must be >= 2')
     if args.width is not None and args.model == 'lenet':
         p.error('argument --width: only for --model fcn or cnn (LeNet\'s sizes are fixed)')
+    if args.budget_mult != 1 and (args.width is not None or args.model == 'lenet'):
+        p.error('argument --budget-mult: sets the width of --model fcn or cnn, so not with '
+                '--width or --model lenet')
     if args.api == 'symbol' and args.kvstore.startswith('dist'):
         p.error(f'argument --kvstore: --api symbol trains in one process, not with {args.kvstore}; '
                 f'use --api gluon')
@@ -240,6 +243,9 @@ def parser():
     p.add_argument('--width', type=positive(int), default=None,
                    help='fcn: hidden units, cnn: first-layer filters (default: fitted to the '
                         'experiment\'s parameter budget, net.BUDGETS)')
+    p.add_argument('--budget-mult', type=positive(float), default=1.0,
+                   help='fit fcn/cnn to this multiple of the experiment\'s parameter budget '
+                        '(net.BUDGETS) when --width is not given')
     p.add_argument('--summary', action='store_true',
                    help='print the layers and parameter counts of the model and exit')
     p.add_argument('--train-size', type=positive(int), default=None,
@@ -266,10 +272,17 @@ def parser():
     return p
 
 
+def budget(args, image_shape):
+    """The parameter budget fcn/cnn are fitted to: the experiment's times --budget-mult."""
+    side = image_shape[1]
+    return round(args.budget_mult * net.BUDGETS[side]) if side in net.BUDGETS else None
+
+
 def resolve_width(args, image_shape):
     """Set an unset ``args.width`` of fcn/cnn to the one that meets the parameter budget."""
     if args.width is None and args.model != 'lenet':
         args.width = net.fit_width(args.model, args.transform, image_shape,
+                                   budget=budget(args, image_shape),
                                    pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid)
 
 
@@ -300,7 +313,8 @@ def summary(args):
         if part is not None:
             print(f'{name:40s} {net.trainable_params(part):>9,d}')
     print(f'{"total trainable":40s} {net.trainable_params(model):>9,d}'
-          + (f'   (budget {net.BUDGETS[image_shape[1]]:,d})' if args.model != 'lenet' else ''))
+          + (f'   (budget {budget(args, image_shape):,d})' if budget(args, image_shape)
+             and args.model != 'lenet' else ''))
 
 
 def snapshot(model, images, out, epoch):

@@ -193,6 +193,16 @@ def test_summary_prints_the_layers_and_counts_and_trains_nothing(tmp_path, capsy
     assert not out.exists()
 
 
+@pytest.mark.parametrize('mult', [2, 4])
+def test_budget_mult_fits_the_width_to_a_multiple_of_the_experiments_budget(capsys, mult):
+    train.main(['--summary', '--dataset', 'rts', '--model', 'fcn', '--no-stn',
+                '--budget-mult', str(mult)])
+    text = capsys.readouterr().out
+    count = int(re.search(r'total trainable\s+([\d,]+)', text).group(1).replace(',', ''))
+    assert f'(budget {mult * 200_000:,d})' in text
+    assert abs(count - mult * 200_000) < 0.01 * mult * 200_000
+
+
 @needs_mnist
 def test_a_paper_model_run_records_its_model_and_family_and_resumes_with_them(tmp_path):
     flags = ['--data-dir', REAL_DIR, '--out', str(tmp_path), '--train-size', '1000',

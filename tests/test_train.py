@@ -40,6 +40,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                                             'affine or none'),
     (['--api', 'symbol', '--transform', 'tps'], 'symbol builds only --model lenet'),
     (['--width', '64'], '--width: only for --model fcn or cnn'),
+    (['--model', 'fcn', '--width', '64', '--budget-mult', '2'], '--budget-mult: sets the width'),
+    (['--budget-mult', '0'], "--budget-mult: '0' must be"),
     (['--transform', 'tps', '--tps-grid', '1'], '--tps-grid: 1 must be >= 2'),
     (['--api', 'symbol', '--ctx', 'cpu,cpu'], '--ctx: --api symbol trains on one device'),
     (['--ctx', 'cpu,gpu'], "--ctx: 'cpu,gpu': use cpu, a GPU id such as 0, or a comma"),
