@@ -218,8 +218,11 @@ def write_tables(args, failed=None):
     rows = []
     found = [c for c in cells(readings=True)[len(cells()):]
              if any(rundir.read_result(run_dir(args, c, s)) for s in seeds)]
+    core_seconds = 0
     for cell in cells() + found:
         results = [r for r in (rundir.read_result(run_dir(args, cell, s)) for s in seeds) if r]
+        core_seconds += sum(r['train_seconds'] * threads(run_dir(args, cell, r['seed']))
+                            for r in results)
         errors = [r['test_error'] for r in results]
         dataset, model = cell.split('/')
         rows.append({
@@ -260,10 +263,22 @@ def write_tables(args, failed=None):
         times = [next((str(r['minutes']) for r in rows if r['model'] == model
                        and r['dataset'] == d), '') for d in columns]
         lines.append(f'| {model} | ' + ' | '.join(times) + ' |')
+    runs = sum(r['seeds'] for r in rows)
+    lines += ['', f'{runs} runs, {sum(r["minutes"] or 0 for r in rows) / 60:.1f} hours of '
+                  f'training, {core_seconds / 3600:.1f} CPU-core hours (training time x OpenMP '
+                  f'threads; data loading and evaluation not counted).']
     if failed:
         lines += ['', 'Failed (fix the cause and run reproduce.py again to continue them):', '']
         lines += [f'- {cell} seed {seed}: {error}' for (cell, seed), error in sorted(failed.items())]
     atomic.write_text(os.path.join(out, 'table1.md'), '\n'.join(lines) + '\n')
+
+
+def threads(folder):
+    """The OpenMP threads a run trained with (config.json; 1 if it does not say)."""
+    try:
+        return rundir.read_config(folder).get('omp_threads') or 1
+    except rundir.RunError:
+        return 1
 
 
 def write_curves(out, chosen, path):

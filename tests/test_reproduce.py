@@ -59,7 +59,7 @@ def fake_train(monkeypatch):
             stdout.write('error: the training loss became nan in epoch 1 (batch 50)\n')
             return 1
         with open(os.path.join(out, 'config.json'), 'w') as f:
-            f.write('{"train_images": 60000}')
+            f.write('{"train_images": 60000, "omp_threads": 2}')
         with open(os.path.join(out, 'metrics.csv'), 'w') as f:
             f.write('dataset,epoch,train_loss,test_loss,test_acc,lr,imgs_per_s,epoch_s\n'
                     'r,1,0.5,0.4,0.9800,0.001,1000,30.0\nr,2,0.4,0.3,0.9875,0.001,1000,30.0\n')
@@ -106,6 +106,7 @@ def test_the_tables_put_our_mean_and_spread_beside_the_paper(tmp_path, fake_trai
     assert 'rts,st-cnn-aff,0.5,1.25,0.0,2,2.0,0' in rows
     table = (tmp_path / 'table1.md').read_text()
     assert '| st-cnn-aff | - (0.7) | 1.25 ± 0.00 (0.5) |' in table
+    assert '2 runs, 0.0 hours of training, 0.1 CPU-core hours' in table   # 2 x 60 s x 2 threads
 
 
 def test_the_other_readings_of_p_run_only_when_named_and_get_a_column_of_their_own(tmp_path,
