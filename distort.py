@@ -8,6 +8,9 @@
          (redrawn if they fold); 28x28. Other readings of the paper: p-forward (the
          homography sends the corners to the moved ones), p-3.5px (smaller offsets),
          p-box (the corners of the digit's ink box, not of the image)
+    addition  MNIST addition (appendix A.1): two digits (``pair``), each distorted as RTS
+         on its own canvas x canvas image, as the two channels of one image; label = their
+         sum (19 classes)
     E    scale in [scale_min, scale_max], then a thin-plate-spline warp whose control
          points on a tps_grid x tps_grid grid move by Gaussian offsets of tps_std pixels
     TC   the digit at a uniformly random position in a canvas x canvas image, plus
@@ -47,7 +50,12 @@ DEFAULTS = {
                 'frame': 'image'},
     'p-box': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0, 'warp': 'backward',
               'frame': 'box'},
+    # MNIST addition (appendix A.1): two digits, each RTS-distorted on its own, as the two
+    # channels of one image; the label is their sum.
+    'addition': {'rotation': 45.0, 'scale_min': 0.7, 'scale_max': 1.2, 'canvas': 42},
 }
+CHANNELS = {'addition': 2}       # digits per image (the others: 1)
+CLASSES = {'addition': 19}       # labels 0..18 (the others: 10)
 DATASETS = list(DEFAULTS)   # a new set: its parameters here and its function in GENERATORS
 CACHE_DIR = os.path.join(mnist.HERE, 'data', 'distorted')
 CHUNK = 10000  # images warped per BilinearSampler call
@@ -88,7 +96,22 @@ def check_params(name, params):
 def image_shape(name):
     """(C, H, W) of the images of set ``name``, without making them."""
     size = int(DEFAULTS[name].get('canvas', 28))
-    return (1, size, size)
+    return (CHANNELS.get(name, 1), size, size)
+
+
+def num_classes(name):
+    """The number of labels of set ``name``: 19 sums for 'addition', else 10 digits."""
+    return CLASSES.get(name, 10)
+
+
+def pair(images, labels, seed):
+    """MNIST addition's inputs: every digit of ``images`` (N, 1, 28, 28) with a partner
+    drawn by ``seed`` (a random permutation), as (N, 2, 28, 28), and the sums of their
+    ``labels`` (N,). The pairs depend on the seed only, so a set's fresh distortions keep
+    its pairs and labels."""
+    partner = np.random.default_rng([*np.atleast_1d(seed), DATASETS.index('addition'),
+                                     99]).permutation(len(images))
+    return np.concatenate([images, images[partner]], 1), labels + labels[partner]
 
 
 def sample(images, grid_of, size):
@@ -281,15 +304,23 @@ def distort_tc(images, rng, canvas, patches, patch):
     return out[:, None], {'shift': np.stack([x, y], 1)}
 
 
+def distort_addition(images, rng, rotation, scale_min, scale_max, canvas):
+    channels = [distort_rts(images[:, k:k + 1], rng, rotation, scale_min, scale_max, canvas)
+                for k in range(images.shape[1])]
+    return (np.concatenate([out for out, _ in channels], 1),
+            {key: np.stack([info[key] for _, info in channels], 1) for key in channels[0][1]})
+
+
 GENERATORS = {'r': distort_r, 'rts': distort_rts, 'p': distort_p, 'p-forward': distort_p,
-              'p-3.5px': distort_p, 'p-box': distort_p, 'e': distort_e, 'tc': distort_tc}
+              'p-3.5px': distort_p, 'p-box': distort_p, 'e': distort_e, 'tc': distort_tc,
+              'addition': distort_addition}
 
 
 def distort(name, images, seed, **params):
-    """Distort ``images`` (N, 1, 28, 28) in [0, 1] as set ``name``; deterministic in ``seed``
-    (an int or a tuple of ints).
+    """Distort ``images`` (N, C, 28, 28) in [0, 1] as set ``name``; deterministic in ``seed``
+    (an int or a tuple of ints). C is 1, or 2 for 'addition' (``pair``'s digits).
 
-    Returns ``(distorted (N, 1, S, S) float32 in [0, 1], info)`` where ``info`` holds the
+    Returns ``(distorted (N, C, S, S) float32 in [0, 1], info)`` where ``info`` holds the
     sampled parameters (angles in degrees, scales, shifts, theta, ...) for inspection.
     """
     p = check_params(name, params)
@@ -314,10 +345,11 @@ Dataset = namedtuple('Dataset', 'train_x train_y test_x test_y digits')
 def load_dataset(name, data_dir=None, seed=0):
     """Set ``name`` with the MNIST files of ``data_dir`` (``mnist.load_mnist``'s rules) and
     ``seed``, as a ``Dataset``: train_x, train_y, test_x, test_y (see ``load``) and digits,
-    the undistorted MNIST training images (for ``fresh_training_set``). Raises
-    ``mnist.MNISTError`` for missing or corrupt MNIST files."""
+    the undistorted training digits (for ``fresh_training_set``; paired for 'addition').
+    Raises ``mnist.MNISTError`` for missing or corrupt MNIST files."""
     digits = mnist.load_mnist(data_dir)
-    return Dataset(*load(name, digits, seed), digits=digits[0])
+    undistorted = pair(*digits[:2], (seed, 0))[0] if name == 'addition' else digits[0]
+    return Dataset(*load(name, digits, seed), digits=undistorted)
 
 
 def fresh_training_set(name, digits, seed, epoch):
@@ -337,15 +369,18 @@ def load(name, digits, seed=0, **params):
     train_x, train_y, test_x, test_y = digits
     if name == 'mnist':
         return train_x, train_y, test_x, test_y
+    if name == 'addition':
+        (train_x, train_y), (test_x, test_y) = (pair(train_x, train_y, (seed, 0)),
+                                                pair(test_x, test_y, (seed, 1)))
     path, stamp = cache_path(name, seed), json.dumps({'version': VERSION, 'params': p}, sort_keys=True)
     if os.path.isdir(path):
         raise CacheError(f'{path} is a folder, where the cache file of set {name} belongs: '
                          f'move it away (the set is regenerated there)')
-    side = image_shape(name)[1]
+    shape = image_shape(name)
     try:
         with np.load(path, allow_pickle=False) as cached:
             arrays = cached['train_x'], cached['test_x']
-            expected = [(len(train_y), 1, side, side), (len(test_y), 1, side, side)]
+            expected = [(len(train_y), *shape), (len(test_y), *shape)]
             if str(cached['stamp']) != stamp:
                 print(f'{path} was made with other parameters: regenerating')
             elif [a.shape for a in arrays] != expected or any(a.dtype != np.uint8 for a in arrays):

@@ -40,6 +40,7 @@ finally:
     else:
         sys.modules['torch'] = _torch
 
+import distort
 import net
 
 LR_MODES = ('step', 'cosine')
@@ -150,15 +151,17 @@ def optimizer_params(args, schedule):
 
 
 def pool_after_stn(args):
-    """The paper's 2x2 average pooling after the transformer: FCN and CNN on RTS and TC."""
-    return args.dataset in ('rts', 'tc') and args.model in ('fcn', 'cnn') and args.transform != 'none'
+    """The paper's 2x2 average pooling after the transformer: FCN and CNN on RTS, TC and
+    addition (42x42 and 60x60 inputs)."""
+    return args.dataset in ('rts', 'tc', 'addition') and args.model in ('fcn', 'cnn') and args.transform != 'none'
 
 
 def build_net(args):
     """The net.Net of the run's flags (``args.width`` resolved)."""
     return net.Net(model=args.model, transform=args.transform, width=args.width,
                    pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid,
-                   loc_lr_mult=args.loc_lr_mult)
+                   loc_lr_mult=args.loc_lr_mult, num_classes=distort.num_classes(args.dataset),
+                   transformers=getattr(args, 'transformers', 1))
 
 
 class GluonModel:

@@ -122,14 +122,17 @@ def export(model, epoch=None, path=None):
     """Write the export of ``model`` (a run folder or file prefix, ``rundir.model_files``'
     rules) as ONNX to ``path`` (default RUN_DIR/model.onnx, beside the export), checked
     with ``onnx.checker``; returns the path. Outputs: 'logits' (N, classes) and, for a
-    network with a transformer, 'transformed' (its output, N, C, H', W'). The batch
+    network with a transformer, 'transformed' (its output, N, C, H', W'; K transformers
+    side by side: N, K*C, H', W'). The batch
     dimension is dynamic. ConversionError or rundir.RunError when it cannot be done."""
     symbol, weights, symbol_file, params_file = rundir.load_export(model, epoch)
     shape = rundir.input_shape(symbol, weights)
     internals = symbol.get_internals()
     names = internals.list_outputs()
-    transformed = [n for n in rundir.TRANSFORMED if n in names]
-    outputs = mx.sym.Group([symbol] + [internals[n] for n in transformed[:1]])
+    transformed = [internals[n] for n in rundir.transformer_outputs(names)]
+    if len(transformed) > 1:   # net.ParallelTransformers: their outputs side by side
+        transformed = [mx.sym.concat(*transformed, dim=1)]
+    outputs = mx.sym.Group([symbol] + transformed)
     graph_json = json.loads(outputs.tojson())
     for node in graph_json['nodes']:   # MXNet's converter reads a missing flatten as False,
         if node['op'] == 'FullyConnected':   # though FullyConnected's default is True

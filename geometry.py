@@ -82,3 +82,10 @@ def outline(grid, height, width, per_side=None):
                         np.full(len(rows) - 2, left)])
     points = grid[:, :, i, j].transpose(0, 2, 1)                             # (N, M, 2)
     return (points + 1) / 2 * np.array([width - 1, height - 1])
+
+
+def outlines_of(grid, height, width, per_side=None):
+    """``outline`` of each of K transformers' grids side by side in ``grid`` (N, 2K, H', W'):
+    (N, M, 2) for one transformer, (K, N, M, 2) for several."""
+    lines = [outline(grid[:, k:k + 2], height, width, per_side) for k in range(0, grid.shape[1], 2)]
+    return lines[0] if len(lines) == 1 else np.stack(lines)

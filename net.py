@@ -123,6 +123,29 @@ CLASSIFIERS = {'lenet': lenet, 'fcn': fcn, 'cnn': cnn}
 LOCALISATIONS = {'lenet': default_localisation, 'fcn': fcn_localisation, 'cnn': cnn_localisation}
 
 
+class ParallelTransformers(nn.HybridBlock):
+    """K spatial transformers side by side (the paper's 2xST, appendix A.1): each reads
+    the whole input (N, C, H, W) and warps all its channels; the outputs are concatenated,
+    (N, K*C, H', W'), and so are the thetas, (N, K*T). ``make(k)`` builds the k-th
+    transformer (named PREFIX_stn{k}_...)."""
+
+    def __init__(self, count, make, **kwargs):
+        super().__init__(**kwargs)
+        self.transformers = []
+        for k in range(count):
+            transformer = make(k)
+            self.register_child(transformer, f'stn{k}')
+            self.transformers.append(transformer)
+
+    def default_target_shape(self, x):
+        for transformer in self.transformers:
+            transformer.default_target_shape(x)
+
+    def hybrid_forward(self, F, x):
+        outputs, thetas = zip(*[transformer(x) for transformer in self.transformers])
+        return F.concat(*outputs, dim=1), F.concat(*thetas, dim=1)
+
+
 class Net(nn.HybridBlock):
     """A ``model`` classifier ('lenet', 'fcn', 'cnn'), with a ``SpatialTransformer``
     (``self.stn``) of family ``transform`` ('affine', 'attention', 'projective', 'tps';
@@ -136,16 +159,22 @@ class Net(nn.HybridBlock):
     """
 
     def __init__(self, transform='affine', num_classes=10, loc_lr_mult=1.0, model='lenet',
-                 width=None, pool_after_stn=False, tps_grid=4, prefix='net_', **kwargs):
+                 width=None, pool_after_stn=False, tps_grid=4, transformers=1, prefix='net_',
+                 **kwargs):
         super().__init__(prefix=prefix, **kwargs)
         if model not in MODELS:
             raise ValueError(f'model must be one of {MODELS}, not {model!r}')
+        if transformers < 1:
+            raise ValueError(f'transformers must be >= 1, not {transformers}')
         with self.name_scope():
             self.stn = None
-            if transform != 'none':
-                self.stn = SpatialTransformer(localisation=LOCALISATIONS[model],
-                                              loc_lr_mult=loc_lr_mult, transform=transform,
-                                              tps_grid=tps_grid, prefix='stn_')
+            make = lambda name: SpatialTransformer(  # noqa: E731
+                localisation=LOCALISATIONS[model], loc_lr_mult=loc_lr_mult, transform=transform,
+                tps_grid=tps_grid, prefix=name)
+            if transform != 'none' and transformers == 1:
+                self.stn = make('stn_')
+            elif transform != 'none':
+                self.stn = ParallelTransformers(transformers, lambda k: make(f'stn{k}_'), prefix='')
             self.pool = nn.AvgPool2D(2, 2) if pool_after_stn and self.stn is not None else None
             self.classifier = CLASSIFIERS[model](num_classes, width or DEFAULT_WIDTH.get(model))
 
@@ -177,13 +206,14 @@ def count_params(image_shape, **net_kwargs):
 
 def fit_width(model, transform, image_shape, budget=None, **net_kwargs):
     """The width whose ``Net(model=model, transform=transform, width=...)`` has the number
-    of trainable parameters closest to ``budget`` (default ``BUDGETS[H]``) for inputs of
-    ``image_shape`` (C, H, W); the parameter count grows with the width."""
+    of trainable parameters closest to ``budget`` (default ``BUDGETS[H]`` per input
+    channel) for inputs of ``image_shape`` (C, H, W); the parameter count grows with the
+    width."""
     if budget is None:
         if image_shape[1] not in BUDGETS:
             raise ValueError(f'no parameter budget for {image_shape[1]}-pixel inputs '
                              f'(BUDGETS has {sorted(BUDGETS)}): pass budget')
-        budget = BUDGETS[image_shape[1]]
+        budget = BUDGETS[image_shape[1]] * image_shape[0]
 
     def count(width):
         return count_params(image_shape, model=model, transform=transform, width=width,

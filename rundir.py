@@ -30,7 +30,7 @@ import zipfile
 import numpy as np
 
 import atomic
-from geometry import outline
+from geometry import outlines_of
 
 METRICS = ['dataset', 'epoch', 'train_loss', 'test_loss', 'test_acc', 'lr', 'imgs_per_s', 'epoch_s']
 SNAPSHOT_SIDE = 16   # segments per side of the outlines kept in snapshots.npz
@@ -45,6 +45,26 @@ TRANSFORMED = (GLUON_TRANSFORMED, SYMBOL_TRANSFORMED)
 THETA = 'net_stn_regressor_fwd_output'
 GRIDS = ('net_stn_gridgenerator0_output', 'net_stn_grid_output')
 GRID_CONSTANTS = ('net_stn_target_grid', 'net_stn_tps_basis')   # stn.FAMILIES' constant_name
+
+
+def transformer_outputs(names):
+    """The output node of each transformer among an exported symbol's internal ``names``,
+    in order: the one of TRANSFORMED, or for net.ParallelTransformers PREFIX_stn0_...,
+    PREFIX_stn1_... ([] without a transformer)."""
+    single = [name for name in TRANSFORMED if name in names]
+    if single:
+        return single[:1]
+    found = []
+    while f'net_stn{len(found)}_bilinearsampler0_output' in names:
+        found.append(f'net_stn{len(found)}_bilinearsampler0_output')
+    return found
+
+
+def grid_names(transformed):
+    """The candidate names of the sampling grid node of the transformer whose output node
+    is ``transformed`` (GRIDS for the single one)."""
+    prefix = '_'.join(transformed.split('_')[:2]) + '_'     # net_stn_ or net_stn1_
+    return tuple(prefix + name[len('net_stn_'):] for name in GRIDS)
 
 
 class RunError(RuntimeError):
@@ -296,18 +316,20 @@ SIZES = [28, 42, 60] + list(range(8, 129))  # input sizes tried, the datasets' f
 
 def input_shape(symbol, weights):
     """(C, H, W) of the images an export's weights fit (``load_export``'s symbol and
-    weights): one channel, the datasets' sizes tried first, then 8 to 128 pixels square."""
+    weights): one channel (or two: MNIST addition), the datasets' sizes tried first, then
+    8 to 128 pixels square."""
     import mxnet as mx
-    for size in SIZES:
-        try:
-            args, _, aux = symbol.infer_shape(data=(1, 1, size, size))
-        except mx.MXNetError:
-            continue
-        shapes = dict(zip(symbol.list_arguments(), args),
-                      **dict(zip(symbol.list_auxiliary_states(), aux)))
-        if all(tuple(shapes[n]) == weights[n].shape for n in shapes if n in weights):
-            return (1, size, size)
-    raise RunError('the weights fit no square grayscale input of 8 to 128 pixels')
+    for channels in (1, 2):
+        for size in SIZES:
+            try:
+                args, _, aux = symbol.infer_shape(data=(1, channels, size, size))
+            except mx.MXNetError:
+                continue
+            shapes = dict(zip(symbol.list_arguments(), args),
+                          **dict(zip(symbol.list_auxiliary_states(), aux)))
+            if all(tuple(shapes[n]) == weights[n].shape for n in shapes if n in weights):
+                return (channels, size, size)
+    raise RunError('the weights fit no square input of one or two channels and 8 to 128 pixels')
 
 
 # ---- snapshots.npz --------------------------------------------------------------------
@@ -319,17 +341,18 @@ def to_uint8(images):
 def record_snapshot(run_dir, epoch, images, transformed, grid):
     """Store the transformer's output for a fixed batch after ``epoch`` in RUN/snapshots.npz.
 
-    ``images`` (N, 1, H, W) in [0, 1], e.g. test_x[:16] (16 images make a 4 x 4
-    animation), and the transformer's ``transformed`` (N, 1, H', W') and sampling ``grid``
-    (N, 2, H', W') for them (stn.sampling_grid), numpy arrays. Epoch 0 is before
-    training. The file holds inputs (N, 1, H, W) uint8, frames (E, N, 1, H', W') uint8,
-    outlines (E, N, M, 2) float32 (``geometry.outline`` with per_side=SNAPSHOT_SIDE: M = 64
+    ``images`` (N, C, H, W) in [0, 1], e.g. test_x[:16] (16 images make a 4 x 4
+    animation), and the transformer's ``transformed`` (N, C, H', W') and sampling ``grid``
+    (N, 2, H', W') for them (stn.sampling_grid), numpy arrays; K transformers side by
+    side give (N, K*C, H', W') and (N, 2K, H', W'). Epoch 0 is before training. The file
+    holds inputs (N, C, H, W) uint8, frames (E, N, K*C, H', W') uint8, outlines (E, N, M, 2)
+    or (E, K, N, M, 2) float32 (``geometry.outlines_of`` with per_side=SNAPSHOT_SIDE: M = 64
     for outputs of 17 pixels or more a side, about 8 KB per epoch for 16 images) and
     epochs (E,); frames of epochs >= ``epoch`` (a resumed run) and of another input
     batch are dropped. Written atomically.
     """
     inputs, frame = to_uint8(images), to_uint8(transformed)
-    lines = outline(grid, *images.shape[2:], per_side=SNAPSHOT_SIDE).astype(np.float32)
+    lines = outlines_of(grid, *images.shape[2:], per_side=SNAPSHOT_SIDE).astype(np.float32)
     path = os.path.join(run_dir, 'snapshots.npz')
     epochs, frames, outlines = np.zeros(0, np.int64), frame[None][:0], lines[None][:0]
     try:

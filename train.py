@@ -48,9 +48,11 @@ from symbolic import ModuleModel
 # them, only CHANGEABLE may be given anew on the command line when resuming.
 RUN_FLAGS = ['api', 'dataset', 'data_seed', 'fresh_distortions', 'epochs', 'batch_size', 'lr',
              'lr_steps', 'lr_factor', 'lr_mode', 'warmup_epochs', 'optimizer', 'momentum',
-             'loc_lr_mult', 'seed', 'train_size', 'model', 'transform', 'tps_grid', 'width']
+             'loc_lr_mult', 'seed', 'train_size', 'model', 'transform', 'tps_grid', 'width',
+             'transformers']
 CHANGEABLE = ['epochs', 'lr']   # extend a run; a smaller rate after a divergence
-ADDED_LATER = ['lr_mode', 'warmup_epochs']   # configs written before them used the defaults
+# configs written before these flags used their defaults
+ADDED_LATER = ['lr_mode', 'warmup_epochs', 'transformers']
 TRANSFORMS = ('none',) + stn.TRANSFORMS
 MAX_SEED = 999_999   # the per-epoch seed is seed * 1000 + epoch, within numpy's 2**32
 
@@ -123,6 +125,9 @@ def parse_args(argv=None):
         p.error(f'argument --momentum: {args.momentum} must be in [0, 1)')
     if not 0 <= args.warmup_epochs < args.epochs:
         p.error(f'argument --warmup-epochs: {args.warmup_epochs} must be >= 0 and below --epochs')
+    if args.transformers > 1 and (args.transform == 'none' or args.api == 'symbol'):
+        p.error(f'argument --transformers: {args.transformers} transformers need --api gluon '
+                f'and a --transform')
     if args.tps_grid < 2:
         p.error(f'argument --tps-grid: {args.tps_grid} must be >= 2')
     if args.width is not None and args.model == 'lenet':
@@ -238,6 +243,10 @@ def parser():
                        help='spatial transformer family in front of the classifier')
     which.add_argument('--no-stn', dest='transform', action='store_const', const='none',
                        help='no transformer: --transform none')
+    p.add_argument('--transformers', type=positive(int), default=1,
+                   help='transformers side by side, each reading the whole input and '
+                        'warping all its channels, their outputs concatenated (the paper\'s '
+                        '2xST for --dataset addition: 2)')
     p.add_argument('--tps-grid', type=positive(int), default=4,
                    help='--transform tps: N x N control points')
     p.add_argument('--width', type=positive(int), default=None,
@@ -273,9 +282,10 @@ def parser():
 
 
 def budget(args, image_shape):
-    """The parameter budget fcn/cnn are fitted to: the experiment's times --budget-mult."""
-    side = image_shape[1]
-    return round(args.budget_mult * net.BUDGETS[side]) if side in net.BUDGETS else None
+    """The parameter budget fcn/cnn are fitted to: the experiment's (net.BUDGETS, per input
+    channel) times --budget-mult."""
+    channels, side = image_shape[:2]
+    return round(args.budget_mult * net.BUDGETS[side] * channels) if side in net.BUDGETS else None
 
 
 def resolve_width(args, image_shape):
@@ -283,7 +293,9 @@ def resolve_width(args, image_shape):
     if args.width is None and args.model != 'lenet':
         args.width = net.fit_width(args.model, args.transform, image_shape,
                                    budget=budget(args, image_shape),
-                                   pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid)
+                                   pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid,
+                                   num_classes=distort.num_classes(args.dataset),
+                                   transformers=args.transformers)
 
 
 def describe(args):
@@ -291,9 +303,10 @@ def describe(args):
     name = {'lenet': 'LeNet', 'fcn': 'FCN', 'cnn': 'CNN'}[args.model]
     if args.transform == 'none':
         return name
+    count = f'{args.transformers}x' if args.transformers > 1 else ''
     if args.model == 'lenet':
-        return f'STN ({args.transform}) + LeNet'
-    return f'ST-{name} ({args.transform})'
+        return f'{count}STN ({args.transform}) + LeNet'
+    return f'{count}ST-{name} ({args.transform})'
 
 
 def summary(args):
@@ -304,7 +317,8 @@ def summary(args):
     model.initialize(mx.init.Xavier(magnitude=2.24))
     x = mx.nd.zeros((1, *image_shape))
     model(x)
-    print(f'{describe(args)} on {args.dataset} ({"x".join(map(str, image_shape[1:]))} inputs)'
+    shown = image_shape[1:] if image_shape[0] == 1 else image_shape
+    print(f'{describe(args)} on {args.dataset} ({"x".join(map(str, shown))} inputs)'
           + (f', width {args.width}' if args.width else '')
           + (', 2x2 average pooling after the transformer' if pool_after_stn(args) else ''))
     model.summary(x)
@@ -323,7 +337,9 @@ def snapshot(model, images, out, epoch):
     args = model.args
     if args.transform != 'none':
         transformed, theta = model.transform(images)
-        grid = stn.sampling_grid(theta, args.transform, transformed.shape[2:], args.tps_grid)
+        grid = np.concatenate([stn.sampling_grid(t, args.transform, transformed.shape[2:],
+                                                 args.tps_grid)
+                               for t in np.split(theta, args.transformers, axis=1)], axis=1)
         rundir.record_snapshot(out, epoch, images, transformed, grid)
 
 

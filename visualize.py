@@ -41,10 +41,10 @@ import distort  # noqa: E402
 import mnist  # noqa: E402
 import rundir  # noqa: E402
 import stn  # noqa: E402
-from geometry import outline  # noqa: E402
+from geometry import outline, outlines_of  # noqa: E402
 from rundir import GRID_CONSTANTS, GRIDS, THETA, TRANSFORMED, RunError  # noqa: E402
 
-BOX_COLOR = '#ffb000'
+BOX_COLORS = ('#ffb000', '#00c8ff', '#ff50ff', '#80ff80')   # one per transformer
 
 
 # ---- tiles and outlines ---------------------------------------------------------------
@@ -76,19 +76,27 @@ def to_unit(images):
 
 # ---- compare.jpg ----------------------------------------------------------------------
 
-def show_grid(ax, images, title, nrow):
-    ax.imshow(make_grid(to_unit(images), nrow), cmap='gray', vmin=0, vmax=1,
+def as_shown(images):
+    """Images (N, C, H, W) as imshow takes them: one channel as it is, two (MNIST
+    addition's digits) as red and green, the overlap yellow."""
+    if images.shape[1] != 2:
+        return images
+    return np.concatenate([images, np.zeros_like(images[:, :1])], 1)
+
+
+def show_grid(ax, images, title, nrow, color='black'):
+    ax.imshow(make_grid(as_shown(to_unit(images)), nrow), cmap='gray', vmin=0, vmax=1,
               interpolation='nearest')
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title, fontsize=11, color=color)
     ax.axis('off')
 
 
-def draw_outlines(ax, outlines, height, width, nrow):
+def draw_outlines(ax, outlines, height, width, nrow, color=BOX_COLORS[0]):
     """Draw each closed outline (M, 2) of ``outlines`` (N, M, 2) on its tile of
     make_grid's layout in ``ax``, clipped to that tile's pixels; returns the patches."""
     patches = []
     for (x, y), points in zip(tile_origins(len(outlines), height, width, nrow), outlines):
-        polygon = Polygon(points + [x, y], closed=True, fill=False, edgecolor=BOX_COLOR,
+        polygon = Polygon(points + [x, y], closed=True, fill=False, edgecolor=color,
                           linewidth=0.9)
         ax.add_patch(polygon)
         tile = Rectangle((x - 0.5, y - 0.5), width, height, transform=ax.transData)
@@ -98,28 +106,36 @@ def draw_outlines(ax, outlines, height, width, nrow):
 
 
 def compare_figure(images, transformed, outlines, predicted=None, labels=None, nrow=8,
-                   figsize=(10, 5.4), title=None):
-    """Inputs (N, 1, H, W) with the outlines of their sampled regions beside the outputs
-    (N, 1, H', W').
+                   figsize=None, title=None):
+    """Inputs (N, C, H, W) with the outlines of their sampled regions beside the outputs
+    (N, C, H', W'); with K transformers side by side, outputs (N, K*C, H', W') and
+    outlines (K, N, M, 2), one panel and one outline colour per transformer.
 
     ``outlines`` (N, M, 2): input pixel coordinates (x, y) of each closed outline, as
     ``outline`` gives them; each is drawn on its input's tile and clipped to it.
-    ``predicted`` (N,) classes are written on the outputs, in red where they differ
-    from ``labels`` (N,). Returns the matplotlib figure.
+    ``predicted`` (N,) classes are written on the (last) outputs, in red where they
+    differ from ``labels`` (N,). Two-channel images show as red and green. Returns the
+    matplotlib figure (10 x 5.4 inches for one transformer, 5 more per extra one).
     """
-    n, _, h, w = images.shape
-    fig, (left, right) = plt.subplots(1, 2, figsize=figsize)
-    show_grid(left, images, 'Dataset Images', nrow)
-    draw_outlines(left, outlines, h, w, nrow)
-    heading = 'Transformed Images'
-    if predicted is not None:
-        heading += ' (prediction' + ('; red: wrong)' if labels is not None else ')')
-        origins = tile_origins(n, *transformed.shape[2:], nrow)
-        for k, (x, y) in enumerate(origins):
-            wrong = labels is not None and predicted[k] != labels[k]
-            right.text(x + 0.5, y + 0.5, str(int(predicted[k])), va='top', ha='left',
-                       fontsize=7, fontweight='bold', color='red' if wrong else '#40ff40')
-    show_grid(right, transformed, heading, nrow)
+    n, c, h, w = images.shape
+    outlines = np.asarray(outlines)
+    outlines = outlines[None] if outlines.ndim == 3 else outlines
+    count = len(outlines)
+    fig, axes = plt.subplots(1, 1 + count, figsize=figsize or (5 + 5 * count, 5.4))
+    show_grid(axes[0], images, 'Dataset Images', nrow)
+    for k, lines in enumerate(outlines):
+        draw_outlines(axes[0], lines, h, w, nrow, BOX_COLORS[k % len(BOX_COLORS)])
+    for k, ax in enumerate(axes[1:]):
+        heading = 'Transformed Images' if count == 1 else f'Transformer {k + 1}'
+        if predicted is not None and k == count - 1:
+            heading += ' (prediction' + ('; red: wrong)' if labels is not None else ')')
+            origins = tile_origins(n, *transformed.shape[2:], nrow)
+            for i, (x, y) in enumerate(origins):
+                wrong = labels is not None and predicted[i] != labels[i]
+                ax.text(x + 0.5, y + 0.5, str(int(predicted[i])), va='top', ha='left',
+                        fontsize=7, fontweight='bold', color='red' if wrong else '#40ff40')
+        show_grid(ax, transformed[:, k * c:(k + 1) * c], heading, nrow,
+                  'black' if count == 1 else BOX_COLORS[k % len(BOX_COLORS)])
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -127,7 +143,8 @@ def compare_figure(images, transformed, outlines, predicted=None, labels=None, n
 
 
 def write_compare(path, images, transformed, outlines, predicted=None, labels=None):
-    """compare.jpg (1000 x 540 pixels) from arrays; see ``compare_figure``."""
+    """compare.jpg (1000 x 540 pixels, 500 wider per extra transformer) from arrays; see
+    ``compare_figure``."""
     fig = compare_figure(images, transformed, outlines, predicted, labels)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -148,7 +165,9 @@ def save_samples(images, path, title):
 
 def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
     """The run's exported network as a block: x (N, C, H, W) -> (transformed (N, C, H', W'),
-    grid (N, 2, H', W'), logits (N, classes)), for a transformer of any family.
+    grid (N, 2, H', W'), logits (N, classes)), for a transformer of any family; with K
+    transformers side by side (net.ParallelTransformers) their outputs and grids are
+    concatenated: (N, K*C, H', W') and (N, 2K, H', W').
 
     ``grid`` is the sampling grid (stn.py's convention: the normalised input point x, y
     each output pixel reads; see ``outline``), the symbol's own grid node. Built from
@@ -159,26 +178,30 @@ def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
     """
     sym, weights, symbol_file, params_file = rundir.load_export(run_dir)   # checked
     internals = sym.get_internals()
-    transformed = [name for name in TRANSFORMED if name in internals.list_outputs()]
+    transformed = rundir.transformer_outputs(internals.list_outputs())
     if not transformed:
         raise RunError(f'{symbol_file} has no spatial transformer (none of {TRANSFORMED} '
                        f'is among its internals): a plain LeNet (--no-stn) run has nothing to '
                        f'show. Pass --out RUN_DIR of an STN run.')
     if image_shape is not None:
         check_input_shape(sym, params_file, weights, tuple(image_shape))
-    outputs = mx.sym.Group([internals[transformed[0]], grid_of(internals, transformed[0], run_dir),
-                            sym])
-    block = gluon.SymbolBlock(outputs, mx.sym.var('data', dtype='float32'))
+    outputs, grids = [internals[t] for t in transformed], [grid_of(internals, t, run_dir)
+                                                           for t in transformed]
+    if len(transformed) > 1:   # net.ParallelTransformers: K outputs and grids, side by side
+        outputs, grids = [mx.sym.concat(*outputs, dim=1)], [mx.sym.concat(*grids, dim=1)]
+    block = gluon.SymbolBlock(mx.sym.Group([*outputs, *grids, sym]),
+                              mx.sym.var('data', dtype='float32'))
     block.collect_params().load(params_file, ctx=ctx)
     return block
 
 
 def grid_of(internals, transformed, run_dir):
-    """The sampling grid among an exported symbol's ``internals``: its grid node, or for a
-    sym.SpatialTransformer (affine only; the grid is made inside the operator) the affine
-    grid of theta on the transformer's target_shape."""
+    """The sampling grid among an exported symbol's ``internals`` of the transformer whose
+    output node is ``transformed``: its grid node, or for a sym.SpatialTransformer (affine
+    only; the grid is made inside the operator) the affine grid of theta on the
+    transformer's target_shape."""
     names = internals.list_outputs()
-    for name in GRIDS:
+    for name in rundir.grid_names(transformed):
         if name in names:
             return internals[name]
     transform = rundir.read_config(run_dir).get('transform', 'affine')
@@ -194,13 +217,16 @@ def grid_of(internals, transformed, run_dir):
 def trained_shape(sym, saved):
     """(H', W') of the transformer's output, which is the training images' H x W: from the
     grid generator's target_shape, or the projective/TPS grid constant among the ``saved``
-    shapes by name; None if neither is there."""
+    shapes by name (of the first transformer); None if neither is there."""
     internals = sym.get_internals()
-    for name in (GRIDS[0], rundir.SYMBOL_TRANSFORMED):
-        if name in internals.list_outputs() and internals[name].attr('target_shape'):
+    for name in internals.list_outputs():
+        if name.startswith('net_stn') and name.endswith(('_gridgenerator0_output',
+                                                         '_transformer_output')) \
+                and internals[name].attr('target_shape'):
             return tuple(int(n) for n in re.findall(r'\d+', internals[name].attr('target_shape')))
-    for name in GRID_CONSTANTS:
-        if name in saved:
+    for name in sorted(saved):
+        if name.startswith('net_stn') and name.endswith(tuple(c[len('net_stn'):]
+                                                              for c in GRID_CONSTANTS)):
             return tuple(saved[name][1:])
     return None
 
@@ -226,10 +252,10 @@ def compare_run(run_dir, images, labels=None, model=None):
     """RUN_DIR/compare.jpg for ``images`` (N, C, H, W), through the run's exported network
     (``model``: that network from ``load_model``, if already loaded)."""
     model = model or load_model(run_dir, images.shape[1:])
-    transformed, grid, logits = model(mx.nd.array(images))
+    transformed, grid, logits = (a.asnumpy() for a in model(mx.nd.array(images)))
     path = os.path.join(run_dir, 'compare.jpg')
-    write_compare(path, images, transformed.asnumpy(), outline(grid.asnumpy(), *images.shape[2:]),
-                  logits.argmax(axis=1).asnumpy().astype(int), labels)
+    write_compare(path, images, transformed, outlines_of(grid, *images.shape[2:]),
+                  logits.argmax(axis=1).astype(int), labels)
     return path
 
 

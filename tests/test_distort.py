@@ -261,3 +261,45 @@ def test_a_folder_where_the_cache_belongs_is_a_clear_error(cache):
     (folder / f'r-seed0-v{distort.VERSION}.npz').mkdir()
     with pytest.raises(distort.CacheError, match='is a folder, where the cache file of set r belongs'):
         distort.load('r', digits)
+
+
+# ---- MNIST addition (appendix A.1) ------------------------------------------------------------
+
+def test_addition_pairs_each_digit_with_a_partner_and_labels_the_pair_with_their_sum(digits):
+    labels = np.arange(len(digits)) % 10
+    pairs, sums = distort.pair(digits, labels, seed=(0, 0))
+    assert pairs.shape == (len(digits), 2, 28, 28) and sums.max() <= 18
+    np.testing.assert_array_equal(pairs[:, :1], digits)                 # channel 0: the digit
+    partner = [np.flatnonzero((digits[:, 0] == p).all((1, 2)))[0] for p in pairs[:, 1]]
+    np.testing.assert_array_equal(sums, labels + labels[partner])       # channel 1: its partner
+    assert len(set(partner)) == len(digits)                             # a permutation
+    again = distort.pair(digits, labels, seed=(0, 0))[1]
+    np.testing.assert_array_equal(again, sums)                          # the seed decides
+
+
+def test_each_addition_channel_holds_one_whole_rts_digit(digits):
+    pairs, _ = distort.pair(digits, np.zeros(len(digits), int), seed=(0, 0))
+    out, info = distort.distort('addition', pairs, seed=0)
+    assert out.shape == (len(digits), 2, 42, 42) and distort.image_shape('addition') == (2, 42, 42)
+    assert distort.num_classes('addition') == 19 and distort.num_classes('rts') == 10
+    for k in range(2):
+        # each channel's ink is its own digit's, scaled (none lost off the canvas) ...
+        np.testing.assert_allclose(mass(out[:, k:k + 1]), mass(pairs[:, k:k + 1]) * info['scale'][:, k] ** 2,
+                                   rtol=0.05)
+        border = np.concatenate([out[:, k, 0], out[:, k, -1], out[:, k, :, 0], out[:, k, :, -1]], 1)
+        assert border.max() < 0.1
+    # ... and the two digits are distorted independently
+    assert not np.allclose(info['angle'][:, 0], info['angle'][:, 1])
+    assert not np.allclose(info['shift'][:, 0], info['shift'][:, 1])
+
+
+def test_the_addition_set_keeps_its_pairs_in_the_cache_and_for_fresh_distortions(cache):
+    folder, digits = cache
+    train_x, train_y, test_x, test_y = distort.load('addition', digits)
+    assert train_x.shape == (200, 2, 42, 42) and test_x.shape == (50, 2, 42, 42)
+    np.testing.assert_array_equal(train_y, distort.pair(digits[0], digits[1], (0, 0))[1])
+    again = distort.load('addition', digits)                           # from the cache
+    assert again[0].tobytes() == train_x.tobytes() and (again[1] == train_y).all()
+    fresh = distort.fresh_training_set('addition', distort.pair(digits[0], digits[1], (0, 0))[0],
+                                       seed=0, epoch=3)
+    assert fresh.shape == train_x.shape and not np.allclose(fresh, train_x)

@@ -17,14 +17,14 @@ from test_mnist import REAL_DIR, needs_mnist
 TRANSFORMS = ['none', 'affine', 'attention', 'projective', 'tps']
 
 
-def images(n=2, size=28, seed=0):
-    return mx.nd.array(np.random.RandomState(seed).rand(n, 1, size, size).astype(np.float32))
+def images(n=2, size=28, seed=0, channels=1):
+    return mx.nd.array(np.random.RandomState(seed).rand(n, channels, size, size).astype(np.float32))
 
 
-def built(size=28, **kwargs):
+def built(size=28, channels=1, **kwargs):
     model = Net(**kwargs)
     model.initialize(mx.init.Xavier())
-    model(images(size=size))
+    model(images(size=size, channels=channels))
     return model
 
 
@@ -104,6 +104,69 @@ def test_an_unknown_model_is_a_clear_error():
         Net(model='resnet')
 
 
+# ---- transformers in parallel (MNIST addition's 2xST, appendix A.1) ----------------------------
+
+def two_channel_pairs(n=4):
+    """(n, 2, 42, 42): a blob in channel 0 at the left, another in channel 1 at the right."""
+    x = np.zeros((n, 2, 42, 42), np.float32)
+    x[:, 0, 15:25, 5:15] = 1
+    x[:, 1, 20:30, 28:38] = 1
+    return mx.nd.array(x)
+
+
+@pytest.mark.parametrize('model', ['fcn', 'cnn'])
+def test_parallel_transformers_start_as_the_identity_and_stack_their_outputs(model):
+    two = built(42, model=model, transform='affine', transformers=2, channels=2)
+    x = two_channel_pairs()
+    out, theta = two.stn(x)
+    assert out.shape == (4, 4, 42, 42) and theta.shape == (4, 12)
+    np.testing.assert_allclose(out.asnumpy(), np.concatenate([x.asnumpy()] * 2, 1), atol=1e-5)
+    assert sorted({p.split('_')[1] for p in two.collect_params() if '_stn' in p}) == ['stn0', 'stn1']
+
+
+def test_each_parallel_transformer_gets_its_own_gradient():
+    two = built(42, model='fcn', transform='affine', transformers=2, channels=2)
+    x = two_channel_pairs()
+    with mx.autograd.record():
+        out, _ = two.stn(x)
+        # a loss on the first transformer's two channels only
+        loss = (out[:, :2] * mx.nd.arange(42).reshape((1, 1, 1, 42))).sum()
+    loss.backward()
+    grads = {k: v.grad().abs().sum().asscalar() for k, v in two.collect_params().items()
+             if k.endswith('regressor_bias')}
+    assert grads['net_stn0_regressor_bias'] > 0 and grads['net_stn1_regressor_bias'] == 0
+    # and the two are separate parameters: a step on one leaves the other at the identity
+    trainer = gluon.Trainer(two.collect_params(), 'sgd', {'learning_rate': 0.1})
+    trainer.step(1, ignore_stale_grad=True)
+    theta = {k: v.data().asnumpy() for k, v in two.collect_params().items()
+             if k.endswith('regressor_bias')}
+    assert not np.allclose(theta['net_stn0_regressor_bias'], theta['net_stn1_regressor_bias'])
+    np.testing.assert_allclose(theta['net_stn1_regressor_bias'], [1, 0, 0, 0, 1, 0])
+
+
+def test_a_net_with_parallel_transformers_exports_and_loads(tmp_path):
+    two = built(42, model='fcn', transform='tps', transformers=2, channels=2, num_classes=19,
+                pool_after_stn=True)
+    two.hybridize()
+    x = two_channel_pairs()
+    logits = two(x)
+    assert logits.shape == (4, 19)
+    two.export(str(tmp_path / 'model'), epoch=1)
+    loaded = gluon.SymbolBlock.imports(str(tmp_path / 'model-symbol.json'), ['data'],
+                                       str(tmp_path / 'model-0001.params'))
+    np.testing.assert_allclose(loaded(x).asnumpy(), logits.asnumpy(), atol=1e-5)
+
+
+def test_transformers_in_parallel_need_a_family_and_the_gluon_api(capsys):
+    with pytest.raises(ValueError, match='transformers must be >= 1'):
+        Net(model='fcn', transformers=0)
+    for flags in (['--no-stn'], ['--api', 'symbol']):
+        with pytest.raises(SystemExit):
+            train.parse_args(['--transformers', '2', *flags])
+        assert '--transformers: 2 transformers need --api gluon and a --transform' in \
+            capsys.readouterr().err
+
+
 def test_a_paper_model_exports_and_loads_with_symbolblock_imports(tmp_path):
     model = built(42, model='cnn', transform='projective', width=8, pool_after_stn=True)
     model.hybridize()
@@ -173,8 +236,10 @@ def test_the_symbol_api_still_takes_the_seed_network_with_or_without_a_transform
 
 
 @pytest.mark.parametrize('dataset, model, pooled', [('rts', 'cnn', True), ('tc', 'fcn', True),
+                                                    ('addition', 'fcn', True),
                                                     ('rts', 'lenet', False), ('p', 'cnn', False)])
-def test_only_fcn_and_cnn_pool_after_the_transformer_and_only_on_rts_and_tc(dataset, model, pooled):
+def test_only_fcn_and_cnn_pool_after_the_transformer_and_only_on_the_large_canvases(dataset, model,
+                                                                                    pooled):
     args = train.parse_args(['--dataset', dataset, '--model', model])
     assert engine.pool_after_stn(args) == pooled
     args = train.parse_args(['--dataset', dataset, '--model', model, '--no-stn'])

@@ -108,6 +108,26 @@ def test_onnx_runtime_gives_the_mxnet_logits_and_transformer_output(tmp_path, ap
         assert (transformed == 0).mean() > 0.1   # the transforms read outside the image
 
 
+def test_parallel_transformers_export_their_outputs_side_by_side(tmp_path):
+    import net
+    rng = np.random.RandomState(3)
+    two = net.Net(model='fcn', transform='affine', transformers=2, num_classes=19,
+                  pool_after_stn=True)
+    two.initialize(mx.init.Xavier())
+    two.hybridize()
+    two(mx.nd.zeros((1, 2, 42, 42)))
+    for k, transformer in enumerate(two.stn.transformers):   # two different zooms
+        transformer.regressor.bias.set_data(mx.nd.array(far_reaching('affine', rng)))
+    x = rng.rand(5, 2, 42, 42).astype(np.float32)
+    logits, (transformed, _) = two(mx.nd.array(x)).asnumpy(), two.stn(mx.nd.array(x))
+    two.export(str(tmp_path / 'model'))
+    session = onnxruntime.InferenceSession(export_onnx.export(str(tmp_path / 'model')))
+    got_logits, got_transformed = session.run(None, {'data': x})
+    assert got_logits.shape == (5, 19) and got_transformed.shape == (5, 4, 42, 42)
+    np.testing.assert_allclose(got_transformed, transformed.asnumpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got_logits, logits, atol=1e-4, rtol=0)
+
+
 def test_a_network_without_a_transformer_exports_its_logits_only(tmp_path):
     block = nn.HybridSequential(prefix='net_')
     block.add(nn.Conv2D(4, 3), nn.Dense(10))

@@ -15,7 +15,7 @@ import stn
 import symbolic
 import train
 import visualize
-from geometry import outline
+from geometry import outline, outlines_of
 from net import Net
 from stn import IDENTITY
 from test_mnist import REAL_DIR, needs_mnist
@@ -67,6 +67,22 @@ def exported_run(folder, size=28, epochs=3, transform='affine', bias=None, tps_g
         net.stn.regressor.bias.set_data(mx.nd.array(bias))
     net.export(os.path.join(folder, 'model'), epoch=epochs)
     write_config(folder, size, epochs, transform=transform, tps_grid=tps_grid)
+    return str(folder)
+
+
+def parallel_run(folder, biases, size=42):
+    """A run folder holding an exported 2xST-FCN (MNIST addition) whose two transformers
+    have the regressor ``biases`` (affine thetas)."""
+    mx.random.seed(0)
+    two = Net(model='fcn', transform='affine', transformers=2, num_classes=19,
+              pool_after_stn=True)
+    two.initialize(mx.init.Xavier())
+    two.hybridize()
+    two(mx.nd.zeros((2, 2, size, size)))
+    for transformer, bias in zip(two.stn.transformers, biases):
+        transformer.regressor.bias.set_data(mx.nd.array(bias))
+    two.export(os.path.join(folder, 'model'), epoch=1)
+    write_config(folder, size, 1, transform='affine', tps_grid=4)
     return str(folder)
 
 
@@ -251,7 +267,7 @@ def test_each_outline_is_clipped_to_its_own_tile_and_the_identity_border_stays_i
     height = picture.shape[0]
     rows = slice(int(round(height - max(y0, y1))), int(round(height - min(y0, y1))))
     tile2 = picture[rows, int(round(min(x0, x1))):int(round(max(x0, x1)))]
-    orange = np.array(matplotlib.colors.to_rgb(visualize.BOX_COLOR)) * 255
+    orange = np.array(matplotlib.colors.to_rgb(visualize.BOX_COLORS[0])) * 255
     near = np.abs(tile2 - orange).max(-1) < 60
     edge = int(np.ceil(tile2.shape[1] / 28))   # the border runs half a pixel inside the tile
     assert near[:, :edge].any() and near[:, -edge:].any() and near[:edge].any() \
@@ -411,7 +427,7 @@ def test_train_snapshots_a_tps_net_and_animate_draws_its_curved_outlines(tmp_pat
     net, images = fresh_net(42, transform='tps', tps_grid=3), digits(16, size=42)
 
     class Model:   # what train.snapshot needs of train.GluonModel
-        args = argparse.Namespace(transform='tps', tps_grid=3)
+        args = argparse.Namespace(transform='tps', tps_grid=3, transformers=1)
 
         def transform(self, x):
             out, theta = net.stn(mx.nd.array(x))
@@ -470,3 +486,31 @@ def test_a_malformed_metrics_row_exits_with_a_message(tmp_path):
     open(os.path.join(run, 'metrics.csv'), 'w').write(text)
     with pytest.raises(SystemExit, match='metrics.csv, line 3: malformed row'):
         visualize.main(['--curves', run, '--out', str(tmp_path)])
+
+
+# ---- parallel transformers (MNIST addition) -------------------------------------------------
+
+def test_the_pictures_of_parallel_transformers_show_each_ones_region_and_output(tmp_path):
+    left = [0.5, 0, -0.5, 0, 0.5, 0]     # transformer 1 zooms on the left half
+    right = [0.5, 0, 0.5, 0, 0.5, 0]     # transformer 2 on the right half
+    run = parallel_run(tmp_path, [left, right])
+    model = visualize.load_model(run, (2, 42, 42))
+    x = np.zeros((3, 2, 42, 42), np.float32)
+    x[:, 0, 15:25, 2:18] = 1                        # digit 1 (red) on the left,
+    x[:, 1, 15:25, 24:40] = 1                       # digit 2 (green) on the right
+    transformed, grid, logits = (a.asnumpy() for a in model(mx.nd.array(x)))
+    assert transformed.shape == (3, 4, 42, 42) and grid.shape == (3, 4, 42, 42)
+    assert logits.shape == (3, 19)
+    # each transformer's output holds its own half: digit 1 fills transformer 1's view
+    assert transformed[:, 0].mean() > 0.3 and transformed[:, 1].mean() < 0.01
+    assert transformed[:, 3].mean() > 0.3 and transformed[:, 2].mean() < 0.01
+    lines = outlines_of(grid, 42, 42)
+    assert lines.shape[:2] == (2, 3)
+    assert lines[0][..., 0].max() <= 20.5 <= lines[1][..., 0].min()   # left and right halves
+    fig = visualize.compare_figure(x, transformed, lines)
+    assert len(fig.axes) == 3                                      # inputs + one per transformer
+    colors = {matplotlib.colors.to_hex(p.get_edgecolor()) for p in fig.axes[0].patches}
+    assert colors == {visualize.BOX_COLORS[0], visualize.BOX_COLORS[1]}
+    assert fig.axes[0].images[0].get_array().shape[-1] == 3        # two channels as colours
+    path = visualize.compare_run(run, x)
+    assert Image.open(path).size == (1500, 540)
