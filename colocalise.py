@@ -1,0 +1,256 @@
+"""Co-localisation (Jaderberg et al. 2015, appendix A.2): a spatial transformer learns to
+find the digit in 100 images of one class with no box labels, trained only by a triplet
+hinge loss on the embeddings of its crops.
+
+    python train.py --model cnn --no-stn --epochs 2 --out result/mnist-cnn   # the encoder
+    python colocalise.py --encoder result/mnist-cnn --out result/coloc            # translated
+    python colocalise.py --encoder result/mnist-cnn --clutter --out result/coloc-clutter
+
+Data: for each digit class, 100 test digits of that class, each at a uniformly random
+place on an 84x84 black canvas; with --clutter, 16 random 6x6 crops of other training
+digits pasted anywhere too. The digit's box is its 28x28 frame.
+
+Model: an attention transformer (theta = [s, tx, ty], stn.py) whose localisation net is
+the paper's: conv 9x9 (8 filters, stride 4) -> max-pool 2x2 -> fc 8 -> fc 8 -> fc 3 (the
+regressor), ReLU; it crops a 28x28 view I^T = T_theta(I). Encoder e: the supervised MNIST
+CNN of section 4.1 (a train.py run's export, frozen), its two hidden stages and its logits
+flattened and concatenated.
+
+Loss (paper, A.2), over random pairs n != m of the class's images:
+
+    max(0, ||e(I_n^T) - e(I_m^T)||^2 - ||e(I_n^T) - e(I_n^rand)||^2 + margin),   margin 1
+
+I_n^rand a random 28x28 patch of the same image. Metric: the fraction of images whose
+crop overlaps the digit's box with IoU > 0.5 (the paper: 100% on translated digits, 75-93%
+with clutter). Writes OUT/result.json (per class and mean) and OUT/boxes.png.
+"""
+import argparse
+import json
+import os
+
+import compat  # noqa: F401  (before mxnet)
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+
+import atomic
+import distort
+import mnist
+import rundir
+from stn import SpatialTransformer
+
+CANVAS, DIGIT, PATCH = 84, 28, 6
+ENCODER_LAYERS = ('net_cnn_pool0_fwd_output', 'net_cnn_pool1_fwd_output', 'net_cnn_dense0_fwd_output')
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+def canvases(digits, others, rng, clutter=0, canvas=CANVAS):
+    """``digits`` (N, 1, 28, 28) each at a uniformly random place on a canvas x canvas
+    black image, with ``clutter`` random 6x6 crops of ``others`` (M, 1, 28, 28) pasted
+    anywhere (combined with max, so the digit stays whole). Returns (images (N, 1, C, C)
+    float32, boxes (N, 4)): the digit's 28x28 frame as x0, y0, x1, y1 in pixels, the
+    corners of its pixels' extent (x1 = x0 + 28)."""
+    n = len(digits)
+    out = np.zeros((n, canvas, canvas), np.float32)
+    x, y = (rng.integers(0, canvas - DIGIT, n, endpoint=True) for _ in range(2))
+    distort.paste(out, digits[:, 0], x, y)
+    for _ in range(clutter):
+        source = others[rng.integers(0, len(others), n), 0]
+        cx, cy = (rng.integers(4, 24 - PATCH, n, endpoint=True) for _ in range(2))
+        crop = source[np.arange(n)[:, None, None], (cy[:, None] + np.arange(PATCH))[:, :, None],
+                      (cx[:, None] + np.arange(PATCH))[:, None, :]]
+        distort.paste(out, crop, *(rng.integers(0, canvas - PATCH, n, endpoint=True)
+                                   for _ in range(2)))
+    return out[:, None], np.stack([x, y, x + DIGIT, y + DIGIT], 1).astype(np.float32)
+
+
+def class_set(digits, labels, digit, count=100, clutter=0, seed=0):
+    """The co-localisation set of one ``digit`` class: its first ``count`` images of
+    ``digits`` on canvases (``canvases``), clutter from the other images."""
+    rng = np.random.default_rng([seed, digit, clutter])
+    chosen = np.flatnonzero(labels == digit)[:count]
+    return canvases(digits[chosen], digits, rng, clutter)
+
+
+# ---- boxes --------------------------------------------------------------------------------
+
+def crop_boxes(theta, canvas=CANVAS, size=DIGIT):
+    """The input region an attention crop of ``size`` pixels reads, from theta (N, 3)
+    [s, tx, ty]: (N, 4) x0, y0, x1, y1 in pixels of a canvas x canvas input. The output's
+    pixel centres span tx +- s (normalised, -1 and +1 the centres of the corner pixels);
+    the box reaches half an output pixel beyond them."""
+    s, tx, ty = np.asarray(theta, np.float64).T
+    unit = (canvas - 1) / 2                                  # pixels per normalised unit
+    half = s * unit * (1 + 1 / (size - 1))                   # half of the extent, in pixels
+    cx, cy = (tx + 1) * unit + 0.5, (ty + 1) * unit + 0.5    # centre, in pixel-edge coordinates
+    return np.stack([cx - half, cy - half, cx + half, cy + half], 1)
+
+
+def iou(a, b):
+    """Intersection over union of boxes ``a`` and ``b`` (N, 4) x0, y0, x1, y1: (N,)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
+    return w * h / (area(a) + area(b) - w * h)
+
+
+# ---- model and loss ---------------------------------------------------------------------
+
+def localisation():
+    """The paper's co-localisation net: conv 9x9 (8, stride 4) -> max-pool 2x2 -> fc 8 -> fc 8."""
+    net = nn.HybridSequential(prefix='loc_')
+    with net.name_scope():
+        net.add(nn.Conv2D(8, kernel_size=9, strides=4, activation='relu'), nn.MaxPool2D(2, 2),
+                nn.Dense(8, activation='relu'), nn.Dense(8, activation='relu'))
+    return net
+
+
+def transformer():
+    """An attention transformer with ``localisation`` that crops a 28x28 view."""
+    return SpatialTransformer(target_shape=(DIGIT, DIGIT), localisation=localisation,
+                              transform='attention', prefix='stn_')
+
+
+def load_encoder(run_dir, ctx=mx.cpu()):
+    """e(): the exported MNIST CNN of ``run_dir`` (train.py --model cnn --no-stn), frozen,
+    mapping crops (N, 1, 28, 28) to its ENCODER_LAYERS flattened and concatenated."""
+    symbol, _, symbol_file, params_file = rundir.load_export(run_dir)
+    internals = symbol.get_internals()
+    missing = [name for name in ENCODER_LAYERS if name not in internals.list_outputs()]
+    if missing:
+        raise rundir.RunError(f'{symbol_file} is not a plain CNN (it lacks {", ".join(missing)}): '
+                              f'train the encoder with python train.py --model cnn --no-stn')
+    embedding = mx.sym.concat(*[mx.sym.flatten(internals[name]) for name in ENCODER_LAYERS], dim=1)
+    encoder = gluon.SymbolBlock(embedding, mx.sym.var('data'))
+    encoder.collect_params().load(params_file, ctx=ctx, ignore_extra=True)
+    encoder.collect_params().setattr('grad_req', 'null')
+    return encoder
+
+
+def triplet_loss(anchor, positive, negative, margin=1.0):
+    """The paper's hinge loss per triplet: max(0, |a - p|^2 - |a - n|^2 + margin), for
+    embeddings (N, D); (N,)."""
+    close = ((anchor - positive) ** 2).sum(axis=1)
+    far = ((anchor - negative) ** 2).sum(axis=1)
+    return mx.nd.relu(close - far + margin)
+
+
+def random_patches(n, rng, canvas=CANVAS, size=DIGIT):
+    """Attention thetas (n, 3) of random size x size patches at the canvas's own
+    resolution, anywhere inside it."""
+    s = (size - 1) / (canvas - 1)
+    return np.stack([np.full(n, s), *rng.uniform(-1 + s, 1 - s, (2, n))], 1).astype(np.float32)
+
+
+def attention_crop(images, theta, size=DIGIT):
+    """The size x size crops of ``images`` (N, C, H, W) NDArray at attention ``theta`` (N, 3)."""
+    s, tx, ty = theta[:, 0:1], theta[:, 1:2], theta[:, 2:3]
+    zero = mx.nd.zeros_like(s)
+    affine = mx.nd.concat(s, zero, tx, zero, s, ty, dim=1)
+    grid = mx.nd.GridGenerator(affine, transform_type='affine', target_shape=(size, size))
+    return mx.nd.BilinearSampler(images, grid)
+
+
+def colocalise(images, encoder, steps=300, batch=32, lr=1e-3, margin=1.0, seed=0):
+    """Train a fresh transformer on ``images`` (N, 1, 84, 84) numpy with the triplet loss
+    for ``steps`` batches of pairs; returns (transformer, mean loss of each step)."""
+    mx.random.seed(seed)
+    rng = np.random.default_rng(seed)
+    stn = transformer()
+    stn.initialize(mx.init.Xavier())
+    stn.hybridize()
+    trainer = gluon.Trainer(stn.collect_params(), 'adam', {'learning_rate': lr})
+    data, losses = mx.nd.array(images), []
+    for _ in range(steps):
+        n = rng.integers(0, len(images), batch)
+        m = (n + rng.integers(1, len(images), batch)) % len(images)      # m != n
+        negative = encoder(attention_crop(data[n], mx.nd.array(random_patches(batch, rng))))
+        with autograd.record():
+            crops, _ = stn(mx.nd.concat(data[n], data[m], dim=0))
+            embedded = encoder(crops)
+            loss = triplet_loss(embedded[:batch], embedded[batch:], negative, margin)
+        loss.backward()
+        trainer.step(batch)
+        losses.append(float(loss.mean().asscalar()))
+    return stn, losses
+
+
+def found_boxes(stn, images):
+    """The boxes (N, 4) the transformer crops on ``images`` (N, 1, 84, 84)."""
+    _, theta = stn(mx.nd.array(images))
+    return crop_boxes(theta.asnumpy(), images.shape[-1])
+
+
+# ---- pictures and command line -------------------------------------------------------------
+
+def draw_boxes(path, images, truth, found, title):
+    """A sheet of canvases with the digit's box (green) and the transformer's (orange)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    rows = len(images)
+    cols = max(len(row) for row in images)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.15), squeeze=False)
+    for r in range(rows):
+        for c, ax in enumerate(axes[r]):
+            ax.axis('off')
+            if c >= len(images[r]):
+                continue
+            ax.imshow(images[r][c, 0], cmap='gray', vmin=0, vmax=1)
+            for box, color in ((truth[r][c], '#40ff40'), (found[r][c], '#ffb000')):
+                ax.add_patch(Rectangle((box[0] - 0.5, box[1] - 0.5), box[2] - box[0],
+                                       box[3] - box[1], fill=False, edgecolor=color, lw=1))
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--encoder', required=True,
+                   help='run folder of an MNIST CNN (python train.py --model cnn --no-stn)')
+    p.add_argument('--out', default='result/coloc')
+    p.add_argument('--clutter', action='store_true', help='add 16 random 6x6 crops of other digits')
+    p.add_argument('--classes', default='0,1,2,3,4,5,6,7,8,9')
+    p.add_argument('--images', type=int, default=100, help='images per class')
+    p.add_argument('--steps', type=int, default=300, help='SGD steps (batches of pairs) per class')
+    p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--data-dir', default=None)
+    args = p.parse_args(argv)
+    classes = [int(c) for c in args.classes.split(',')]
+    try:
+        encoder = load_encoder(args.encoder)
+        _, _, test_x, test_y = mnist.load_mnist(args.data_dir)
+    except (rundir.RunError, mnist.MNISTError) as e:
+        raise SystemExit(f'error: {e}')
+    os.makedirs(args.out, exist_ok=True)
+    result, shown = {'clutter': args.clutter, 'steps': args.steps, 'images': args.images,
+                     'per_class': {}}, ([], [], [])
+    for digit in classes:
+        images, truth = class_set(test_x, test_y, digit, args.images, 16 * args.clutter, args.seed)
+        stn, losses = colocalise(images, encoder, args.steps, lr=args.lr, seed=args.seed)
+        found = found_boxes(stn, images)
+        hits = float((iou(found, truth) > 0.5).mean())
+        result['per_class'][str(digit)] = {'iou_above_0.5': hits, 'final_loss': losses[-1]}
+        print(f'class {digit}: {100 * hits:.0f}% of {len(images)} boxes with IoU > 0.5 '
+              f'(loss {losses[0]:.3f} -> {losses[-1]:.3f})', flush=True)
+        for part, values in zip(shown, (images[:8], truth[:8], found[:8])):
+            part.append(values)
+    result['mean'] = float(np.mean([c['iou_above_0.5'] for c in result['per_class'].values()]))
+    print(f'mean: {100 * result["mean"]:.1f}%')
+    atomic.write_text(os.path.join(args.out, 'result.json'), json.dumps(result, indent=2))
+    path = os.path.join(args.out, 'boxes.png')
+    draw_boxes(path, *shown, f'co-localisation{" with clutter" if args.clutter else ""}: '
+                             f'digit box green, transformer\'s crop orange')
+    print(f'wrote {os.path.join(args.out, "result.json")} and {path}')
+
+
+if __name__ == '__main__':
+    main()
