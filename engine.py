@@ -161,7 +161,8 @@ def build_net(args):
     return net.Net(model=args.model, transform=args.transform, width=args.width,
                    pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid,
                    loc_lr_mult=args.loc_lr_mult, num_classes=distort.num_classes(args.dataset),
-                   transformers=getattr(args, 'transformers', 1))
+                   transformers=getattr(args, 'transformers', 1),
+                   places=getattr(args, 'stn_at', ['input']))
 
 
 class GluonModel:

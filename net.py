@@ -119,6 +119,28 @@ def cnn_localisation():
     return net
 
 
+def feature_localisation():
+    """For a transformer on a CNN feature map (ST-CNN Multi style, section 4.2): conv 1x1
+    (8) -> max-pool 2x2 -> fc 32 -> fc 32, ReLU after each (the paper's two 32-unit layers,
+    after a 1x1 convolution and pooling that keep them small)."""
+    net = nn.HybridSequential(prefix='loc_')
+    with net.name_scope():
+        net.add(nn.Conv2D(8, kernel_size=1, activation='relu'), nn.MaxPool2D(2, 2),
+                nn.Dense(32, activation='relu'), nn.Dense(32, activation='relu'))
+    return net
+
+
+# Where a CNN takes transformers, in series: on the input, and on the feature map of its
+# first stage (conv 9x9 -> max-pool), before its second convolution ('conv1').
+PLACES = ('input', 'conv1')
+
+
+def feature_side(side, pooled):
+    """The side of the CNN's first-stage feature map for a classifier input of ``side``
+    pixels (halved first if ``pooled``): the unpadded 9x9 conv, then 2x2 max-pooling."""
+    return ((side // 2 if pooled else side) - 8) // 2
+
+
 CLASSIFIERS = {'lenet': lenet, 'fcn': fcn, 'cnn': cnn}
 LOCALISATIONS = {'lenet': default_localisation, 'fcn': fcn_localisation, 'cnn': cnn_localisation}
 
@@ -156,31 +178,48 @@ class Net(nn.HybridBlock):
     hidden units, the CNN's first-layer filters (default ``DEFAULT_WIDTH``; see
     ``fit_width``). ``pool_after_stn``: 2x2 average pooling of the transformer's
     output (no effect without a transformer). ``tps_grid``: the TPS control grid.
+    ``transformers``: that many transformers side by side on the input
+    (``ParallelTransformers``, the paper's 2xST). ``places``: where the CNN takes
+    transformers, in series, some of PLACES: 'input' (``self.stn``) and 'conv1', on the
+    first stage's feature map (``self.feature_stn``, named PREFIX_stn_conv1_..., with
+    ``feature_localisation``; it warps every channel).
     """
 
     def __init__(self, transform='affine', num_classes=10, loc_lr_mult=1.0, model='lenet',
-                 width=None, pool_after_stn=False, tps_grid=4, transformers=1, prefix='net_',
-                 **kwargs):
+                 width=None, pool_after_stn=False, tps_grid=4, transformers=1, places=('input',),
+                 prefix='net_', **kwargs):
         super().__init__(prefix=prefix, **kwargs)
         if model not in MODELS:
             raise ValueError(f'model must be one of {MODELS}, not {model!r}')
         if transformers < 1:
             raise ValueError(f'transformers must be >= 1, not {transformers}')
+        places = tuple(places)
+        if not places or any(p not in PLACES for p in places) \
+                or ('conv1' in places and model != 'cnn'):
+            raise ValueError(f'places must be some of {PLACES} (conv1 for model cnn only), '
+                             f'not {places}')
+        if transformers > 1 and places != ('input',):
+            raise ValueError('transformers side by side go on the input only')
         with self.name_scope():
-            self.stn = None
-            make = lambda name: SpatialTransformer(  # noqa: E731
-                localisation=LOCALISATIONS[model], loc_lr_mult=loc_lr_mult, transform=transform,
+            self.stn = self.feature_stn = None
+            make = lambda name, localisation=LOCALISATIONS[model]: SpatialTransformer(  # noqa: E731
+                localisation=localisation, loc_lr_mult=loc_lr_mult, transform=transform,
                 tps_grid=tps_grid, prefix=name)
-            if transform != 'none' and transformers == 1:
+            if transform != 'none' and 'input' in places and transformers == 1:
                 self.stn = make('stn_')
-            elif transform != 'none':
+            elif transform != 'none' and 'input' in places:
                 self.stn = ParallelTransformers(transformers, lambda k: make(f'stn{k}_'), prefix='')
             self.pool = nn.AvgPool2D(2, 2) if pool_after_stn and self.stn is not None else None
             self.classifier = CLASSIFIERS[model](num_classes, width or DEFAULT_WIDTH.get(model))
+            if transform != 'none' and 'conv1' in places:
+                self.feature_stn = make('stn_conv1_', feature_localisation)
 
     def forward(self, x, *args):
         if self.stn is not None:
             self.stn.default_target_shape(x)
+        if self.feature_stn is not None:
+            self.feature_stn.set_target_shape(
+                [feature_side(n, self.pool is not None) for n in x.shape[2:]])
         return super().forward(x, *args)
 
     def hybrid_forward(self, F, x):
@@ -188,7 +227,14 @@ class Net(nn.HybridBlock):
             x, _ = self.stn(x)
             if self.pool is not None:
                 x = self.pool(x)
-        return self.classifier((x - MEAN) / STD)
+        x = (x - MEAN) / STD
+        if self.feature_stn is None:
+            return self.classifier(x)
+        for k in range(len(self.classifier)):
+            if k == 2:   # before conv1: warp the first stage's feature map, every channel
+                x, _ = self.feature_stn(x)
+            x = self.classifier[k](x)
+        return x
 
 
 def trainable_params(block):

@@ -267,7 +267,12 @@ class SpatialTransformer(nn.HybridBlock):
             if not isinstance(x, mx.nd.NDArray):
                 raise ValueError('SpatialTransformer: pass target_shape=(H, W) to build it '
                                  'on a Symbol; it can only infer it from an NDArray input.')
-            self.target_shape = tuple(x.shape[2:])
+            self.set_target_shape(x.shape[2:])
+
+    def set_target_shape(self, shape):
+        """Set an unset ``target_shape`` to (H', W') ``shape``."""
+        if self.target_shape is None:
+            self.target_shape = tuple(int(n) for n in shape)
             self._shape_grid_constant()
 
     def forward(self, x, *args):

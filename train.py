@@ -49,10 +49,10 @@ from symbolic import ModuleModel
 RUN_FLAGS = ['api', 'dataset', 'data_seed', 'fresh_distortions', 'epochs', 'batch_size', 'lr',
              'lr_steps', 'lr_factor', 'lr_mode', 'warmup_epochs', 'optimizer', 'momentum',
              'loc_lr_mult', 'seed', 'train_size', 'model', 'transform', 'tps_grid', 'width',
-             'transformers']
+             'transformers', 'stn_at']
 CHANGEABLE = ['epochs', 'lr']   # extend a run; a smaller rate after a divergence
 # configs written before these flags used their defaults
-ADDED_LATER = ['lr_mode', 'warmup_epochs', 'transformers']
+ADDED_LATER = ['lr_mode', 'warmup_epochs', 'transformers', 'stn_at']
 TRANSFORMS = ('none',) + stn.TRANSFORMS
 MAX_SEED = 999_999   # the per-epoch seed is seed * 1000 + epoch, within numpy's 2**32
 
@@ -117,6 +117,15 @@ def contexts(text):
             for k, part in enumerate(text.split(','))]
 
 
+def places(text):
+    """--stn-at: a comma-separated list of net.PLACES, each once, in their order."""
+    parts = text.split(',')
+    if not parts or any(p not in net.PLACES for p in parts) or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f'{text!r}: use some of {", ".join(net.PLACES)}, '
+                                         f'comma-separated, each once')
+    return [p for p in net.PLACES if p in parts]
+
+
 def parse_args(argv=None):
     """The checked flags of ``argv``; exits with a usage message on a bad value."""
     p = parser()
@@ -125,6 +134,10 @@ def parse_args(argv=None):
         p.error(f'argument --momentum: {args.momentum} must be in [0, 1)')
     if not 0 <= args.warmup_epochs < args.epochs:
         p.error(f'argument --warmup-epochs: {args.warmup_epochs} must be >= 0 and below --epochs')
+    if args.stn_at != ['input'] and (args.model != 'cnn' or args.transform == 'none'
+                                     or args.transformers > 1):
+        p.error(f'argument --stn-at: {",".join(args.stn_at)} needs --model cnn, a --transform '
+                f'and one transformer per place')
     if args.transformers > 1 and (args.transform == 'none' or args.api == 'symbol'):
         p.error(f'argument --transformers: {args.transformers} transformers need --api gluon '
                 f'and a --transform')
@@ -247,6 +260,10 @@ def parser():
                    help='transformers side by side, each reading the whole input and '
                         'warping all its channels, their outputs concatenated (the paper\'s '
                         '2xST for --dataset addition: 2)')
+    p.add_argument('--stn-at', type=places, default=['input'],
+                   help='where transformers go, in series: input, conv1 (--model cnn: on the '
+                        'feature map of its first stage, warping every channel), or both '
+                        '(input,conv1)')
     p.add_argument('--tps-grid', type=positive(int), default=4,
                    help='--transform tps: N x N control points')
     p.add_argument('--width', type=positive(int), default=None,
@@ -295,7 +312,7 @@ def resolve_width(args, image_shape):
                                    budget=budget(args, image_shape),
                                    pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid,
                                    num_classes=distort.num_classes(args.dataset),
-                                   transformers=args.transformers)
+                                   transformers=args.transformers, places=args.stn_at)
 
 
 def describe(args):
@@ -306,7 +323,8 @@ def describe(args):
     count = f'{args.transformers}x' if args.transformers > 1 else ''
     if args.model == 'lenet':
         return f'{count}STN ({args.transform}) + LeNet'
-    return f'{count}ST-{name} ({args.transform})'
+    at = '' if args.stn_at == ['input'] else f' at {",".join(args.stn_at)}'
+    return f'{count}ST-{name} ({args.transform}){at}'
 
 
 def summary(args):
@@ -333,9 +351,9 @@ def summary(args):
 
 def snapshot(model, images, out, epoch):
     """The transformer's output on a fixed batch and the outlines of the regions it
-    samples, kept per epoch for stn_training.gif (runs with a transformer)."""
+    samples, kept per epoch for stn_training.gif (runs with a transformer on the input)."""
     args = model.args
-    if args.transform != 'none':
+    if model.net.stn is not None:
         transformed, theta = model.transform(images)
         grid = np.concatenate([stn.sampling_grid(t, args.transform, transformed.shape[2:],
                                                  args.tps_grid)
@@ -513,9 +531,11 @@ def train(args, argv, kvstore='device', watchdog=None):
                 print(f'wrote {export_onnx.export(args.out)}')
             except export_onnx.ConversionError as e:
                 raise rundir.RunError(e) from None
-        if args.transform != 'none':
+        if args.transform != 'none' and 'input' in args.stn_at:
             import visualize   # matplotlib, only for the picture at the end
             print(f'wrote {visualize.compare_run(args.out, test_x[:64], test_y[:64])}')
+        elif args.transform != 'none':
+            print('(no compare.jpg: it shows a transformer on the input, and this one has none)')
     except KeyboardInterrupt:
         done = rundir.checkpoint_epoch(args.out)
         what = 'while exporting' if done == args.epochs else f'in epoch {epoch}'

@@ -10,6 +10,7 @@ from mxnet import gluon
 
 import engine
 import net
+import stn as stn_module
 import train
 from net import Net
 from test_mnist import REAL_DIR, needs_mnist
@@ -165,6 +166,68 @@ def test_transformers_in_parallel_need_a_family_and_the_gluon_api(capsys):
             train.parse_args(['--transformers', '2', *flags])
         assert '--transformers: 2 transformers need --api gluon and a --transform' in \
             capsys.readouterr().err
+
+
+# ---- transformers inside the network (ST-CNN Multi style, section 4.2) --------------------------
+
+@pytest.mark.parametrize('pooled', [False, True])
+def test_a_transformer_on_the_feature_map_starts_as_the_identity(pooled):
+    plain = built(42, model='cnn', transform='affine', width=8, pool_after_stn=pooled)
+    deep = built(42, model='cnn', transform='affine', width=8, pool_after_stn=pooled,
+                 places=('input', 'conv1'))
+    side = ((21 if pooled else 42) - 8) // 2          # conv 9x9, then max-pool 2x2
+    assert deep.feature_stn.target_shape == (side, side)
+    for name, param in plain.collect_params().items():    # the same input transformer and CNN
+        deep.collect_params()[name].set_data(param.data())
+    x = images(3, 42)
+    np.testing.assert_allclose(deep(x).asnumpy(), plain(x).asnumpy(), atol=1e-5)
+    h, _ = deep.stn(x)
+    h = deep.pool(h) if pooled else h
+    features = deep.classifier[1](deep.classifier[0]((h - net.MEAN) / net.STD))
+    warped, theta = deep.feature_stn(features)                  # every channel, unchanged
+    np.testing.assert_allclose(warped.asnumpy(), features.asnumpy(), atol=1e-5)
+    np.testing.assert_allclose(theta.asnumpy(), [[1, 0, 0, 0, 1, 0]] * 3, atol=1e-6)
+
+
+def test_transformers_in_series_export_and_load_with_symbolblock_imports(tmp_path):
+    deep = built(42, model='cnn', transform='projective', width=8, pool_after_stn=True,
+                 places=('input', 'conv1'))
+    alone = built(42, model='cnn', transform='affine', width=8, places=('conv1',))
+    for k, model in enumerate((deep, alone)):
+        model.feature_stn.regressor.bias.set_data(mx.nd.array(
+            np.array(stn_module.identity_theta(model.feature_stn.transform)) * 0.8))  # a zoom
+        model.hybridize()
+        x = images(5, 42)
+        logits = model(x)
+        model.export(str(tmp_path / f'model{k}'), epoch=1)
+        loaded = gluon.SymbolBlock.imports(str(tmp_path / f'model{k}-symbol.json'), ['data'],
+                                           str(tmp_path / f'model{k}-0001.params'))
+        np.testing.assert_allclose(loaded(x).asnumpy(), logits.asnumpy(), atol=1e-5)
+    names = {p.split('_')[1] + '_' + p.split('_')[2] for p in deep.collect_params() if '_stn_' in p}
+    assert 'stn_conv1' in names and 'stn_loc' in names
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(model='fcn', places=('conv1',)), 'conv1 for model cnn only'),
+    (dict(model='cnn', places=('output',)), 'places must be some of'),
+    (dict(model='cnn', places=('input', 'conv1'), transformers=2), 'on the input only'),
+])
+def test_a_transformer_goes_only_where_a_model_has_room_for_it(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Net(transform='affine', **kwargs)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--model', 'cnn', '--stn-at', 'input,middle'], "--stn-at: 'input,middle': use some of"),
+    (['--model', 'fcn', '--stn-at', 'conv1'], '--stn-at: conv1 needs --model cnn'),
+    (['--model', 'cnn', '--no-stn', '--stn-at', 'conv1'], '--stn-at: conv1 needs --model cnn'),
+])
+def test_stn_at_is_checked(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(flags)
+    assert message in capsys.readouterr().err
+    args = train.parse_args(['--model', 'cnn', '--stn-at', 'conv1,input'])
+    assert args.stn_at == ['input', 'conv1'] and engine.build_net(args).feature_stn is not None
 
 
 def test_a_paper_model_exports_and_loads_with_symbolblock_imports(tmp_path):

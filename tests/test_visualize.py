@@ -426,11 +426,14 @@ def test_animate_writes_a_gif_with_one_frame_per_epoch(tmp_path):
 def test_train_snapshots_a_tps_net_and_animate_draws_its_curved_outlines(tmp_path):
     net, images = fresh_net(42, transform='tps', tps_grid=3), digits(16, size=42)
 
+    holder = argparse.Namespace(stn=net)   # a net with a transformer on the input
+
     class Model:   # what train.snapshot needs of train.GluonModel
         args = argparse.Namespace(transform='tps', tps_grid=3, transformers=1)
+        net = holder
 
         def transform(self, x):
-            out, theta = net.stn(mx.nd.array(x))
+            out, theta = self.net.stn.stn(mx.nd.array(x))
             return out.asnumpy(), theta.asnumpy()
 
     model = Model()
