@@ -42,6 +42,7 @@ finally:
 
 import distort
 import net
+import stn
 
 LR_MODES = ('step', 'cosine')
 
@@ -258,10 +259,34 @@ class GluonModel:
         assert accuracy.num_inst == len(x)
         return mean_loss.get()[1], accuracy.get()[1]
 
-    def transform(self, images):
-        """The transformer's (output, theta) for ``images`` (N, C, H, W), as numpy arrays."""
-        out, theta = self.net.stn(mx.nd.array(images, ctx=self.ctx))
-        return out.asnumpy(), theta.asnumpy()
+    def regions(self, images):
+        """What each transformer makes of ``images`` (N, C, H, W), for the pictures: (outputs
+        (N, K*C, H', W'), grids (N, 2K, H', W')) numpy, one output and sampling grid per
+        transformer: the input transformer(s) (side by side ones in order), then one on the
+        feature map, shown as the input sampled where it reads (``net.feature_region``)."""
+        args, x = self.args, mx.nd.array(images, ctx=self.ctx)
+        model, outputs, grids = self.net, [], []
+        h, shape = x, tuple(images.shape[2:])
+        if model.stn is not None:
+            h, theta = model.stn(x)
+            shape = tuple(h.shape[2:])
+            outputs.append(h)
+            for t in np.split(theta.asnumpy(), getattr(args, 'transformers', 1), axis=1):
+                grids.append(mx.nd.array(stn.sampling_grid(t, args.transform, shape, args.tps_grid),
+                                         ctx=self.ctx))
+            h = model.pool(h) if model.pool is not None else h
+        if model.feature_stn is not None:
+            features = model.classifier[1](model.classifier[0]((h - net.MEAN) / net.STD))
+            _, theta = model.feature_stn(features)
+            side = model.feature_stn.target_shape
+            a, b = net.feature_to_input(side[0], model.pool is not None, shape[0])
+            feature_grid = mx.nd.array(stn.sampling_grid(theta.asnumpy(), args.transform, side,
+                                                         args.tps_grid), ctx=self.ctx)
+            region = net.feature_region(mx.nd, feature_grid, grids[0] if grids else None,
+                                        shape, a, b)
+            outputs.append(mx.nd.BilinearSampler(x, region))
+            grids.append(region)
+        return (mx.nd.concat(*outputs, dim=1).asnumpy(), mx.nd.concat(*grids, dim=1).asnumpy())
 
     def fingerprint(self):
         """A short hash of every weight's bytes: equal on workers that hold equal weights."""

@@ -141,6 +141,31 @@ def feature_side(side, pooled):
     return ((side // 2 if pooled else side) - 8) // 2
 
 
+def feature_to_input(feature_side, pooled, side):
+    """(a, b) with n = a g + b: the normalised coordinate n on the classifier's input side
+    (or the input transformer's output, ``side`` pixels) of the centre of the receptive field
+    of feature-map point g (normalised, ``feature_side`` pixels): feature pixel u sits at
+    conv pixel 2u + 0.5 (2x2 max-pool), i.e. input pixel 2u + 4.5 (unpadded 9x9 conv), and
+    at 2(2u + 4.5) + 0.5 before the 2x2 average pooling when ``pooled``."""
+    a, b = (feature_side - 1) / 2, (feature_side - 1) / 2          # g -> u
+    a, b = 2 * a, 2 * b + 4.5                                      # u -> classifier pixel
+    if pooled:
+        a, b = 2 * a, 2 * b + 0.5                                  # -> transformer pixel
+    return 2 * a / (side - 1), 2 * b / (side - 1) - 1              # -> normalised
+
+
+def feature_region(F, feature_grid, input_grid, target_shape, a, b):
+    """Where a feature-map transformer reads, as input points: its ``feature_grid``
+    (N, 2, h, w) resampled to ``target_shape`` (H', W'), mapped by ``feature_to_input``'s
+    (a, b) and, after a transformer on the input, through that one's ``input_grid``
+    (N, 2, H', W'; None if there is none). Returns a grid (N, 2, H', W') in the input's
+    normalised coordinates, for outlines and for sampling the input."""
+    height, width = target_shape
+    fine = F.contrib.BilinearResize2D(feature_grid, height=height, width=width, align_corners=True)
+    mapped = fine * a + b
+    return mapped if input_grid is None else F.BilinearSampler(input_grid, mapped)
+
+
 CLASSIFIERS = {'lenet': lenet, 'fcn': fcn, 'cnn': cnn}
 LOCALISATIONS = {'lenet': default_localisation, 'fcn': fcn_localisation, 'cnn': cnn_localisation}
 

@@ -42,6 +42,7 @@ SNAPSHOT_SIDE = 16   # segments per side of the outlines kept in snapshots.npz
 ONNX = 'model.onnx'   # export_onnx.py's file in a run folder, beside the MXNet export
 GLUON_TRANSFORMED, SYMBOL_TRANSFORMED = 'net_stn_bilinearsampler0_output', 'net_stn_transformer_output'
 TRANSFORMED = (GLUON_TRANSFORMED, SYMBOL_TRANSFORMED)
+FEATURE_TRANSFORMED = 'net_stn_conv1_bilinearsampler0_output'   # net.Net's on a feature map
 THETA = 'net_stn_regressor_fwd_output'
 GRIDS = ('net_stn_gridgenerator0_output', 'net_stn_grid_output')
 GRID_CONSTANTS = ('net_stn_target_grid', 'net_stn_tps_basis')   # stn.FAMILIES' constant_name
@@ -63,7 +64,7 @@ def transformer_outputs(names):
 def grid_names(transformed):
     """The candidate names of the sampling grid node of the transformer whose output node
     is ``transformed`` (GRIDS for the single one)."""
-    prefix = '_'.join(transformed.split('_')[:2]) + '_'     # net_stn_ or net_stn1_
+    prefix = transformed.rsplit('_', 2)[0] + '_'     # net_stn_, net_stn1_, net_stn_conv1_
     return tuple(prefix + name[len('net_stn_'):] for name in GRIDS)
 
 

@@ -351,14 +351,9 @@ def summary(args):
 
 def snapshot(model, images, out, epoch):
     """The transformer's output on a fixed batch and the outlines of the regions it
-    samples, kept per epoch for stn_training.gif (runs with a transformer on the input)."""
-    args = model.args
-    if model.net.stn is not None:
-        transformed, theta = model.transform(images)
-        grid = np.concatenate([stn.sampling_grid(t, args.transform, transformed.shape[2:],
-                                                 args.tps_grid)
-                               for t in np.split(theta, args.transformers, axis=1)], axis=1)
-        rundir.record_snapshot(out, epoch, images, transformed, grid)
+    samples, kept per epoch for stn_training.gif (runs with a transformer)."""
+    if model.args.transform != 'none':
+        rundir.record_snapshot(out, epoch, images, *model.regions(images))
 
 
 def main(argv=None):
@@ -531,11 +526,9 @@ def train(args, argv, kvstore='device', watchdog=None):
                 print(f'wrote {export_onnx.export(args.out)}')
             except export_onnx.ConversionError as e:
                 raise rundir.RunError(e) from None
-        if args.transform != 'none' and 'input' in args.stn_at:
+        if args.transform != 'none':
             import visualize   # matplotlib, only for the picture at the end
             print(f'wrote {visualize.compare_run(args.out, test_x[:64], test_y[:64])}')
-        elif args.transform != 'none':
-            print('(no compare.jpg: it shows a transformer on the input, and this one has none)')
     except KeyboardInterrupt:
         done = rundir.checkpoint_epoch(args.out)
         what = 'while exporting' if done == args.epochs else f'in epoch {epoch}'

@@ -39,6 +39,7 @@ from PIL import Image  # noqa: E402
 
 import distort  # noqa: E402
 import mnist  # noqa: E402
+import net  # noqa: E402
 import rundir  # noqa: E402
 import stn  # noqa: E402
 from geometry import outline, outlines_of  # noqa: E402
@@ -178,8 +179,9 @@ def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
     """
     sym, weights, symbol_file, params_file = rundir.load_export(run_dir)   # checked
     internals = sym.get_internals()
-    transformed = rundir.transformer_outputs(internals.list_outputs())
-    if not transformed:
+    names = internals.list_outputs()
+    transformed = rundir.transformer_outputs(names)
+    if not transformed and rundir.FEATURE_TRANSFORMED not in names:
         raise RunError(f'{symbol_file} has no spatial transformer (none of {TRANSFORMED} '
                        f'is among its internals): a plain LeNet (--no-stn) run has nothing to '
                        f'show. Pass --out RUN_DIR of an STN run.')
@@ -187,7 +189,12 @@ def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
         check_input_shape(sym, params_file, weights, tuple(image_shape))
     outputs, grids = [internals[t] for t in transformed], [grid_of(internals, t, run_dir)
                                                            for t in transformed]
-    if len(transformed) > 1:   # net.ParallelTransformers: K outputs and grids, side by side
+    if rundir.FEATURE_TRANSFORMED in names:
+        region = feature_region_of(internals, grids[:1], image_shape or
+                                   rundir.input_shape(sym, weights), run_dir)
+        outputs.append(mx.sym.BilinearSampler(mx.sym.var('data'), region))
+        grids.append(region)
+    if len(outputs) > 1:   # several transformers: their outputs and grids side by side
         outputs, grids = [mx.sym.concat(*outputs, dim=1)], [mx.sym.concat(*grids, dim=1)]
     block = gluon.SymbolBlock(mx.sym.Group([*outputs, *grids, sym]),
                               mx.sym.var('data', dtype='float32'))
@@ -212,6 +219,20 @@ def grid_of(internals, transformed, run_dir):
                        f'again with this version of train.py.')
     target_shape = tuple(int(n) for n in re.findall(r'\d+', target_shape))
     return stn.affine_grid(mx.sym, internals[THETA], target_shape)
+
+
+def feature_region_of(internals, input_grid, image_shape, run_dir):
+    """The grid (N, 2, H', W') of input points that the transformer on the CNN's feature
+    map reads (``net.feature_region``), from an exported symbol's ``internals``; after the
+    ``input_grid`` ([] or [the input transformer's grid]) for inputs of ``image_shape``."""
+    feature_grid = grid_of(internals, rundir.FEATURE_TRANSFORMED, run_dir)
+    data = (1, *image_shape)
+    side = feature_grid.infer_shape(data=data)[1][0][2]
+    shape = input_grid[0].infer_shape(data=data)[1][0][2:] if input_grid else image_shape[1:]
+    pooled = bool(input_grid) and net.feature_side(shape[0], False) != side
+    a, b = net.feature_to_input(side, pooled, shape[0])
+    return net.feature_region(mx.sym, feature_grid, input_grid[0] if input_grid else None,
+                              tuple(shape), a, b)
 
 
 def trained_shape(sym, saved):

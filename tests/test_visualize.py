@@ -16,6 +16,7 @@ import symbolic
 import train
 import visualize
 from geometry import outline, outlines_of
+import net as net_module
 from net import Net
 from stn import IDENTITY
 from test_mnist import REAL_DIR, needs_mnist
@@ -432,9 +433,9 @@ def test_train_snapshots_a_tps_net_and_animate_draws_its_curved_outlines(tmp_pat
         args = argparse.Namespace(transform='tps', tps_grid=3, transformers=1)
         net = holder
 
-        def transform(self, x):
+        def regions(self, x):
             out, theta = self.net.stn.stn(mx.nd.array(x))
-            return out.asnumpy(), theta.asnumpy()
+            return out.asnumpy(), stn.sampling_grid(theta.asnumpy(), 'tps', (42, 42), 3)
 
     model = Model()
     train.snapshot(model, images, str(tmp_path), 0)
@@ -517,3 +518,53 @@ def test_the_pictures_of_parallel_transformers_show_each_ones_region_and_output(
     assert fig.axes[0].images[0].get_array().shape[-1] == 3        # two channels as colours
     path = visualize.compare_run(run, x)
     assert Image.open(path).size == (1500, 540)
+
+
+# ---- a transformer on a feature map -------------------------------------------------------
+
+@pytest.mark.parametrize('pooled, side, first, last', [
+    (False, 28, 4.5, 4.5 + 2 * 9),               # 28 -> conv 20 -> pool 10: pixels 4.5 ... 22.5
+    (True, 42, 9.5, 9.5 + 4 * 5),                # 42 -> 21 -> 13 -> 6: pixels 9.5 ... 29.5
+])
+def test_a_feature_map_point_maps_to_the_centre_of_its_receptive_field(pooled, side, first, last):
+    feature = net_module.feature_side(side, pooled)
+    a, b = net_module.feature_to_input(feature, pooled, side)
+    to_pixel = lambda n: (n + 1) * (side - 1) / 2   # noqa: E731
+    assert to_pixel(a * -1 + b) == pytest.approx(first) and to_pixel(a + b) == pytest.approx(last)
+
+
+def test_the_pictures_show_where_a_feature_map_transformer_reads_on_the_input(tmp_path):
+    mx.random.seed(0)
+    deep = Net(model='cnn', transform='affine', width=8, places=('input', 'conv1'),
+               pool_after_stn=True)
+    deep.initialize(mx.init.Xavier())
+    deep.hybridize()
+    deep(mx.nd.zeros((2, 1, 42, 42)))
+    deep.stn.regressor.bias.set_data(mx.nd.array([0.5, 0, 0.5, 0, 0.5, 0.5]))   # bottom right
+    deep.export(str(tmp_path / 'model'), epoch=1)
+    write_config(tmp_path, 42, 1, transform='affine')
+    model = visualize.load_model(str(tmp_path), (1, 42, 42))
+    x = digits(3, size=42)
+    transformed, grid, _ = (a.asnumpy() for a in model(mx.nd.array(x)))
+    assert transformed.shape == (3, 2, 42, 42) and grid.shape == (3, 4, 42, 42)
+    lines = outlines_of(grid, 42, 42)
+    # the input transformer reads the bottom-right quarter, pixels 20.5 to 41; the feature
+    # transformer (at the identity) reads, inside that, the centres of its receptive fields,
+    # transformer pixels 9.5 to 29.5, i.e. input pixels 20.5 + 9.5/2 to 20.5 + 29.5/2
+    np.testing.assert_allclose(lines[0][:, 0], [[20.5, 20.5]] * 3, atol=1e-4)
+    np.testing.assert_allclose(lines[1][:, 0], [[20.5 + 9.5 / 2] * 2] * 3, atol=1e-3)
+    np.testing.assert_allclose(lines[1][:, 82], [[20.5 + 29.5 / 2] * 2] * 3, atol=1e-3)   # corner
+    # and its picture is the input sampled there
+    np.testing.assert_allclose(transformed[:, 1:], [mx.nd.BilinearSampler(
+        mx.nd.array(x), mx.nd.array(grid[:, 2:])).asnumpy()[k] for k in range(3)], atol=1e-5)
+    model_run = train_snapshot_of(deep, x)
+    np.testing.assert_allclose(model_run[1], grid, atol=1e-4)          # training's pictures agree
+
+
+def train_snapshot_of(deep, x):
+    """engine.GluonModel.regions for the net ``deep``, as train.snapshot records them."""
+    import engine
+    model = engine.GluonModel.__new__(engine.GluonModel)
+    model.args = argparse.Namespace(transform='affine', tps_grid=4, transformers=1)
+    model.net, model.ctx = deep, mx.cpu()
+    return model.regions(x)
