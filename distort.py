@@ -4,10 +4,11 @@
     RTS  rotation in [-rotation, +rotation], scale in [scale_min, scale_max], placed at a
          uniformly random position in a canvas x canvas image (the digit stays inside)
     P    scale in [scale_min, scale_max], then a projective warp: the output's corners read
-         the input at its corners moved by Gaussian offsets of corner_std pixels
-         (redrawn if they fold); 28x28. Other readings of the paper: p-forward (the
-         homography sends the corners to the moved ones), p-3.5px (smaller offsets),
-         p-box (the corners of the digit's ink box, not of the image)
+         the input at its corners moved by Gaussian offsets of corner_std = 3.5 pixels
+         (redrawn if they fold); 28x28. Other readings of the paper, each with 5 px
+         offsets: p-5px (P up to version 2), p-forward (the homography sends the corners
+         to the moved ones), p-box (the corners of the digit's ink box, not of the
+         image); p-3.5px is P's reading on another random stream (issue 15's pilot)
     addition  MNIST addition (appendix A.1): two digits (``pair``), each distorted as RTS
          on its own canvas x canvas image, as the two channels of one image; label = their
          sum (19 classes)
@@ -33,13 +34,14 @@ import atomic
 import mnist
 from geometry import control_points, target_points, tps_basis
 
-VERSION = 2   # 2: P reads the input through a moved-corner quadrilateral (1 warped it)
+VERSION = 3   # 3: P's corner noise 3.5 px (2: 5 px, now p-5px); 2: P reads the input
+              # through a moved-corner quadrilateral (1 warped it)
 
 DEFAULTS = {
     'mnist': {},
     'r': {'rotation': 90.0},
     'rts': {'rotation': 45.0, 'scale_min': 0.7, 'scale_max': 1.2, 'canvas': 42},
-    'p': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0, 'warp': 'backward',
+    'p': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 3.5, 'warp': 'backward',
           'frame': 'image'},
     'e': {'scale_min': 0.75, 'scale_max': 1.0, 'tps_grid': 4, 'tps_std': 1.5},
     'tc': {'canvas': 60, 'patches': 6, 'patch': 6},
@@ -53,7 +55,10 @@ DEFAULTS = {
     # MNIST addition (appendix A.1): two digits, each RTS-distorted on its own, as the two
     # channels of one image; the label is their sum.
     'addition': {'rotation': 45.0, 'scale_min': 0.7, 'scale_max': 1.2, 'canvas': 42},
+    'p-5px': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0, 'warp': 'backward',
+              'frame': 'image'},   # P up to version 2
 }
+STREAMS = {'p-5px': 'p'}         # a set drawn from another's random stream (P up to version 2)
 CHANNELS = {'addition': 2}       # digits per image (the others: 1)
 CLASSES = {'addition': 19}       # labels 0..18 (the others: 10)
 DATASETS = list(DEFAULTS)   # a new set: its parameters here and its function in GENERATORS
@@ -311,9 +316,9 @@ def distort_addition(images, rng, rotation, scale_min, scale_max, canvas):
             {key: np.stack([info[key] for _, info in channels], 1) for key in channels[0][1]})
 
 
-GENERATORS = {'r': distort_r, 'rts': distort_rts, 'p': distort_p, 'p-forward': distort_p,
-              'p-3.5px': distort_p, 'p-box': distort_p, 'e': distort_e, 'tc': distort_tc,
-              'addition': distort_addition}
+GENERATORS = {'r': distort_r, 'rts': distort_rts, 'e': distort_e, 'tc': distort_tc,
+              'addition': distort_addition,
+              **{name: distort_p for name in DEFAULTS if name.split('-')[0] == 'p'}}
 
 
 def distort(name, images, seed, **params):
@@ -326,7 +331,7 @@ def distort(name, images, seed, **params):
     p = check_params(name, params)
     if name == 'mnist':
         return images, {}
-    rng = np.random.default_rng([*np.atleast_1d(seed), DATASETS.index(name)])
+    rng = np.random.default_rng([*np.atleast_1d(seed), DATASETS.index(STREAMS.get(name, name))])
     out, info = GENERATORS[name](images, rng, **p)
     return out.astype(np.float32), info
 

@@ -332,7 +332,7 @@ def main(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--cells', default='*',
                    help='comma-separated patterns over DATASET/MODEL names, e.g. "rts/*,r/cnn"; '
-                        'the other readings of the P set (p-forward, p-3.5px, p-box) only by '
+                        'the other readings of the P set (p-5px, p-forward, p-box, ...) only by '
                         'name, e.g. "p-*/cnn"')
     p.add_argument('--seeds', type=seed_list, default=[1])
     p.add_argument('--schedule', choices=list(SCHEDULES), default='ours')

@@ -113,7 +113,7 @@ def test_the_other_readings_of_p_run_only_when_named_and_get_a_column_of_their_o
                                                                                    fake_train):
     assert reproduce.choose(['*']) == reproduce.cells()            # the grid alone
     assert reproduce.choose(['*/cnn']) == [c for c in reproduce.cells() if c.endswith('/cnn')]
-    assert reproduce.choose(['p-*/cnn']) == ['p-forward/cnn', 'p-3.5px/cnn', 'p-box/cnn']
+    assert reproduce.choose(['p-*/cnn']) == ['p-forward/cnn', 'p-3.5px/cnn', 'p-box/cnn', 'p-5px/cnn']
     reproduce.main(['--cells', 'p-forward/cnn', '--out', str(tmp_path)])
     command = fake_train[0]
     assert command[command.index('--dataset') + 1] == 'p-forward'
