@@ -132,12 +132,14 @@ def train_flags(cell):
 
 def label(args):
     """The schedule's name in folders and tables: 'ours', 'ours-20ep' with --epochs 20,
-    'ours-fresh' with --fresh-distortions, 'ours-b256' with --batch-size 256, 'ours-loc1'
+    'ours-fresh' with --fresh-distortions, 'ours-b256' with --batch-size 256, 'ours-lr0.003'
+    with --lr 0.003, 'ours-loc1'
     with --loc-lr-mult 1, 'ours-budget2' with --budget-mult 2, 'ours-n2000' with
     --train-size 2000."""
     name = args.schedule if args.epochs is None else f'{args.schedule}-{args.epochs}ep'
     name += '-fresh' if args.fresh_distortions else ''
     name += f'-b{args.batch_size}' if getattr(args, 'batch_size', None) else ''
+    name += f'-lr{args.lr:g}' if getattr(args, 'lr', None) else ''
     name += f'-loc{args.loc_lr_mult:g}' if getattr(args, 'loc_lr_mult', None) else ''
     name += f'-budget{args.budget_mult:g}' if getattr(args, 'budget_mult', None) else ''
     return name + (f'-n{args.train_size}' if getattr(args, 'train_size', None) else '')
@@ -170,6 +172,8 @@ def run_cell(cell, seed, args):
         command.append('--fresh-distortions')
     if args.batch_size:
         command += ['--batch-size', str(args.batch_size)]
+    if args.lr:
+        command += ['--lr', f'{args.lr:g}']
     if args.loc_lr_mult:
         command += ['--loc-lr-mult', f'{args.loc_lr_mult:g}']
     if args.budget_mult:
@@ -349,6 +353,8 @@ def main(argv=None):
     p.add_argument('--table-only', action='store_true', help='only rewrite the tables')
     p.add_argument('--batch-size', type=positive_int, default=None,
                    help="the schedule's batch size, if not its own (folders SCHEDULE-bN)")
+    p.add_argument('--lr', type=float, default=None,
+                   help="the schedule's base learning rate, if not its own (folders SCHEDULE-lrX)")
     p.add_argument('--loc-lr-mult', type=float, default=None,
                    help="train.py's localisation learning-rate multiplier, if not 0.1 "
                         "(folders SCHEDULE-locM)")
