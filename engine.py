@@ -6,7 +6,7 @@ A trained model is an object with this small interface, which train.py's loop us
     model.fit_epoch(epoch, x, y) -> (mean training loss, training images/s)
     model.evaluate(x, y)         -> (mean cross-entropy, accuracy) over every example
     model.learning_rate          the rate of the last update
-    model.transform(images)      -> the transformer's (output, theta), numpy arrays
+    model.regions(images)        -> each transformer's outputs and sampling grids, numpy arrays
     model.save_params(path), model.save_states(path), model.load(stem), model.export(prefix, epoch)
     model.num_params             trainable parameters
 

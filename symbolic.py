@@ -20,7 +20,7 @@ import numpy as np
 import rundir
 from engine import Schedule, check_loss, epoch_order, optimizer_params, progress_bar
 from net import MEAN, STD
-from stn import identity_theta
+from stn import identity_theta, sampling_grid
 
 TRANSFORMS = ('affine', 'none')   # what get_symbol builds
 
@@ -166,14 +166,15 @@ class ModuleModel:
         picked = probs[np.arange(len(y)), y]
         return float(-np.log(np.maximum(picked, 1e-12)).mean()), float((probs.argmax(1) == y).mean())
 
-    def transform(self, images):
-        """The transformer's (output, theta) for ``images`` (N, C, H, W), as numpy arrays."""
+    def regions(self, images):
+        """The transformer's output and sampling grid for ``images`` (N, C, H, W), as numpy
+        arrays (N, C, H', W') and (N, 2, H', W'), for the pictures (engine.GluonModel's)."""
         internals = self.logits.get_internals()
         outputs = mx.sym.Group([internals[rundir.SYMBOL_TRANSFORMED], internals[rundir.THETA]])
         args, aux = self.mod.get_params()
         needed = {k: v for k, v in {**args, **aux}.items() if k in outputs.list_inputs()}
         out, theta = outputs.eval(ctx=mx.cpu(), data=mx.nd.array(images), **needed)
-        return out.asnumpy(), theta.asnumpy()
+        return out.asnumpy(), sampling_grid(theta.asnumpy(), 'affine', out.shape[2:])
 
     def save_params(self, path):
         self.mod.save_params(path)
