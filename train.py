@@ -341,6 +341,7 @@ def summary(args):
           + (', 2x2 average pooling after the transformer' if pool_after_stn(args) else ''))
     model.summary(x)
     for name, part in [('transformer (localisation + regressor)', model.stn),
+                       ('transformer on the conv1 feature map', model.feature_stn),
                        ('classifier', model.classifier)]:
         if part is not None:
             print(f'{name:40s} {net.trainable_params(part):>9,d}')
