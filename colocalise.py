@@ -38,7 +38,7 @@ import atomic
 import distort
 import mnist
 import rundir
-from stn import SpatialTransformer
+from stn import SpatialTransformer, affine_sample, attention_theta
 
 CANVAS, DIGIT, PATCH = 84, 28, 6
 ENCODER_LAYERS = ('net_cnn_pool0_fwd_output', 'net_cnn_pool1_fwd_output', 'net_cnn_dense0_fwd_output')
@@ -147,11 +147,7 @@ def random_patches(n, rng, canvas=CANVAS, size=DIGIT):
 
 def attention_crop(images, theta, size=DIGIT):
     """The size x size crops of ``images`` (N, C, H, W) NDArray at attention ``theta`` (N, 3)."""
-    s, tx, ty = theta[:, 0:1], theta[:, 1:2], theta[:, 2:3]
-    zero = mx.nd.zeros_like(s)
-    affine = mx.nd.concat(s, zero, tx, zero, s, ty, dim=1)
-    grid = mx.nd.GridGenerator(affine, transform_type='affine', target_shape=(size, size))
-    return mx.nd.BilinearSampler(images, grid)
+    return affine_sample(mx.nd, images, attention_theta(mx.nd, theta), (size, size))
 
 
 def colocalise(images, encoder, steps=300, batch=32, lr=1e-3, margin=1.0, seed=0):
