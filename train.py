@@ -345,9 +345,9 @@ def summary(args):
                        ('classifier', model.classifier)]:
         if part is not None:
             print(f'{name:40s} {net.trainable_params(part):>9,d}')
+    limit = budget(args, image_shape) if args.model != 'lenet' else None
     print(f'{"total trainable":40s} {net.trainable_params(model):>9,d}'
-          + (f'   (budget {budget(args, image_shape):,d})' if budget(args, image_shape)
-             and args.model != 'lenet' else ''))
+          + (f'   (budget {limit:,d})' if limit else ''))
 
 
 def snapshot(model, images, out, epoch):
