@@ -241,28 +241,14 @@ def write_tables(args, failed=None):
     writer.writerows(rows)
     atomic.write_text(os.path.join(out, 'table1.csv'), text.getvalue())
 
-    def cell_text(model, dataset):
-        row = next((r for r in rows if r['model'] == model and r['dataset'] == dataset), None)
-        if row is None:
-            return ''
-        ours = '-' if row['our_error'] == '' else f'{row["our_error"]:.2f}'
-        if row['spread'] != '':
-            ours += f' ± {row["spread"]:.2f}'
-        if row['failed']:
-            ours = 'failed' if ours == '-' else f'{ours}, {row["failed"]} failed'
-        return f'{ours} ({row["paper_error"]})'
-
-    flags = ' '.join(schedule_flags(args.schedule, args.epochs))
     columns = DATASETS + list(dict.fromkeys(c.split('/')[0] for c in found))
+    flags = ' '.join(schedule_flags(args.schedule, args.epochs))
     lines = [f'Test error in %: ours (the paper\'s). Schedule `{label(args)}`: `{flags}`; '
-             f'seeds {",".join(map(str, seeds))}.', '',
+             f'seeds {",".join(map(str, seeds))}.', '', *error_table(rows, columns), '',
+             *goal_lines(rows),
+             '', 'Minutes of training per cell (all seeds):', '',
              '| model | ' + ' | '.join(d.upper() for d in columns) + ' |',
              '|---|' + '---|' * len(columns)]
-    for model in PAPER:
-        lines.append(f'| {model} | ' + ' | '.join(cell_text(model, d) for d in columns) + ' |')
-    lines += ['', 'Minutes of training per cell (all seeds):', '',
-              '| model | ' + ' | '.join(d.upper() for d in columns) + ' |',
-              '|---|' + '---|' * len(columns)]
     for model in PAPER:
         times = [next((str(r['minutes']) for r in rows if r['model'] == model
                        and r['dataset'] == d), '') for d in columns]
@@ -275,7 +261,77 @@ def write_tables(args, failed=None):
         lines += ['', 'Failed (fix the cause and run reproduce.py again to continue them):', '']
         lines += [f'- {cell} seed {seed}: {error}' for (cell, seed), error in sorted(failed.items())]
     atomic.write_text(os.path.join(out, 'table1.md'), '\n'.join(lines) + '\n')
+    if getattr(args, 'readme', None):
+        replace_block(args.readme, error_table(rows, columns))
 
+
+def error_table(rows, columns):
+    """The markdown lines of Table 1: per model a row, per column 'ours ± spread (paper)'
+    ('-' where no seed has finished, 'failed' where a cell failed)."""
+    def cell_text(model, dataset):
+        row = next((r for r in rows if r['model'] == model and r['dataset'] == dataset), None)
+        if row is None:
+            return ''
+        ours = '-' if row['our_error'] == '' else f'{row["our_error"]:.2f}'
+        if row['spread'] != '':
+            ours += f' ± {row["spread"]:.2f}'
+        if row['failed']:
+            ours = 'failed' if ours == '-' else f'{ours}, {row["failed"]} failed'
+        return f'{ours} ({row["paper_error"]})'
+
+    lines = ['| model | ' + ' | '.join(d.upper() for d in columns) + ' |',
+             '|---|' + '---|' * len(columns)]
+    return lines + [f'| {model} | ' + ' | '.join(cell_text(model, d) for d in columns) + ' |'
+                    for model in PAPER]
+
+
+def goal_lines(rows):
+    """Where the table stands against issue 15's goal: ST-CNN cells within 0.3 points of the
+    paper, and every ST model below its own baseline (ST-CNN < CNN, ST-FCN < FCN) by more
+    than the spread between seeds."""
+    done = {(r['dataset'], r['model']): r for r in rows if r['our_error'] != ''}
+    st_cnn = [r for (d, m), r in done.items() if m.startswith('st-cnn')]
+    close = [r for r in st_cnn if r['our_error'] - r['paper_error'] <= 0.3]
+    pairs = [(r, done[d, m.split('-')[1]]) for (d, m), r in done.items()
+             if m.startswith('st-') and (d, m.split('-')[1]) in done]
+    below = [(st, base) for st, base in pairs if st['our_error'] < base['our_error']]
+    seeded = [(st, base) for st, base in pairs if st['spread'] != '' and base['spread'] != '']
+    clear = [(st, base) for st, base in seeded
+             if base['our_error'] - st['our_error'] > max(st['spread'], base['spread'])]
+    lines = [f'- ST-CNN cells within 0.3 points of the paper: {len(close)} of {len(st_cnn)}.',
+             f'- ST models below their baseline (ST-CNN < CNN, ST-FCN < FCN): {len(below)} of '
+             f'{len(pairs)}; by more than the larger spread between seeds: {len(clear)} of the '
+             f'{len(seeded)} with several seeds.']
+    against = [f'{st["model"]} on {st["dataset"].upper()}' for st, base in pairs
+               if (st, base) not in below]
+    if against:
+        lines.append(f'- Not below their baseline: {", ".join(against)}.')
+    return lines
+
+
+README_START, README_END = '<!-- table1: start -->', '<!-- table1: end -->'
+
+
+def readme_parts(path):
+    """The text of ``path`` before its README_START line and after its README_END line;
+    a one-line error (SystemExit) if it cannot be read or lacks them."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise SystemExit(f'error: cannot read --readme {path}: {e.strerror}')
+    if text.count(README_START) != 1 or text.count(README_END) != 1 or \
+            text.index(README_START) > text.index(README_END):
+        raise SystemExit(f'error: {path} needs one "{README_START}" line and, after it, one '
+                         f'"{README_END}" line around the table that --readme rewrites')
+    head, rest = text.split(README_START)
+    return head, rest.split(README_END)[1]
+
+
+def replace_block(path, lines):
+    """Put ``lines`` between the README_START and README_END lines of ``path`` (atomically)."""
+    head, tail = readme_parts(path)
+    atomic.write_text(path, head + README_START + '\n' + '\n'.join(lines) + '\n' + README_END + tail)
 
 def threads(folder):
     """The OpenMP threads a run trained with (config.json; 1 if it does not say)."""
@@ -351,6 +407,9 @@ def main(argv=None):
     p.add_argument('--data-dir', default=None)
     p.add_argument('--ctx', default='cpu')
     p.add_argument('--table-only', action='store_true', help='only rewrite the tables')
+    p.add_argument('--readme', metavar='MD',
+                   help='also rewrite the table between the "<!-- table1: start -->" and '
+                        '"<!-- table1: end -->" lines of this file (the README)')
     p.add_argument('--batch-size', type=positive_int, default=None,
                    help="the schedule's batch size, if not its own (folders SCHEDULE-bN)")
     p.add_argument('--lr', type=float, default=None,
@@ -382,6 +441,8 @@ def main(argv=None):
     chosen = choose(patterns)
     if not chosen:
         p.error(f'--cells {args.cells!r} matches none of: {", ".join(cells())}')
+    if args.readme:
+        readme_parts(args.readme)   # before hours of training, not after
     os.makedirs(args.out, exist_ok=True)
     todo = [] if args.table_only else [(cell, seed) for cell in chosen for seed in args.seeds
                                        if rundir.read_result(run_dir(args, cell, seed)) is None]

@@ -60,13 +60,16 @@ def fake_train(monkeypatch):
             return 1
         with open(os.path.join(out, 'config.json'), 'w') as f:
             f.write('{"train_images": 60000, "omp_threads": 2}')
+        last = next((acc for part, acc in call.errors.items()
+                     if os.path.basename(out).startswith(part + '-')), 0.9875)
         with open(os.path.join(out, 'metrics.csv'), 'w') as f:
             f.write('dataset,epoch,train_loss,test_loss,test_acc,lr,imgs_per_s,epoch_s\n'
-                    'r,1,0.5,0.4,0.9800,0.001,1000,30.0\nr,2,0.4,0.3,0.9875,0.001,1000,30.0\n')
+                    f'r,1,0.5,0.4,0.9800,0.001,1000,30.0\nr,2,0.4,0.3,{last:.4f},0.001,1000,30.0\n')
         return 0
 
     call.threads, call.running, call.most, call.lock = [], 0, 0, threading.Lock()
     call.fail = None   # a folder name part whose train.py fails
+    call.errors = {}   # 'DATASET-MODEL' -> its last test accuracy (else 0.9875)
     commands.call = call
     monkeypatch.setattr(reproduce.subprocess, 'call', call)
     monkeypatch.setattr(reproduce, 'local_cluster', in_process_cluster)   # sees the fake
@@ -280,3 +283,32 @@ def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, monkeypatch):
                         str(tmp_path)])
     assert str(error.value.code).startswith(f'error: cannot reach the Dask scheduler at '
                                             f'tcp://127.0.0.1:{port}')
+
+
+def test_the_tables_say_where_the_grid_stands_against_the_goal(tmp_path, fake_train):
+    fake_train.call.errors = {'r-cnn': 0.9800, 'r-st-cnn-aff': 0.9950, 'rts-cnn': 0.9900,
+                              'rts-st-cnn-aff': 0.9800}
+    reproduce.main(['--cells', 'r/cnn,r/st-cnn-aff,rts/cnn,rts/st-cnn-aff', '--out', str(tmp_path)])
+    table = (tmp_path / 'table1.md').read_text()
+    assert '- ST-CNN cells within 0.3 points of the paper: 1 of 2.' in table   # 0.50 vs 0.7
+    assert ('- ST models below their baseline (ST-CNN < CNN, ST-FCN < FCN): 1 of 2; by more '
+            'than the larger spread between seeds: 0 of the 0 with several seeds.') in table
+    assert '- Not below their baseline: st-cnn-aff on RTS.' in table
+
+
+def test_readme_gets_the_table_between_its_markers_and_nothing_else_changes(tmp_path, fake_train):
+    readme = tmp_path / 'README.md'
+    readme.write_text('# Title\n\n<!-- table1: start -->\nold table\n<!-- table1: end -->\n\nAfter.\n')
+    reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path / 'grid'), '--readme', str(readme)])
+    text = readme.read_text()
+    assert text.startswith('# Title\n\n<!-- table1: start -->\n| model | R | RTS | P | E | TC |\n')
+    assert '| cnn | 1.25 (1.2) |' in text and 'old table' not in text
+    assert text.endswith('<!-- table1: end -->\n\nAfter.\n')
+
+
+def test_a_readme_without_markers_is_refused_before_any_training(tmp_path, fake_train, capsys):
+    readme = tmp_path / 'README.md'
+    readme.write_text('# Title\n')
+    with pytest.raises(SystemExit, match='needs one "<!-- table1: start -->" line'):
+        reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path), '--readme', str(readme)])
+    assert fake_train == [] and readme.read_text() == '# Title\n'
