@@ -27,6 +27,7 @@ with clutter). Writes OUT/result.json (per class and mean) and OUT/boxes.png.
 import argparse
 import json
 import os
+import sys
 
 import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
@@ -42,6 +43,7 @@ from stn import SpatialTransformer, affine_sample, attention_theta
 
 CANVAS, DIGIT, PATCH = 84, 28, 6
 ENCODER_LAYERS = ('net_cnn_pool0_fwd_output', 'net_cnn_pool1_fwd_output', 'net_cnn_dense0_fwd_output')
+EMBEDDINGS = {'paper': ENCODER_LAYERS, 'logits': ENCODER_LAYERS[-1:]}
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -108,26 +110,36 @@ def localisation():
     return net
 
 
-def transformer():
-    """An attention transformer with ``localisation`` that crops a 28x28 view."""
-    return SpatialTransformer(target_shape=(DIGIT, DIGIT), localisation=localisation,
+def transformer(side=DIGIT):
+    """An attention transformer with ``localisation`` that crops a side x side view."""
+    return SpatialTransformer(target_shape=(side, side), localisation=localisation,
                               transform='attention', prefix='stn_')
 
 
-def load_encoder(run_dir, ctx=mx.cpu()):
-    """e(): the exported MNIST CNN of ``run_dir`` (train.py --model cnn --no-stn), frozen,
-    mapping crops (N, 1, 28, 28) to its ENCODER_LAYERS flattened and concatenated."""
-    symbol, _, symbol_file, params_file = rundir.load_export(run_dir)
+def load_encoder(run_dir, embedding='paper', normalise=False, ctx=mx.cpu()):
+    """e(): the exported CNN of ``run_dir`` (train.py --model cnn --no-stn), frozen. With
+    ``embedding`` 'paper' it maps crops (N, 1, S, S) to its two hidden stages and its logits
+    flattened and concatenated, with 'logits' to its logits alone; ``normalise`` scales each
+    embedding to unit length. Returns (encoder, S): S the side of the images it was trained
+    on (28 for MNIST, 42 for RTS), the side of the crops."""
+    symbol, weights, symbol_file, params_file = rundir.load_export(run_dir)
     internals = symbol.get_internals()
     missing = [name for name in ENCODER_LAYERS if name not in internals.list_outputs()]
     if missing:
         raise rundir.RunError(f'{symbol_file} is not a plain CNN (it lacks {", ".join(missing)}): '
                               f'train the encoder with python train.py --model cnn --no-stn')
-    embedding = mx.sym.concat(*[mx.sym.flatten(internals[name]) for name in ENCODER_LAYERS], dim=1)
-    encoder = gluon.SymbolBlock(embedding, mx.sym.var('data'))
+    layers = EMBEDDINGS[embedding]
+    out = mx.sym.concat(*[mx.sym.flatten(internals[name]) for name in layers], dim=1)
+    if normalise:
+        out = mx.sym.L2Normalization(out)
+    encoder = gluon.SymbolBlock(out, mx.sym.var('data'))
     encoder.collect_params().load(params_file, ctx=ctx, ignore_extra=True)
     encoder.collect_params().setattr('grad_req', 'null')
-    return encoder
+    channels, side, _ = rundir.input_shape(symbol, weights)
+    if channels != 1:
+        raise rundir.RunError(f'{symbol_file} reads {channels}-channel images: the encoder must '
+                              f'be a one-channel digit classifier')
+    return encoder, side
 
 
 def triplet_loss(anchor, positive, negative, margin=1.0):
@@ -138,11 +150,26 @@ def triplet_loss(anchor, positive, negative, margin=1.0):
     return mx.nd.relu(close - far + margin)
 
 
-def random_patches(n, rng, canvas=CANVAS, size=DIGIT):
-    """Attention thetas (n, 3) of random size x size patches at the canvas's own
-    resolution, anywhere inside it."""
-    s = (size - 1) / (canvas - 1)
-    return np.stack([np.full(n, s), *rng.uniform(-1 + s, 1 - s, (2, n))], 1).astype(np.float32)
+def box_theta(boxes, canvas=CANVAS, size=DIGIT):
+    """The attention theta (N, 3) whose size x size crop reads square ``boxes`` (N, 4)
+    x0, y0, x1, y1 in pixels (``crop_boxes``' inverse)."""
+    boxes = np.asarray(boxes, np.float64)
+    unit = (canvas - 1) / 2
+    s = (boxes[:, 2] - boxes[:, 0]) / 2 / (unit * (1 + 1 / (size - 1)))
+    tx, ty = (((boxes[:, i] + boxes[:, i + 2]) / 2 - 0.5) / unit - 1 for i in (0, 1))
+    return np.stack([s, tx, ty], 1).astype(np.float32)
+
+
+def digit_scale(canvas=CANVAS, size=DIGIT):
+    """The attention scale s whose size x size crop reads a digit-sized (28 px) patch."""
+    return float(box_theta([[0, 0, DIGIT, DIGIT]], canvas, size)[0, 0])
+
+
+def random_patches(n, rng, canvas=CANVAS, size=DIGIT, extent=DIGIT):
+    """Attention thetas (n, 3) of size x size crops of random extent x extent pixel
+    patches anywhere inside the canvas (at its own resolution when size == extent)."""
+    x, y = rng.uniform(0, canvas - extent, (2, n))
+    return box_theta(np.stack([x, y, x + extent, y + extent], 1), canvas, size)
 
 
 def attention_crop(images, theta, size=DIGIT):
@@ -150,20 +177,76 @@ def attention_crop(images, theta, size=DIGIT):
     return affine_sample(mx.nd, images, attention_theta(mx.nd, theta), (size, size))
 
 
-def colocalise(images, encoder, steps=300, batch=32, lr=1e-3, margin=1.0, seed=0):
-    """Train a fresh transformer on ``images`` (N, 1, 84, 84) numpy with the triplet loss
-    for ``steps`` batches of pairs; returns (transformer, mean loss of each step)."""
+def landscape(images, boxes, encoder, side=DIGIT, pairs=500, seed=0, margin=1.0):
+    """The mean triplet loss over ``pairs`` random pairs when every image is cropped at the
+    same kind of place, without training: the digit's own box, the box moved by up to 4 and
+    12 pixels, the canvas centre, an empty place (off the canvas), the whole canvas and three
+    times the canvas. Shows which crops the loss prefers: {name: loss}."""
+    rng = np.random.default_rng(seed)
+    data, count = mx.nd.array(images), len(images)
+    canvas = images.shape[-1]
+    shifted = lambda px: boxes + np.repeat(rng.uniform(-px, px, (count, 2)), 2, axis=1)  # noqa: E731
+    everywhere = lambda theta: np.tile(np.float32([theta]), (count, 1))                  # noqa: E731
+    scale = digit_scale(canvas, side)
+    places = {'digit box': box_theta(boxes, canvas, side),
+              'box +-4 px': box_theta(shifted(4), canvas, side),
+              'box +-12 px': box_theta(shifted(12), canvas, side),
+              'canvas centre': everywhere([scale, 0, 0]),
+              'empty (off the canvas)': everywhere([scale, 3, 3]),
+              'whole canvas': everywhere([1, 0, 0]), 'zoomed out 3x': everywhere([3, 0, 0])}
+    n = rng.integers(0, count, pairs)
+    m = (n + rng.integers(1, count, pairs)) % count
+    negative = encoder(attention_crop(data[n], mx.nd.array(
+        random_patches(pairs, rng, canvas, side)), side))
+    result = {}
+    for name, theta in places.items():
+        embedded = encoder(attention_crop(data, mx.nd.array(theta), side))
+        loss = triplet_loss(embedded[n], embedded[m], negative, margin)
+        result[name] = float(loss.mean().asscalar())
+    return result
+
+
+
+def toward_digit(images, boxes, encoder, theta, side=DIGIT, repeats=10, seed=0, margin=1.0):
+    """The share of ``images`` whose loss gradient, with every crop at attention ``theta``
+    [s, tx, ty], moves the crop's centre toward the centre of their digit's box: the
+    direction of a first descent step, summed over ``repeats`` draws of partners and
+    random patches. 1 if the loss leads every crop to its digit, 0 if it leads all away."""
+    rng = np.random.default_rng(seed)
+    data, count, canvas = mx.nd.array(images), len(images), images.shape[-1]
+    at = mx.nd.array(np.tile(np.float32([theta]), (count, 1)))
+    at.attach_grad()
+    total = np.zeros((count, 2))
+    for _ in range(repeats):
+        partner = (np.arange(count) + rng.integers(1, count, count)) % count
+        negative = encoder(attention_crop(data, mx.nd.array(
+            random_patches(count, rng, canvas, side)), side))
+        with autograd.record():
+            embedded = encoder(attention_crop(data, at, side))
+            loss = triplet_loss(embedded, embedded[partner], negative, margin).sum()
+        loss.backward()
+        total += at.grad.asnumpy()[:, 1:]
+    digit = box_theta(boxes, canvas, side)[:, 1:] - np.float32(theta[1:])
+    return float(((-total * digit).sum(axis=1) > 0).mean())
+
+def colocalise(images, encoder, side=DIGIT, steps=300, batch=32, lr=1e-3, margin=1.0,
+               optimizer='adam', seed=0):
+    """Train a fresh transformer of side x side crops on ``images`` (N, 1, 84, 84) numpy
+    with the triplet loss for ``steps`` batches of pairs; returns (transformer, mean loss
+    of each step)."""
     mx.random.seed(seed)
     rng = np.random.default_rng(seed)
-    stn = transformer()
+    stn = transformer(side)
     stn.initialize(mx.init.Xavier())
     stn.hybridize()
-    trainer = gluon.Trainer(stn.collect_params(), 'adam', {'learning_rate': lr})
+    trainer = gluon.Trainer(stn.collect_params(), optimizer, dict(
+        learning_rate=lr, **({'momentum': 0.9} if optimizer == 'sgd' else {})))
     data, losses = mx.nd.array(images), []
     for _ in range(steps):
         n = rng.integers(0, len(images), batch)
         m = (n + rng.integers(1, len(images), batch)) % len(images)      # m != n
-        negative = encoder(attention_crop(data[n], mx.nd.array(random_patches(batch, rng))))
+        negative = encoder(attention_crop(
+            data[n], mx.nd.array(random_patches(batch, rng, images.shape[-1], side)), side))
         with autograd.record():
             crops, _ = stn(mx.nd.concat(data[n], data[m], dim=0))
             embedded = encoder(crops)
@@ -176,8 +259,8 @@ def colocalise(images, encoder, steps=300, batch=32, lr=1e-3, margin=1.0, seed=0
 
 def found_boxes(stn, images):
     """The boxes (N, 4) the transformer crops on ``images`` (N, 1, 84, 84)."""
-    _, theta = stn(mx.nd.array(images))
-    return crop_boxes(theta.asnumpy(), images.shape[-1])
+    crops, theta = stn(mx.nd.array(images))
+    return crop_boxes(theta.asnumpy(), images.shape[-1], crops.shape[-1])
 
 
 # ---- pictures and command line -------------------------------------------------------------
@@ -217,26 +300,42 @@ def main(argv=None):
     p.add_argument('--images', type=int, default=100, help='images per class')
     p.add_argument('--steps', type=int, default=300, help='SGD steps (batches of pairs) per class')
     p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--optimizer', choices=['adam', 'sgd'], default='adam',
+                   help='sgd: with momentum 0.9, as the paper')
+    p.add_argument('--embedding', choices=list(EMBEDDINGS), default='paper',
+                   help="the encoder's outputs compared: 'paper' its two hidden stages and logits, "
+                        "'logits' its logits alone")
+    p.add_argument('--normalise', action='store_true', help='scale each embedding to unit length')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--data-dir', default=None)
     args = p.parse_args(argv)
     classes = [int(c) for c in args.classes.split(',')]
     try:
-        encoder = load_encoder(args.encoder)
+        encoder, side = load_encoder(args.encoder, args.embedding, args.normalise)
         _, _, test_x, test_y = mnist.load_mnist(args.data_dir)
     except (rundir.RunError, mnist.MNISTError) as e:
         raise SystemExit(f'error: {e}')
     os.makedirs(args.out, exist_ok=True)
-    result, shown = {'clutter': args.clutter, 'steps': args.steps, 'images': args.images,
+    result, shown = {'command': ' '.join(['python', 'colocalise.py'] + list(argv or sys.argv[1:])),
                      'per_class': {}}, ([], [], [])
     for digit in classes:
         images, truth = class_set(test_x, test_y, digit, args.images, 16 * args.clutter, args.seed)
-        stn, losses = colocalise(images, encoder, args.steps, lr=args.lr, seed=args.seed)
+        losses_at = landscape(images, truth, encoder, side, seed=args.seed)
+        toward = {'canvas centre': toward_digit(images, truth, encoder, [digit_scale(CANVAS, side), 0, 0],
+                                                side, seed=args.seed),
+                  'whole canvas': toward_digit(images, truth, encoder, [1, 0, 0], side,
+                                               seed=args.seed)}
+        stn, losses = colocalise(images, encoder, side, args.steps, lr=args.lr,
+                                 optimizer=args.optimizer, seed=args.seed)
         found = found_boxes(stn, images)
         hits = float((iou(found, truth) > 0.5).mean())
-        result['per_class'][str(digit)] = {'iou_above_0.5': hits, 'final_loss': losses[-1]}
+        result['per_class'][str(digit)] = {'iou_above_0.5': hits, 'final_loss': losses[-1],
+                                           'loss_at': losses_at, 'toward_digit': toward}
         print(f'class {digit}: {100 * hits:.0f}% of {len(images)} boxes with IoU > 0.5 '
-              f'(loss {losses[0]:.3f} -> {losses[-1]:.3f})', flush=True)
+              f'(loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}; loss with every crop at: ' +
+              ', '.join(f'{name} {value:.3f}' for name, value in losses_at.items()) + '; first '
+              'step toward the digit from: ' + ', '.join(f'{name} {100 * value:.0f}%' for name, value
+                                                         in toward.items()) + ')', flush=True)
         for part, values in zip(shown, (images[:8], truth[:8], found[:8])):
             part.append(values)
     result['mean'] = float(np.mean([c['iou_above_0.5'] for c in result['per_class'].values()]))

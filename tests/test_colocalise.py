@@ -83,13 +83,15 @@ def exported_encoder(folder):
 
 def test_the_encoder_concatenates_the_cnns_two_stages_and_logits(tmp_path):
     encoder = exported_encoder(tmp_path)
+    encoder, side = encoder
     embedding = encoder(mx.nd.zeros((3, 1, 28, 28)))
     assert embedding.shape == (3, 8 * 10 * 10 + 16 * 4 * 4 + 10)
     assert all(p.grad_req == 'null' for p in encoder.collect_params().values())   # frozen
+    assert side == 28                                                # the crops it reads
 
 
 def test_the_transformer_starts_as_the_whole_canvas_and_its_loss_falls(tmp_path):
-    encoder = exported_encoder(tmp_path)
+    encoder, side = exported_encoder(tmp_path)
     digits = squares(20)
     images, truth = colocalise.canvases(digits, digits, np.random.default_rng(0))
     fresh = colocalise.transformer()
@@ -98,3 +100,51 @@ def test_the_transformer_starts_as_the_whole_canvas_and_its_loss_falls(tmp_path)
                                colocalise.crop_boxes([[1, 0, 0]] * 2), atol=1e-6)
     stn, losses = colocalise.colocalise(images, encoder, steps=60, batch=8)
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+@pytest.mark.parametrize('side', [28, 42])
+def test_the_crop_of_a_digits_box_is_the_digit_at_the_encoders_side(side):
+    digits = np.random.RandomState(0).rand(6, 1, 28, 28).astype(np.float32)
+    images, boxes = colocalise.canvases(digits, digits, np.random.default_rng(0))
+    theta = colocalise.box_theta(boxes, size=side)
+    np.testing.assert_allclose(colocalise.crop_boxes(theta, size=side), boxes, atol=1e-4)
+    crops = colocalise.attention_crop(mx.nd.array(images), mx.nd.array(theta), side).asnumpy()
+    assert crops.shape == (6, 1, side, side)
+    if side == 28:                                      # native resolution: pixel for pixel
+        np.testing.assert_allclose(crops, digits, atol=1e-4)
+    patches = colocalise.crop_boxes(colocalise.random_patches(100, np.random.default_rng(0),
+                                                              size=side), size=side)
+    np.testing.assert_allclose(patches[:, 2:] - patches[:, :2], 28, atol=1e-4)   # digit-sized
+
+
+def test_the_logits_embedding_can_be_normalised_to_unit_length(tmp_path):
+    exported_encoder(tmp_path)
+    encoder, side = colocalise.load_encoder(str(tmp_path), embedding='logits', normalise=True)
+    embedding = encoder(mx.nd.random.uniform(shape=(4, 1, 28, 28))).asnumpy()
+    assert embedding.shape == (4, 10)
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1, rtol=1e-5)
+
+
+def test_the_landscape_prices_every_crop_place_and_prefers_the_digit_for_a_pixel_encoder():
+    # Identical digits and an encoder that is the pixels themselves: the digit's own box
+    # gives identical crops far from most random patches (loss 0); an empty crop is as
+    # close to an empty patch as to the other empty crops (loss about the margin).
+    images, boxes = colocalise.canvases(squares(40), squares(40), np.random.default_rng(0))
+    pixels = lambda crops: crops.reshape((crops.shape[0], -1))             # noqa: E731
+    losses = colocalise.landscape(images, boxes, pixels)
+    assert list(losses) == ['digit box', 'box +-4 px', 'box +-12 px', 'canvas centre',
+                            'empty (off the canvas)', 'whole canvas', 'zoomed out 3x']
+    assert losses['digit box'] == min(losses.values()) and losses['digit box'] < 0.05
+    assert 0.2 < losses['empty (off the canvas)'] <= 1
+
+
+def test_the_first_step_leads_toward_the_digit_when_the_encoder_rewards_ink_in_the_middle():
+    # Each image twice (so the pair agrees) and an encoder whose embedding is the ink in
+    # the crop's middle: the random patch, mostly empty, pushes a crop beside its digit
+    # onto it.
+    images, boxes = colocalise.canvases(squares(10), squares(10), np.random.default_rng(0))
+    middle = lambda crops: crops[:, :, 7:21, 7:21].mean(axis=(2, 3))       # noqa: E731
+    beside = colocalise.box_theta(boxes + 6)
+    share = [colocalise.toward_digit(images[[i, i]], boxes[[i, i]], middle, beside[i])
+             for i in range(10)]
+    assert np.mean(share) == 1
