@@ -161,6 +161,22 @@ def die_with_parent():
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
 
 
+def recipe_flags(args):
+    """train.py's flags for what the command line changes of the schedule (after its own)."""
+    flags = ['--fresh-distortions'] if args.fresh_distortions else []
+    if args.batch_size:
+        flags += ['--batch-size', str(args.batch_size)]
+    if args.lr:
+        flags += ['--lr', f'{args.lr:g}']
+    if args.loc_lr_mult:
+        flags += ['--loc-lr-mult', f'{args.loc_lr_mult:g}']
+    if args.budget_mult:
+        flags += ['--budget-mult', f'{args.budget_mult:g}']
+    if args.train_size:
+        flags += ['--train-size', str(args.train_size)]
+    return flags
+
+
 def run_cell(cell, seed, args):
     """Train one cell to the end (continuing an interrupted run) and save its result.json.
     Runs on a Dask worker; raises CellFailed if train.py fails."""
@@ -168,18 +184,7 @@ def run_cell(cell, seed, args):
     command = [sys.executable, os.path.join(HERE, 'train.py'), *train_flags(cell),
                *schedule_flags(args.schedule, args.epochs), '--seed', str(seed), '--out', folder,
                '--ctx', args.ctx]
-    if args.fresh_distortions:
-        command.append('--fresh-distortions')
-    if args.batch_size:
-        command += ['--batch-size', str(args.batch_size)]
-    if args.lr:
-        command += ['--lr', f'{args.lr:g}']
-    if args.loc_lr_mult:
-        command += ['--loc-lr-mult', f'{args.loc_lr_mult:g}']
-    if args.budget_mult:
-        command += ['--budget-mult', f'{args.budget_mult:g}']
-    if args.train_size:
-        command += ['--train-size', str(args.train_size)]
+    command += recipe_flags(args)
     if args.data_dir:
         command += ['--data-dir', args.data_dir]
     if rundir.checkpoint_epoch(folder) is not None:
@@ -242,7 +247,7 @@ def write_tables(args, failed=None):
     atomic.write_text(os.path.join(out, 'table1.csv'), text.getvalue())
 
     columns = DATASETS + list(dict.fromkeys(c.split('/')[0] for c in found))
-    flags = ' '.join(schedule_flags(args.schedule, args.epochs))
+    flags = ' '.join(schedule_flags(args.schedule, args.epochs) + recipe_flags(args))
     lines = [f'Test error in %: ours (the paper\'s). Schedule `{label(args)}`: `{flags}`; '
              f'seeds {",".join(map(str, seeds))}.', '', *error_table(rows, columns), '',
              *goal_lines(rows),
