@@ -257,7 +257,7 @@ def write_tables(args, failed=None):
     for model in PAPER:
         times = [next((str(r['minutes']) for r in rows if r['model'] == model
                        and r['dataset'] == d), '') for d in columns]
-        lines.append(f'| {model} | ' + ' | '.join(times) + ' |')
+        lines.append(f'| {model_name(model)} | ' + ' | '.join(times) + ' |')
     runs = sum(r['seeds'] for r in rows)
     lines += ['', f'{runs} runs, {sum(r["minutes"] or 0 for r in rows) / 60:.1f} hours of '
                   f'training, {core_seconds / 3600:.1f} CPU-core hours (training time x OpenMP '
@@ -286,8 +286,16 @@ def error_table(rows, columns):
 
     lines = ['| model | ' + ' | '.join(d.upper() for d in columns) + ' |',
              '|---|' + '---|' * len(columns)]
-    return lines + [f'| {model} | ' + ' | '.join(cell_text(model, d) for d in columns) + ' |'
-                    for model in PAPER]
+    return lines + [f'| {model_name(model)} | ' + ' | '.join(cell_text(model, d) for d in columns)
+                    + ' |' for model in PAPER]
+
+
+def model_name(model):
+    """The paper's name of a model: 'st-cnn-aff' -> 'ST-CNN affine'."""
+    *family, transform = model.split('-')
+    if transform in TRANSFORMS:
+        return '-'.join(family).upper() + ' ' + {'tps': 'TPS'}.get(transform, TRANSFORMS[transform])
+    return model.upper()
 
 
 def goal_lines(rows):
@@ -307,7 +315,7 @@ def goal_lines(rows):
              f'- ST models below their baseline (ST-CNN < CNN, ST-FCN < FCN): {len(below)} of '
              f'{len(pairs)}; by more than the larger spread between seeds: {len(clear)} of the '
              f'{len(seeded)} with several seeds.']
-    against = [f'{st["model"]} on {st["dataset"].upper()}' for st, base in pairs
+    against = [f'{model_name(st["model"])} on {st["dataset"].upper()}' for st, base in pairs
                if (st, base) not in below]
     if against:
         lines.append(f'- Not below their baseline: {", ".join(against)}.')

@@ -108,7 +108,7 @@ def test_the_tables_put_our_mean_and_spread_beside_the_paper(tmp_path, fake_trai
     assert rows[0] == 'dataset,model,paper_error,our_error,spread,seeds,minutes,failed'
     assert 'rts,st-cnn-aff,0.5,1.25,0.0,2,2.0,0' in rows
     table = (tmp_path / 'table1.md').read_text()
-    assert '| st-cnn-aff | - (0.7) | 1.25 ± 0.00 (0.5) |' in table
+    assert '| ST-CNN affine | - (0.7) | 1.25 ± 0.00 (0.5) |' in table
     assert '2 runs, 0.0 hours of training, 0.1 CPU-core hours' in table   # 2 x 60 s x 2 threads
 
 
@@ -123,7 +123,7 @@ def test_the_other_readings_of_p_run_only_when_named_and_get_a_column_of_their_o
     assert 'p-forward,cnn,1.5,1.25,' in (tmp_path / 'table1.csv').read_text()   # P's paper figure
     table = (tmp_path / 'table1.md').read_text()
     assert '| model | R | RTS | P | E | TC | P-FORWARD |' in table
-    assert '| cnn | - (1.2) | - (0.8) | - (1.5) | - (1.4) | - (3.5) | 1.25 (1.5) |' in table
+    assert '| CNN | - (1.2) | - (0.8) | - (1.5) | - (1.4) | - (3.5) | 1.25 (1.5) |' in table
 
 
 def test_a_pattern_that_matches_no_cell_is_a_usage_error(tmp_path, capsys):
@@ -192,7 +192,7 @@ def test_a_failing_cell_is_reported_in_the_tables_with_its_error_and_not_retried
     assert len(fake_train) == 2   # each ran once
     assert 'r,fcn,2.1,,,0,,1' in (tmp_path / 'table1.csv').read_text().splitlines()
     table = (tmp_path / 'table1.md').read_text()
-    assert '| fcn | failed (2.1) |' in table and '| cnn | 1.25 (1.2) |' in table
+    assert '| FCN | failed (2.1) |' in table and '| CNN | 1.25 (1.2) |' in table
     log = tmp_path / 'r-fcn-ours-seed1' / 'train.log'
     assert (f'- r/fcn seed 1: train.py exit 1: error: the training loss became nan in epoch 1 '
             f'(batch 50) (see {log})') in table
@@ -293,7 +293,7 @@ def test_the_tables_say_where_the_grid_stands_against_the_goal(tmp_path, fake_tr
     assert '- ST-CNN cells within 0.3 points of the paper: 1 of 2.' in table   # 0.50 vs 0.7
     assert ('- ST models below their baseline (ST-CNN < CNN, ST-FCN < FCN): 1 of 2; by more '
             'than the larger spread between seeds: 0 of the 0 with several seeds.') in table
-    assert '- Not below their baseline: st-cnn-aff on RTS.' in table
+    assert '- Not below their baseline: ST-CNN affine on RTS.' in table
 
 
 def test_readme_gets_the_table_between_its_markers_and_nothing_else_changes(tmp_path, fake_train):
@@ -302,7 +302,7 @@ def test_readme_gets_the_table_between_its_markers_and_nothing_else_changes(tmp_
     reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path / 'grid'), '--readme', str(readme)])
     text = readme.read_text()
     assert text.startswith('# Title\n\n<!-- table1: start -->\n| model | R | RTS | P | E | TC |\n')
-    assert '| cnn | 1.25 (1.2) |' in text and 'old table' not in text
+    assert '| CNN | 1.25 (1.2) |' in text and 'old table' not in text
     assert text.endswith('<!-- table1: end -->\n\nAfter.\n')
 
 
@@ -312,3 +312,9 @@ def test_a_readme_without_markers_is_refused_before_any_training(tmp_path, fake_
     with pytest.raises(SystemExit, match='needs one "<!-- table1: start -->" line'):
         reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path), '--readme', str(readme)])
     assert fake_train == [] and readme.read_text() == '# Title\n'
+
+
+@pytest.mark.parametrize('model, name', [('fcn', 'FCN'), ('cnn', 'CNN'), ('st-fcn-proj', 'ST-FCN projective'),
+                                         ('st-cnn-aff', 'ST-CNN affine'), ('st-cnn-tps', 'ST-CNN TPS')])
+def test_the_tables_name_the_models_as_the_paper(model, name):
+    assert reproduce.model_name(model) == name
