@@ -504,10 +504,22 @@ def submit(todo, args, cluster, where):
     with client:
         link = f', dashboard {client.dashboard_link}' if cluster and cluster.dashboard_link else ''
         print(f'{len(todo)} cells to train on {where}{link}', flush=True)
-        futures = {client.submit(run_cell, cell, seed, args, pure=False,
-                                 key=f'{cell}-seed{seed}-{label(args)}'): (cell, seed)
-                   for cell, seed in todo}
-        for future in as_completed(futures):
+        # Cells go to the scheduler one per free worker thread, the rest are held here: a
+        # Dask scheduler may queue every task on one worker and leave the others idle.
+        pending, futures = list(todo), {}
+        finished = as_completed()
+
+        def fill():
+            threads = sum(w['nthreads'] for w in client.scheduler_info()['workers'].values())
+            while pending and sum(not f.done() for f in futures) < max(1, threads):
+                cell, seed = pending.pop(0)
+                future = client.submit(run_cell, cell, seed, args, pure=False,
+                                       key=f'{cell}-seed{seed}-{label(args)}')
+                futures[future] = (cell, seed)
+                finished.add(future)
+
+        fill()
+        for future in finished:
             (cell, seed), done = futures[future], done + 1
             try:
                 result = future.result()
@@ -519,9 +531,9 @@ def submit(todo, args, cluster, where):
                 failed[cell, seed] = outcome = (
                     f'its Dask worker died every time it ran it (allowed-failures); see '
                     f'{os.path.join(run_dir(args, cell, seed), "train.log")}')
-            keys = {f.key for f in futures if not f.done()}
-            running = sum(len(keys & set(k)) for k in client.processing().values())
-            print(f'[{done}/{len(todo)} done, {running} running, {len(keys) - running} waiting, '
+            fill()
+            running = sum(not f.done() for f in futures)
+            print(f'[{done}/{len(todo)} done, {running} running, {len(pending)} waiting, '
                   f'{(time.time() - start) / 60:.1f} min] {cell} seed {seed}: {outcome}', flush=True)
             write_tables(args, failed)
     return failed

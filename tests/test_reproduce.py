@@ -1,6 +1,7 @@
 """reproduce.py: the Table 1 grid, resumable cells, and the tables it writes."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 
 import psutil
 import pytest
+from distributed import get_worker
 
 import launch
 import reproduce
@@ -51,10 +53,11 @@ def fake_train(monkeypatch):
         with call.lock:
             call.running += 1
             call.most = max(call.most, call.running)
-        time.sleep(0.05)
+        out = command[command.index('--out') + 1]
+        call.workers.append(get_worker().address)
+        time.sleep(next((s for part, s in call.sleep.items() if part in out), 0.05))
         with call.lock:
             call.running -= 1
-        out = command[command.index('--out') + 1]
         if call.fail and call.fail in out:
             stdout.write('error: the training loss became nan in epoch 1 (batch 50)\n')
             return 1
@@ -70,6 +73,8 @@ def fake_train(monkeypatch):
     call.threads, call.running, call.most, call.lock = [], 0, 0, threading.Lock()
     call.fail = None   # a folder name part whose train.py fails
     call.errors = {}   # 'DATASET-MODEL' -> its last test accuracy (else 0.9875)
+    call.sleep = {}    # a folder name part -> how long its train.py takes (else 0.05 s)
+    call.workers = []  # the Dask worker that ran each call
     commands.call = call
     monkeypatch.setattr(reproduce.subprocess, 'call', call)
     monkeypatch.setattr(reproduce, 'local_cluster', in_process_cluster)   # sees the fake
@@ -153,14 +158,29 @@ def test_fresh_distortions_reach_train_py_and_get_folders_of_their_own(tmp_path,
     assert (tmp_path / 'tc-fcn-ours-fresh-seed1' / 'result.json').exists()
 
 
-def test_cells_train_side_by_side_one_thread_each_by_default(tmp_path, fake_train, monkeypatch):
+def test_cells_train_side_by_side_one_thread_each_by_default(tmp_path, fake_train, monkeypatch,
+                                                             capsys):
     monkeypatch.setattr(reproduce, 'CORES', 2)
     reproduce.main(['--cells', 'r/cnn,r/fcn,e/cnn,e/fcn', '--out', str(tmp_path)])
     assert len(fake_train) == 4 and fake_train.call.most == 2
+    progress = re.findall(r'\[(\d)/4 done, (\d) running, (\d) waiting', capsys.readouterr().out)
+    assert len(progress) == 4
+    for done, running, waiting in progress:   # never more running than the two workers
+        assert int(running) <= 2 and int(done) + int(running) + int(waiting) <= 4
     assert fake_train.call.threads == ['1'] * 4
     assert len(open(tmp_path / 'table1.csv').read().splitlines()) == 37   # header + 36 cells
     reproduce.main(['--cells', 'rts/cnn', '--jobs', '1', '--out', str(tmp_path)])
     assert fake_train.call.threads[-1] == '2'   # one job: all the cores
+
+
+def test_an_idle_worker_takes_the_next_cell_while_the_other_trains_a_long_one(tmp_path, fake_train,
+                                                                           monkeypatch):
+    monkeypatch.setattr(reproduce, 'CORES', 2)
+    fake_train.call.sleep = {'r-cnn-': 1.0}
+    reproduce.main(['--cells', 'r/cnn,r/fcn,e/cnn,e/fcn,p/cnn,p/fcn', '--out', str(tmp_path)])
+    long = fake_train.call.workers[[c[c.index('--out') + 1] for c in fake_train].index(
+        str(tmp_path / 'r-cnn-ours-seed1'))]
+    assert fake_train.call.workers.count(long) == 1          # the other worker took all five
 
 
 def test_recipe_flags_reach_train_py_and_name_their_folders(tmp_path, fake_train):
