@@ -12,9 +12,10 @@ digits pasted anywhere too. The digit's box is its 28x28 frame.
 
 Model: an attention transformer (theta = [s, tx, ty], stn.py) whose localisation net is
 the paper's: conv 9x9 (8 filters, stride 4) -> max-pool 2x2 -> fc 8 -> fc 8 -> fc 3 (the
-regressor), ReLU; it crops a 28x28 view I^T = T_theta(I). Encoder e: the supervised MNIST
-CNN of section 4.1 (a train.py run's export, frozen), its two hidden stages and its logits
-flattened and concatenated.
+regressor), ReLU; it crops a view I^T = T_theta(I) of the encoder's input size (28x28 for
+an MNIST CNN). Encoder e: a supervised CNN of section 4.1 (a train.py run's export,
+frozen), its two hidden stages and its logits flattened and concatenated (--embedding
+logits: the logits alone; --normalise: scaled to unit length).
 
 Loss (paper, A.2), over random pairs n != m of the class's images:
 
@@ -22,7 +23,10 @@ Loss (paper, A.2), over random pairs n != m of the class's images:
 
 I_n^rand a random 28x28 patch of the same image. Metric: the fraction of images whose
 crop overlaps the digit's box with IoU > 0.5 (the paper: 100% on translated digits, 75-93%
-with clutter). Writes OUT/result.json (per class and mean) and OUT/boxes.png.
+with clutter). Before training, each class's run prices the loss with every crop at
+the same kind of place (the digit's box, empty canvas, the whole canvas, ...) and
+measures where the first gradient step leads (docs/appendix.md explains why). Writes
+OUT/result.json (per class and mean) and OUT/boxes.png.
 """
 import argparse
 import json
@@ -165,11 +169,11 @@ def digit_scale(canvas=CANVAS, size=DIGIT):
     return float(box_theta([[0, 0, DIGIT, DIGIT]], canvas, size)[0, 0])
 
 
-def random_patches(n, rng, canvas=CANVAS, size=DIGIT, extent=DIGIT):
-    """Attention thetas (n, 3) of size x size crops of random extent x extent pixel
-    patches anywhere inside the canvas (at its own resolution when size == extent)."""
-    x, y = rng.uniform(0, canvas - extent, (2, n))
-    return box_theta(np.stack([x, y, x + extent, y + extent], 1), canvas, size)
+def random_patches(n, rng, canvas=CANVAS, size=DIGIT):
+    """Attention thetas (n, 3) of size x size crops of random digit-sized (28x28 pixel)
+    patches anywhere inside the canvas (at its own resolution when size is 28)."""
+    x, y = rng.uniform(0, canvas - DIGIT, (2, n))
+    return box_theta(np.stack([x, y, x + DIGIT, y + DIGIT], 1), canvas, size)
 
 
 def attention_crop(images, theta, size=DIGIT):
@@ -185,8 +189,8 @@ def landscape(images, boxes, encoder, side=DIGIT, pairs=500, seed=0, margin=1.0)
     rng = np.random.default_rng(seed)
     data, count = mx.nd.array(images), len(images)
     canvas = images.shape[-1]
-    shifted = lambda px: boxes + np.repeat(rng.uniform(-px, px, (count, 2)), 2, axis=1)  # noqa: E731
-    everywhere = lambda theta: np.tile(np.float32([theta]), (count, 1))                  # noqa: E731
+    shifted = lambda px: boxes + np.repeat(rng.uniform(-px, px, (count, 2)), 2, 1)  # noqa: E731
+    everywhere = lambda theta: np.tile(np.float32([theta]), (count, 1))            # noqa: E731
     scale = digit_scale(canvas, side)
     places = {'digit box': box_theta(boxes, canvas, side),
               'box +-4 px': box_theta(shifted(4), canvas, side),
@@ -204,7 +208,6 @@ def landscape(images, boxes, encoder, side=DIGIT, pairs=500, seed=0, margin=1.0)
         loss = triplet_loss(embedded[n], embedded[m], negative, margin)
         result[name] = float(loss.mean().asscalar())
     return result
-
 
 
 def toward_digit(images, boxes, encoder, theta, side=DIGIT, repeats=10, seed=0, margin=1.0):
@@ -228,6 +231,7 @@ def toward_digit(images, boxes, encoder, theta, side=DIGIT, repeats=10, seed=0, 
         total += at.grad.asnumpy()[:, 1:]
     digit = box_theta(boxes, canvas, side)[:, 1:] - np.float32(theta[1:])
     return float(((-total * digit).sum(axis=1) > 0).mean())
+
 
 def colocalise(images, encoder, side=DIGIT, steps=300, batch=32, lr=1e-3, margin=1.0,
                optimizer='adam', seed=0):
@@ -316,26 +320,25 @@ def main(argv=None):
     except (rundir.RunError, mnist.MNISTError) as e:
         raise SystemExit(f'error: {e}')
     os.makedirs(args.out, exist_ok=True)
-    result, shown = {'command': ' '.join(['python', 'colocalise.py'] + list(argv or sys.argv[1:])),
-                     'per_class': {}}, ([], [], [])
+    command = ' '.join(['python', 'colocalise.py'] + list(sys.argv[1:] if argv is None else argv))
+    result, shown = {'command': command, 'settings': vars(args), 'per_class': {}}, ([], [], [])
     for digit in classes:
         images, truth = class_set(test_x, test_y, digit, args.images, 16 * args.clutter, args.seed)
         losses_at = landscape(images, truth, encoder, side, seed=args.seed)
-        toward = {'canvas centre': toward_digit(images, truth, encoder, [digit_scale(CANVAS, side), 0, 0],
-                                                side, seed=args.seed),
-                  'whole canvas': toward_digit(images, truth, encoder, [1, 0, 0], side,
-                                               seed=args.seed)}
+        toward = {name: toward_digit(images, truth, encoder, theta, side, seed=args.seed)
+                  for name, theta in (('canvas centre', [digit_scale(CANVAS, side), 0, 0]),
+                                      ('whole canvas', [1, 0, 0]))}
         stn, losses = colocalise(images, encoder, side, args.steps, lr=args.lr,
                                  optimizer=args.optimizer, seed=args.seed)
         found = found_boxes(stn, images)
         hits = float((iou(found, truth) > 0.5).mean())
         result['per_class'][str(digit)] = {'iou_above_0.5': hits, 'final_loss': losses[-1],
                                            'loss_at': losses_at, 'toward_digit': toward}
+        prices = ', '.join(f'{name} {value:.3f}' for name, value in losses_at.items())
+        leads = ', '.join(f'{name} {100 * value:.0f}%' for name, value in toward.items())
         print(f'class {digit}: {100 * hits:.0f}% of {len(images)} boxes with IoU > 0.5 '
-              f'(loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}; loss with every crop at: ' +
-              ', '.join(f'{name} {value:.3f}' for name, value in losses_at.items()) + '; first '
-              'step toward the digit from: ' + ', '.join(f'{name} {100 * value:.0f}%' for name, value
-                                                         in toward.items()) + ')', flush=True)
+              f'(loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}; loss with every crop at: '
+              f'{prices}; first step toward the digit from: {leads})', flush=True)
         for part, values in zip(shown, (images[:8], truth[:8], found[:8])):
             part.append(values)
     result['mean'] = float(np.mean([c['iou_above_0.5'] for c in result['per_class'].values()]))

@@ -344,7 +344,8 @@ def readme_parts(path):
 def replace_block(path, lines):
     """Put ``lines`` between the README_START and README_END lines of ``path`` (atomically)."""
     head, tail = readme_parts(path)
-    atomic.write_text(path, head + README_START + '\n' + '\n'.join(lines) + '\n' + README_END + tail)
+    block = '\n'.join([README_START, *lines, README_END])
+    atomic.write_text(path, head + block + tail)
 
 def threads(folder):
     """The OpenMP threads a run trained with (config.json; 1 if it does not say)."""

@@ -318,7 +318,8 @@ def test_the_tables_say_where_the_grid_stands_against_the_goal(tmp_path, fake_tr
 
 def test_readme_gets_the_table_between_its_markers_and_nothing_else_changes(tmp_path, fake_train):
     readme = tmp_path / 'README.md'
-    readme.write_text('# Title\n\n<!-- table1: start -->\nold table\n<!-- table1: end -->\n\nAfter.\n')
+    readme.write_text('# Title\n\n<!-- table1: start -->\nold table\n<!-- table1: end -->'
+                      '\n\nAfter.\n')
     reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path / 'grid'), '--readme', str(readme)])
     text = readme.read_text()
     assert text.startswith('# Title\n\n<!-- table1: start -->\n| model | R | RTS | P | E | TC |\n')
@@ -334,7 +335,8 @@ def test_a_readme_without_markers_is_refused_before_any_training(tmp_path, fake_
     assert fake_train == [] and readme.read_text() == '# Title\n'
 
 
-@pytest.mark.parametrize('model, name', [('fcn', 'FCN'), ('cnn', 'CNN'), ('st-fcn-proj', 'ST-FCN projective'),
-                                         ('st-cnn-aff', 'ST-CNN affine'), ('st-cnn-tps', 'ST-CNN TPS')])
+@pytest.mark.parametrize('model, name', [
+    ('fcn', 'FCN'), ('cnn', 'CNN'), ('st-fcn-proj', 'ST-FCN projective'),
+    ('st-cnn-aff', 'ST-CNN affine'), ('st-cnn-tps', 'ST-CNN TPS')])
 def test_the_tables_name_the_models_as_the_paper(model, name):
     assert reproduce.model_name(model) == name
