@@ -357,20 +357,23 @@ def threads(folder):
 
 def write_curves(out, chosen, path):
     """Test error (%) against training images seen, one panel per cell of ``chosen`` and
-    one line per run of it in ``out`` (every schedule and seed found), into ``path``."""
+    one line per finished run of it in ``out`` (every schedule and seed with a result.json,
+    as in the tables), into ``path``. Returns {cell: [run names]}, what was drawn."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     runs = {}
     for folder in sorted(os.listdir(out)):
         cell = next((c for c in chosen if folder.startswith(c.replace('/', '-') + '-')), None)
-        if cell is None or not os.path.isfile(os.path.join(out, folder, 'metrics.csv')):
+        if cell is None or rundir.read_result(os.path.join(out, folder)) is None:
             continue
         rows = rundir.read_metrics(os.path.join(out, folder))
         images = rundir.read_config(os.path.join(out, folder))['train_images']
         name = folder[len(cell.replace('/', '-')) + 1:]
         runs.setdefault(cell, []).append((name, [int(r['epoch']) * images / 1e6 for r in rows],
                                           [100 * (1 - float(r['test_acc'])) for r in rows]))
+    runs = {cell: runs[cell] for cell in chosen if cell in runs}   # the grid's order
     cols = min(len(runs), 2) or 1
     fig, axes = plt.subplots((len(runs) + cols - 1) // cols or 1, cols, squeeze=False,
                              figsize=(6 * cols, 4 * ((len(runs) + cols - 1) // cols or 1)))
@@ -378,13 +381,16 @@ def write_curves(out, chosen, path):
         for name, seen, error in lines:
             ax.plot(seen, error, marker='.', label=name)
         ax.axhline(paper_error(cell), color='k', linestyle='--', label='paper')
-        ax.set(title=cell, xlabel='training images seen (millions)', ylabel='test error (%)',
-               yscale='log')
+        dataset, model = cell.split('/')
+        ax.set(title=f'{dataset.upper()} {model_name(model)}', yscale='log',
+               xlabel='training images seen (millions)', ylabel='test error (%)')
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
         ax.legend(fontsize='small')
     fig.tight_layout()
     atomic.atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=90))
     plt.close(fig)
-    return path
+    return {cell: [name for name, _, _ in lines] for cell, lines in runs.items()}
 
 
 def seed_list(text):
@@ -464,7 +470,10 @@ def main(argv=None):
     write_tables(args, failed)
     print(f'wrote {os.path.join(args.out, "table1.md")} and table1.csv')
     if args.curves:
-        print(f'wrote {write_curves(args.out, chosen, args.curves)}')
+        drawn = write_curves(args.out, chosen, args.curves)
+        print(f'wrote {args.curves}: ' + ('; '.join(f'{cell} ({", ".join(names)})'
+                                                    for cell, names in drawn.items())
+                                          or 'no finished runs of the chosen cells'))
     if failed:
         sys.exit(f'error: {len(failed)} of {len(todo)} cells failed (listed in table1.md)')
 

@@ -195,13 +195,18 @@ def test_recipe_flags_reach_train_py_and_name_their_folders(tmp_path, fake_train
             / 'result.json').exists()
 
 
-def test_the_learning_curves_draw_every_schedule_of_a_cell_from_the_run_folders(tmp_path, fake_train):
+def test_the_learning_curves_draw_every_finished_run_of_a_cell_from_the_run_folders(
+        tmp_path, fake_train, capsys):
     for schedule in ('ours', 'sgd'):
         reproduce.main(['--cells', 'r/cnn', '--schedule', schedule, '--out', str(tmp_path)])
+    reproduce.main(['--cells', 'r/fcn', '--out', str(tmp_path)])
+    (tmp_path / 'r-fcn-ours-seed1' / 'result.json').unlink()   # as if still training
     figure = tmp_path / 'curves.png'
+    capsys.readouterr()
     reproduce.main(['--cells', 'r/*', '--table-only', '--out', str(tmp_path), '--curves',
                     str(figure)])
-    assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and len(fake_train) == 2
+    assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and len(fake_train) == 3
+    assert f'wrote {figure}: r/cnn (ours-seed1, sgd-seed1)\n' in capsys.readouterr().out
 
 
 def test_a_failing_cell_is_reported_in_the_tables_with_its_error_and_not_retried(tmp_path, fake_train):
