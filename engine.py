@@ -163,7 +163,8 @@ def build_net(args):
                    pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid,
                    loc_lr_mult=args.loc_lr_mult, num_classes=distort.num_classes(args.dataset),
                    transformers=getattr(args, 'transformers', 1),
-                   places=getattr(args, 'stn_at', ['input']))
+                   places=getattr(args, 'stn_at', ['input']),
+                   input_norm=getattr(args, 'input_norm', 'mnist'))
 
 
 class GluonModel:
@@ -276,7 +277,7 @@ class GluonModel:
                                          ctx=self.ctx))
             h = model.pool(h) if model.pool is not None else h
         if model.feature_stn is not None:
-            features = model.classifier[1](model.classifier[0]((h - net.MEAN) / net.STD))
+            features = model.classifier[1](model.classifier[0]((h - model.mean) / model.std))
             _, theta = model.feature_stn(features)
             side = model.feature_stn.target_shape
             a, b = net.feature_to_input(side[0], model.pool is not None, shape[0])

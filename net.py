@@ -63,6 +63,8 @@ MODELS = ('lenet', 'fcn', 'cnn')
 BUDGETS = {28: 150_000, 42: 200_000, 60: 250_000}   # parameters per experiment, by input side
 DEFAULT_WIDTH = {'fcn': 128, 'cnn': 32}             # when Net is given no width
 MEAN, STD = 0.1307, 0.3081   # MNIST's pixel mean and std: the classifier standardises its input
+# what the classifier subtracts from its input and divides it by (train.py --input-norm)
+INPUT_NORMS = {'mnist': (MEAN, STD), 'none': (0.0, 1.0)}
 
 
 def lenet(num_classes=10, width=None):
@@ -207,12 +209,13 @@ class Net(nn.HybridBlock):
     (``ParallelTransformers``, the paper's 2xST). ``places``: where the CNN takes
     transformers, in series, some of PLACES: 'input' (``self.stn``) and 'conv1', on the
     first stage's feature map (``self.feature_stn``, named PREFIX_stn_conv1_..., with
-    ``feature_localisation``; it warps every channel).
+    ``feature_localisation``; it warps every channel). ``input_norm``: the classifier sees
+    (x - mean) / std, with INPUT_NORMS' MNIST mean and std ('mnist') or x itself ('none').
     """
 
     def __init__(self, transform='affine', num_classes=10, loc_lr_mult=1.0, model='lenet',
                  width=None, pool_after_stn=False, tps_grid=4, transformers=1, places=('input',),
-                 prefix='net_', **kwargs):
+                 input_norm='mnist', prefix='net_', **kwargs):
         super().__init__(prefix=prefix, **kwargs)
         if model not in MODELS:
             raise ValueError(f'model must be one of {MODELS}, not {model!r}')
@@ -225,6 +228,9 @@ class Net(nn.HybridBlock):
                              f'not {places}')
         if transformers > 1 and places != ('input',):
             raise ValueError('transformers side by side go on the input only')
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f'input_norm must be one of {tuple(INPUT_NORMS)}, not {input_norm!r}')
+        self.mean, self.std = INPUT_NORMS[input_norm]
         with self.name_scope():
             self.stn = self.feature_stn = None
             make = lambda name, localisation=LOCALISATIONS[model]: SpatialTransformer(  # noqa: E731
@@ -252,7 +258,7 @@ class Net(nn.HybridBlock):
             x, _ = self.stn(x)
             if self.pool is not None:
                 x = self.pool(x)
-        x = (x - MEAN) / STD
+        x = (x - self.mean) / self.std
         if self.feature_stn is None:
             return self.classifier(x)
         for k in range(len(self.classifier)):

@@ -134,14 +134,15 @@ def label(args):
     """The schedule's name in folders and tables: 'ours', 'ours-20ep' with --epochs 20,
     'ours-fresh' with --fresh-distortions, 'ours-b256' with --batch-size 256, 'ours-lr0.003'
     with --lr 0.003, 'ours-loc1'
-    with --loc-lr-mult 1, 'ours-budget2' with --budget-mult 2, 'ours-n2000' with
-    --train-size 2000."""
+    with --loc-lr-mult 1, 'ours-budget2' with --budget-mult 2, 'ours-normnone' with
+    --input-norm none, 'ours-n2000' with --train-size 2000."""
     name = args.schedule if args.epochs is None else f'{args.schedule}-{args.epochs}ep'
     name += '-fresh' if args.fresh_distortions else ''
     name += f'-b{args.batch_size}' if getattr(args, 'batch_size', None) else ''
     name += f'-lr{args.lr:g}' if getattr(args, 'lr', None) else ''
     name += f'-loc{args.loc_lr_mult:g}' if getattr(args, 'loc_lr_mult', None) else ''
     name += f'-budget{args.budget_mult:g}' if getattr(args, 'budget_mult', None) else ''
+    name += f'-norm{args.input_norm}' if getattr(args, 'input_norm', None) else ''
     return name + (f'-n{args.train_size}' if getattr(args, 'train_size', None) else '')
 
 
@@ -172,6 +173,8 @@ def recipe_flags(args):
         flags += ['--loc-lr-mult', f'{args.loc_lr_mult:g}']
     if args.budget_mult:
         flags += ['--budget-mult', f'{args.budget_mult:g}']
+    if getattr(args, 'input_norm', None):
+        flags += ['--input-norm', args.input_norm]
     if args.train_size:
         flags += ['--train-size', str(args.train_size)]
     return flags
@@ -440,6 +443,8 @@ def main(argv=None):
     p.add_argument('--budget-mult', type=float, default=None,
                    help="train.py's multiple of each experiment's parameter budget (the FCN "
                         "and CNN widths), if not 1 (folders SCHEDULE-budgetM)")
+    p.add_argument('--input-norm', choices=['none'], default=None,
+                   help="train.py's --input-norm, if not mnist (folders SCHEDULE-normnone)")
     p.add_argument('--curves', default=None, metavar='PNG',
                    help='also draw test error against images seen for every run of the chosen '
                         'cells found in --out (one line per schedule) into this file')

@@ -49,10 +49,10 @@ from symbolic import ModuleModel
 RUN_FLAGS = ['api', 'dataset', 'data_seed', 'fresh_distortions', 'epochs', 'batch_size', 'lr',
              'lr_steps', 'lr_factor', 'lr_mode', 'warmup_epochs', 'optimizer', 'momentum',
              'loc_lr_mult', 'seed', 'train_size', 'model', 'transform', 'tps_grid', 'width',
-             'transformers', 'stn_at']
+             'transformers', 'stn_at', 'input_norm']
 CHANGEABLE = ['epochs', 'lr']   # extend a run; a smaller rate after a divergence
 # configs written before these flags used their defaults
-ADDED_LATER = ['lr_mode', 'warmup_epochs', 'transformers', 'stn_at']
+ADDED_LATER = ['lr_mode', 'warmup_epochs', 'transformers', 'stn_at', 'input_norm']
 TRANSFORMS = ('none',) + stn.TRANSFORMS
 MAX_SEED = 999_999   # the per-epoch seed is seed * 1000 + epoch, within numpy's 2**32
 
@@ -153,6 +153,9 @@ def parse_args(argv=None):
                 f'use --api gluon')
     if args.api == 'symbol' and ',' in args.ctx:
         p.error(f'argument --ctx: --api symbol trains on one device, not {args.ctx}; use --api gluon')
+    if args.api == 'symbol' and args.input_norm != 'mnist':
+        p.error(f'argument --input-norm: --api symbol standardises with MNIST\'s mean and std, '
+                f'not {args.input_norm}; use --api gluon')
     if args.api == 'symbol' and (args.model != 'lenet' or args.transform not in ('affine', 'none')):
         p.error(f'argument --api: symbol builds only --model lenet with --transform affine or '
                 f'none, not --model {args.model} --transform {args.transform}; use --api gluon')
@@ -272,6 +275,10 @@ def parser():
     p.add_argument('--budget-mult', type=positive(float), default=1.0,
                    help='fit fcn/cnn to this multiple of the experiment\'s parameter budget '
                         '(net.BUDGETS) when --width is not given')
+    p.add_argument('--input-norm', choices=list(net.INPUT_NORMS), default='mnist',
+                   help='what the classifier does to its input: mnist: subtract MNIST\'s pixel '
+                        'mean and divide by its std (0.1307, 0.3081); none: take the [0, 1] '
+                        'pixels as they are')
     p.add_argument('--summary', action='store_true',
                    help='print the layers and parameter counts of the model and exit')
     p.add_argument('--train-size', type=positive(int), default=None,

@@ -230,6 +230,32 @@ def test_stn_at_is_checked(flags, message, capsys):
     assert args.stn_at == ['input', 'conv1'] and engine.build_net(args).feature_stn is not None
 
 
+@pytest.mark.parametrize('model, transform', [('fcn', 'none'), ('cnn', 'affine')])
+def test_the_classifier_standardises_with_mnists_mean_and_std_unless_input_norm_is_none(
+        model, transform, tmp_path):
+    standard = built(42, model=model, transform=transform, width=8, pool_after_stn=True)
+    raw = built(42, model=model, transform=transform, width=8, pool_after_stn=True,
+                input_norm='none')
+    standard.save_parameters(str(tmp_path / 'w.params'))
+    raw.load_parameters(str(tmp_path / 'w.params'))      # the same weights
+    x = images(3, 42)
+    for network, mean, std in ((standard, net.MEAN, net.STD), (raw, 0, 1)):
+        seen = network.pool(network.stn(x)[0]) if network.stn is not None else x
+        np.testing.assert_allclose(network.classifier((seen - mean) / std).asnumpy(),
+                                   network(x).asnumpy(), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(raw(x).asnumpy(), standard(x).asnumpy(), atol=1e-3)
+    with pytest.raises(ValueError, match=r"input_norm must be one of \('mnist', 'none'\)"):
+        Net(model=model, input_norm='imagenet')
+
+
+def test_input_norm_reaches_the_net_and_needs_the_gluon_api(capsys):
+    assert engine.build_net(train.parse_args(['--model', 'fcn', '--input-norm', 'none'])).std == 1
+    assert engine.build_net(train.parse_args(['--model', 'fcn'])).std == net.STD
+    with pytest.raises(SystemExit):
+        train.parse_args(['--api', 'symbol', '--input-norm', 'none'])
+    assert '--input-norm: --api symbol standardises with MNIST' in capsys.readouterr().err
+
+
 def test_a_paper_model_exports_and_loads_with_symbolblock_imports(tmp_path):
     model = built(42, model='cnn', transform='projective', width=8, pool_after_stn=True)
     model.hybridize()

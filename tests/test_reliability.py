@@ -122,6 +122,15 @@ def test_resume_may_extend_the_run_and_lower_its_rate_and_records_both(copy):
 
 
 @needs_mnist
+def test_a_run_from_before_a_flag_existed_resumes_with_the_flags_default(copy):
+    config = json.load(open(copy / 'config.json'))
+    del config['input_norm']                        # as train.py wrote it before --input-norm
+    (copy / 'config.json').write_text(json.dumps(config))
+    resume(copy, '--epochs', '3')                   # not "config.json lacks ['input_norm']"
+    assert [r['epoch'] for r in metrics(copy)] == ['1', '2', '3']
+
+
+@needs_mnist
 @pytest.mark.parametrize('flags, message', [
     (['--epochs', '1'], 'has trained 2 epochs already; --epochs 1 would not continue it'),
     (['--batch-size', '16'], r'--batch-size 16 \(the run has 50\)'),

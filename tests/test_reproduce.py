@@ -186,12 +186,13 @@ def test_an_idle_worker_takes_the_next_cell_while_the_other_trains_a_long_one(tm
 def test_recipe_flags_reach_train_py_and_name_their_folders(tmp_path, fake_train):
     reproduce.main(['--cells', 'rts/st-cnn-aff', '--schedule', 'cosine', '--epochs', '20',
                     '--fresh-distortions', '--batch-size', '256', '--lr', '0.003',
-                    '--loc-lr-mult', '1', '--budget-mult', '2', '--out', str(tmp_path)])
+                    '--loc-lr-mult', '1', '--budget-mult', '2', '--input-norm', 'none',
+                    '--out', str(tmp_path)])
     command = ' '.join(fake_train[0])
     assert '--lr-mode cosine --warmup-epochs 0.5' in command and '--epochs 20' in command
     assert command.endswith('--ctx cpu --fresh-distortions --batch-size 256 --lr 0.003 '
-                            '--loc-lr-mult 1 --budget-mult 2')
-    assert (tmp_path / 'rts-st-cnn-aff-cosine-20ep-fresh-b256-lr0.003-loc1-budget2-seed1'
+                            '--loc-lr-mult 1 --budget-mult 2 --input-norm none')
+    assert (tmp_path / 'rts-st-cnn-aff-cosine-20ep-fresh-b256-lr0.003-loc1-budget2-normnone-seed1'
             / 'result.json').exists()
 
 
