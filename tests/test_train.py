@@ -145,7 +145,10 @@ def test_a_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
 def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(tmp_path):
     command = [sys.executable, os.path.join(ROOT, 'train.py'), '--data-dir', REAL_DIR,
                '--out', str(tmp_path), '--train-size', '2000', '--epochs', '50']
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C reaches train.py even when these tests run as a background job (whose shell starts
+    # them with SIGINT ignored, which Python then keeps)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not (
             (tmp_path / 'metrics.csv').exists() and metrics(tmp_path)):
