@@ -378,8 +378,8 @@ def write_curves(out, chosen, path):
                                           [100 * (1 - float(r['test_acc'])) for r in rows]))
     runs = {cell: runs[cell] for cell in chosen if cell in runs}   # the grid's order
     cols = min(len(runs), 2) or 1
-    fig, axes = plt.subplots((len(runs) + cols - 1) // cols or 1, cols, squeeze=False,
-                             figsize=(6 * cols, 4 * ((len(runs) + cols - 1) // cols or 1)))
+    panel_rows = (len(runs) + cols - 1) // cols or 1
+    fig, axes = plt.subplots(panel_rows, cols, squeeze=False, figsize=(6 * cols, 4 * panel_rows))
     for ax, (cell, lines) in zip(axes.flat, runs.items()):
         for name, seen, error in lines:
             ax.plot(seen, error, marker='.', label=name)
