@@ -227,7 +227,7 @@ def write_tables(args, failed=None):
     """OUT/table1.csv and OUT/table1.md from every result.json found, with the cells of
     ``failed`` ({(cell, seed): error}) marked and their errors listed."""
     out, seeds, failed = args.out, args.seeds, failed or {}
-    rows = []
+    rows, finished = [], set()
     found = [c for c in cells(readings=True)[len(cells()):]
              if any(rundir.read_result(run_dir(args, c, s)) for s in seeds)]
     core_seconds = 0
@@ -236,6 +236,7 @@ def write_tables(args, failed=None):
         core_seconds += sum(r['train_seconds'] * threads(run_dir(args, cell, r['seed']))
                             for r in results)
         errors = [r['test_error'] for r in results]
+        finished.update(r['seed'] for r in results)
         dataset, model = cell.split('/')
         rows.append({
             'dataset': dataset, 'model': model, 'paper_error': paper_error(cell),
@@ -251,8 +252,11 @@ def write_tables(args, failed=None):
 
     columns = DATASETS + list(dict.fromkeys(c.split('/')[0] for c in found))
     flags = ' '.join(schedule_flags(args.schedule, args.epochs) + recipe_flags(args))
+    waiting = [s for s in seeds if s not in finished]
     lines = [f'Test error in %: ours (the paper\'s). Schedule `{label(args)}`: `{flags}`; '
-             f'seeds {",".join(map(str, seeds))}.', '', *error_table(rows, columns), '',
+             f'seeds {",".join(map(str, seeds))}'
+             + (f' (no cell has finished seed {",".join(map(str, waiting))} yet).'
+                if waiting else '.'), '', *error_table(rows, columns), '',
              *goal_lines(rows),
              '', 'Minutes of training per cell (all seeds):', '',
              '| model | ' + ' | '.join(d.upper() for d in columns) + ' |',

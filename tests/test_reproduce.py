@@ -117,6 +117,14 @@ def test_the_tables_put_our_mean_and_spread_beside_the_paper(tmp_path, fake_trai
     assert '2 runs, 0.0 hours of training, 0.1 CPU-core hours' in table   # 2 x 60 s x 2 threads
 
 
+def test_the_tables_say_which_seeds_asked_for_have_no_finished_run_yet(tmp_path, fake_train):
+    reproduce.main(['--cells', 'r/cnn', '--seeds', '1', '--out', str(tmp_path)])
+    reproduce.main(['--cells', 'r/cnn', '--seeds', '1,2,3', '--out', str(tmp_path), '--table-only'])
+    assert 'seeds 1,2,3 (no cell has finished seed 2,3 yet).' in (tmp_path / 'table1.md').read_text()
+    reproduce.main(['--cells', 'r/cnn', '--seeds', '1', '--out', str(tmp_path), '--table-only'])
+    assert 'seeds 1.\n' in (tmp_path / 'table1.md').read_text()
+
+
 def test_the_other_readings_of_p_run_only_when_named_and_get_a_column_of_their_own(tmp_path,
                                                                                    fake_train):
     assert reproduce.choose(['*']) == reproduce.cells()            # the grid alone
