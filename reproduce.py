@@ -252,11 +252,11 @@ def write_tables(args, failed=None):
 
     columns = DATASETS + list(dict.fromkeys(c.split('/')[0] for c in found))
     flags = ' '.join(schedule_flags(args.schedule, args.epochs) + recipe_flags(args))
-    waiting = [s for s in seeds if s not in finished]
+    waiting = ','.join(str(s) for s in seeds if s not in finished)
+    seeds_done = ','.join(map(str, seeds)) + (
+        f' (no cell has finished seed {waiting} yet)' if waiting else '')
     lines = [f'Test error in %: ours (the paper\'s). Schedule `{label(args)}`: `{flags}`; '
-             f'seeds {",".join(map(str, seeds))}'
-             + (f' (no cell has finished seed {",".join(map(str, waiting))} yet).'
-                if waiting else '.'), '', *error_table(rows, columns), '',
+             f'seeds {seeds_done}.', '', *error_table(rows, columns), '',
              *goal_lines(rows),
              '', 'Minutes of training per cell (all seeds):', '',
              '| model | ' + ' | '.join(d.upper() for d in columns) + ' |',
