@@ -180,14 +180,26 @@ def recipe_flags(args):
     return flags
 
 
+def run_flags(args):
+    """train.py's flags for the schedule with the command line's changes: a changed flag's
+    value replaces the schedule's ('--batch-size 256' instead of its '64'), new flags follow."""
+    flags, extra = schedule_flags(args.schedule, args.epochs), recipe_flags(args)
+    while extra:
+        name, valued = extra[0], len(extra) > 1 and not extra[1].startswith('--')
+        if valued and name in flags:
+            flags[flags.index(name) + 1] = extra[1]
+        else:
+            flags += extra[:1 + valued]
+        extra = extra[1 + valued:]
+    return flags
+
+
 def run_cell(cell, seed, args):
     """Train one cell to the end (continuing an interrupted run) and save its result.json.
     Runs on a Dask worker; raises CellFailed if train.py fails."""
     folder = run_dir(args, cell, seed)
     command = [sys.executable, os.path.join(HERE, 'train.py'), *train_flags(cell),
-               *schedule_flags(args.schedule, args.epochs), '--seed', str(seed), '--out', folder,
-               '--ctx', args.ctx]
-    command += recipe_flags(args)
+               *run_flags(args), '--seed', str(seed), '--out', folder, '--ctx', args.ctx]
     if args.data_dir:
         command += ['--data-dir', args.data_dir]
     if rundir.checkpoint_epoch(folder) is not None:
@@ -251,7 +263,7 @@ def write_tables(args, failed=None):
     atomic.write_text(os.path.join(out, 'table1.csv'), text.getvalue())
 
     columns = DATASETS + list(dict.fromkeys(c.split('/')[0] for c in found))
-    flags = ' '.join(schedule_flags(args.schedule, args.epochs) + recipe_flags(args))
+    flags = ' '.join(run_flags(args))
     waiting = ','.join(str(s) for s in seeds if s not in finished)
     seeds_done = ','.join(map(str, seeds)) + (
         f' (no cell has finished seed {waiting} yet)' if waiting else '')

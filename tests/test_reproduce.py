@@ -198,8 +198,10 @@ def test_recipe_flags_reach_train_py_and_name_their_folders(tmp_path, fake_train
                     '--out', str(tmp_path)])
     command = ' '.join(fake_train[0])
     assert '--lr-mode cosine --warmup-epochs 0.5' in command and '--epochs 20' in command
-    assert command.endswith('--ctx cpu --fresh-distortions --batch-size 256 --lr 0.003 '
-                            '--loc-lr-mult 1 --budget-mult 2 --input-norm none')
+    assert '--optimizer adam --lr 0.003 --batch-size 256 --epochs 20' in command   # replaced
+    assert command.count('--lr ') == 1 and command.count('--batch-size') == 1
+    assert ('--warmup-epochs 0.5 --fresh-distortions --loc-lr-mult 1 --budget-mult 2 '
+            '--input-norm none --seed 1') in command                              # added
     assert (tmp_path / 'rts-st-cnn-aff-cosine-20ep-fresh-b256-lr0.003-loc1-budget2-normnone-seed1'
             / 'result.json').exists()
 
