@@ -23,7 +23,15 @@ Loss (paper, A.2), over random pairs n != m of the class's images:
 
 I_n^rand a random 28x28 patch of the same image. Metric: the fraction of images whose
 crop overlaps the digit's box with IoU > 0.5 (the paper: 100% on translated digits, 75-93%
-with clutter). Before training, each class's run prices the loss with every crop at
+with clutter). As written this fails here (docs/appendix.md); what works is a curriculum
+of our own (``Curriculum``: coarse to fine on a blurred canvas with an RTS encoder, then the
+crop's scale capped down to a digit's size, then sharp with the MNIST encoder):
+
+    python colocalise.py --encoder result/mnist-cnn --coarse-encoder result/rts-cnn \
+        --embedding logits --normalise --steps 1000 --blur 6 --blur-steps 240 \
+        --shrink 400,650 --switch 700 --out result/coloc-curriculum
+
+Before training, each class's run prices the loss with every crop at
 the same kind of place (the digit's box, empty canvas, the whole canvas, ...) and
 measures where the first gradient step leads (docs/appendix.md explains why). Writes
 OUT/result.json (per class and mean) and OUT/boxes.png.
@@ -78,6 +86,23 @@ def class_set(digits, labels, digit, count=100, clutter=0, seed=0):
     rng = np.random.default_rng([seed, digit, clutter])
     chosen = np.flatnonzero(labels == digit)[:count]
     return canvases(digits[chosen], digits, rng, clutter)
+
+
+def blur(images, sigma):
+    """``images`` (N, 1, H, W) NDArray under a Gaussian blur of ``sigma`` pixels (two 1-D
+    convolutions), each image rescaled so that its brightest pixel stays at its old value:
+    a crop beside the digit already sees the digit's blur, so the loss has a gradient there."""
+    if sigma < 0.3:
+        return images
+    radius = int(3 * sigma + 1)
+    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2)).astype(np.float32)
+    taps = mx.nd.array(taps / taps.sum())
+    out = images
+    for kernel, pad in (((1, 2 * radius + 1), (0, radius)), ((2 * radius + 1, 1), (radius, 0))):
+        out = mx.nd.Convolution(out, taps.reshape((1, 1) + kernel), kernel=kernel, pad=pad,
+                                num_filter=1, no_bias=True)
+    peak = lambda x: mx.nd.maximum(x.max(axis=(1, 2, 3), keepdims=True), 1e-6)  # noqa: E731
+    return out * peak(images) / peak(out)
 
 
 # ---- boxes --------------------------------------------------------------------------------
@@ -233,11 +258,48 @@ def toward_digit(images, boxes, encoder, theta, side=DIGIT, repeats=10, seed=0, 
     return float(((-total * digit).sum(axis=1) > 0).mean())
 
 
+class Curriculum:
+    """What the transformer trains on at each step; the default is the paper as written
+    (sharp canvas, the one encoder, the scale free). Options, all off by default:
+    ``blur`` sigma (px) of a Gaussian blur of the canvas that falls linearly to 0 over
+    ``blur_steps`` (coarse to fine); ``shrink`` (a, b): from step a the crop's scale is
+    capped, the cap falling linearly from the whole canvas (s = 1) to a digit's size at
+    step b and staying there; ``switch``: the steps before it use the coarse encoder."""
+
+    def __init__(self, blur=0.0, blur_steps=0, shrink=None, switch=0):
+        self.blur, self.blur_steps, self.shrink, self.switch = blur, blur_steps, shrink, switch
+
+    def sigma(self, step):
+        return self.blur * max(0.0, 1 - step / max(1, self.blur_steps))
+
+    def max_scale(self, step, canvas=CANVAS):
+        """The cap on s at ``step`` (None: no cap)."""
+        if self.shrink is None or step < self.shrink[0]:
+            return None
+        a, b = self.shrink
+        f = min(1.0, (step - a) / max(1, b - a))
+        return (1 - f) + f * digit_scale(canvas)
+
+    def coarse(self, step):
+        return step < self.switch
+
+
+def capped(theta, max_scale):
+    """Attention ``theta`` (N, 3) NDArray with its scale s capped at ``max_scale`` (None: as is)."""
+    if max_scale is None:
+        return theta
+    return mx.nd.concat(mx.nd.minimum(theta[:, :1], max_scale), theta[:, 1:], dim=1)
+
+
 def colocalise(images, encoder, side=DIGIT, steps=300, batch=32, lr=1e-3, margin=1.0,
-               optimizer='adam', seed=0):
-    """Train a fresh transformer of side x side crops on ``images`` (N, 1, 84, 84) numpy
-    with the triplet loss for ``steps`` batches of pairs; returns (transformer, mean loss
-    of each step)."""
+               optimizer='adam', seed=0, curriculum=None, coarse=None, every=100, truth=None):
+    """Train a fresh transformer on ``images`` (N, 1, 84, 84) numpy with the triplet loss
+    for ``steps`` batches of pairs, its crops side x side (the encoder's input) and its
+    schedule a ``Curriculum``; ``coarse`` (encoder, side) is the encoder of the steps
+    before the curriculum's switch. Returns (transformer, mean loss of each step, history:
+    every ``every`` steps and at the end, [step, share of IoU > 0.5, mean IoU] against the
+    ``truth`` boxes when given)."""
+    curriculum = curriculum or Curriculum()
     mx.random.seed(seed)
     rng = np.random.default_rng(seed)
     stn = transformer(side)
@@ -245,26 +307,36 @@ def colocalise(images, encoder, side=DIGIT, steps=300, batch=32, lr=1e-3, margin
     stn.hybridize()
     trainer = gluon.Trainer(stn.collect_params(), optimizer, dict(
         learning_rate=lr, **({'momentum': 0.9} if optimizer == 'sgd' else {})))
-    data, losses = mx.nd.array(images), []
-    for _ in range(steps):
+    data, losses, history, blurred = mx.nd.array(images), [], [], {}
+    for step in range(steps):
+        e, size = coarse if coarse and curriculum.coarse(step) else (encoder, side)
+        sigma = round(curriculum.sigma(step), 1)
+        if sigma not in blurred:
+            blurred = {sigma: blur(data, sigma)}
+        source = blurred[sigma]
         n = rng.integers(0, len(images), batch)
         m = (n + rng.integers(1, len(images), batch)) % len(images)      # m != n
-        negative = encoder(attention_crop(
-            data[n], mx.nd.array(random_patches(batch, rng, images.shape[-1], side)), side))
+        negative = e(attention_crop(
+            source[n], mx.nd.array(random_patches(batch, rng, images.shape[-1], size)), size))
         with autograd.record():
-            crops, _ = stn(mx.nd.concat(data[n], data[m], dim=0))
-            embedded = encoder(crops)
+            pair = mx.nd.concat(source[n], source[m], dim=0)
+            _, theta = stn(pair)
+            embedded = e(attention_crop(pair, capped(theta, curriculum.max_scale(step)), size))
             loss = triplet_loss(embedded[:batch], embedded[batch:], negative, margin)
         loss.backward()
         trainer.step(batch)
         losses.append(float(loss.mean().asscalar()))
-    return stn, losses
+        if truth is not None and (step % every == 0 or step == steps - 1):
+            overlap = iou(found_boxes(stn, images, curriculum.max_scale(step)), truth)
+            history.append([step, float((overlap > 0.5).mean()), float(overlap.mean())])
+    return stn, losses, history
 
 
-def found_boxes(stn, images):
-    """The boxes (N, 4) the transformer crops on ``images`` (N, 1, 84, 84)."""
+def found_boxes(stn, images, max_scale=None):
+    """The boxes (N, 4) the transformer crops on ``images`` (N, 1, 84, 84), its scale
+    capped at ``max_scale`` (a curriculum's last cap)."""
     crops, theta = stn(mx.nd.array(images))
-    return crop_boxes(theta.asnumpy(), images.shape[-1], crops.shape[-1])
+    return crop_boxes(capped(theta, max_scale).asnumpy(), images.shape[-1], crops.shape[-1])
 
 
 # ---- pictures and command line -------------------------------------------------------------
@@ -312,43 +384,110 @@ def main(argv=None):
     p.add_argument('--normalise', action='store_true', help='scale each embedding to unit length')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--data-dir', default=None)
+    g = p.add_argument_group('curriculum (not in the paper; docs/appendix.md)')
+    g.add_argument('--blur', type=float, default=0.0,
+                   help='sigma (px) of a Gaussian blur of the canvases, falling to 0 '
+                        'over --blur-steps')
+    g.add_argument('--blur-steps', type=int, default=0)
+    g.add_argument('--shrink', default=None, metavar='A,B',
+                   help="cap the crop's scale from step A, the cap falling from the whole canvas "
+                        "to a digit's size at step B")
+    g.add_argument('--coarse-encoder', default=None,
+                   help='run folder of the encoder of the steps before --switch (e.g. an RTS CNN)')
+    g.add_argument('--switch', type=int, default=0, help='the step from which --encoder is used')
     args = p.parse_args(argv)
-    classes = [int(c) for c in args.classes.split(',')]
+    try:
+        classes = [int(c) for c in args.classes.split(',')]
+        shrink = None if args.shrink is None else tuple(int(v) for v in args.shrink.split(','))
+    except ValueError:
+        p.error(f'--classes and --shrink take comma-separated integers, got {args.classes!r} '
+                f'and {args.shrink!r}')
+    if any(not 0 <= c <= 9 for c in classes):
+        p.error(f'--classes: digit classes are 0-9, got {args.classes!r}')
+    if shrink is not None and not (len(shrink) == 2 and 0 <= shrink[0] < shrink[1] <= args.steps):
+        p.error(f'--shrink A,B needs 0 <= A < B <= --steps ({args.steps}), got {args.shrink!r}')
+    if args.blur < 0 or (args.blur > 0 and not 0 < args.blur_steps <= args.steps):
+        p.error(f'--blur needs a sigma >= 0 and 0 < --blur-steps <= --steps ({args.steps})')
+    if bool(args.coarse_encoder) != (args.switch > 0) or args.switch > args.steps:
+        p.error('--coarse-encoder and --switch go together, with 0 < --switch <= --steps')
+    curriculum = Curriculum(args.blur, args.blur_steps, shrink, args.switch)
     try:
         encoder, side = load_encoder(args.encoder, args.embedding, args.normalise)
+        coarse = (load_encoder(args.coarse_encoder, args.embedding, args.normalise)
+                  if args.coarse_encoder else None)
         _, _, test_x, test_y = mnist.load_mnist(args.data_dir)
     except (rundir.RunError, mnist.MNISTError) as e:
         raise SystemExit(f'error: {e}')
     os.makedirs(args.out, exist_ok=True)
     command = ' '.join(['python', 'colocalise.py'] + list(sys.argv[1:] if argv is None else argv))
-    result, shown = {'command': command, 'settings': vars(args), 'per_class': {}}, ([], [], [])
+    try:
+        with rundir.lock(args.out):
+            run(args, classes, curriculum, (encoder, side), coarse, test_x, test_y, command)
+    except rundir.RunError as e:
+        raise SystemExit(f'error: {e}')
+
+
+# What a run's classes must share to be one run (so a rerun may resume its finished ones).
+SHARED = ('encoder', 'clutter', 'images', 'steps', 'lr', 'optimizer', 'embedding', 'normalise',
+          'seed', 'blur', 'blur_steps', 'shrink', 'coarse_encoder', 'switch')
+
+
+def run(args, classes, curriculum, fine, coarse, test_x, test_y, command):
+    """Co-localise each class in turn, writing OUT/result.json after each (a rerun with the
+    same settings keeps the classes already there), then OUT/boxes.png."""
+    encoder, side = fine
+    path = os.path.join(args.out, 'result.json')
+    settings = {key: getattr(args, key) for key in SHARED}
+    done = {}
+    if os.path.exists(path):
+        before = rundir.read_json(path)
+        changed = [k for k in SHARED if before.get('settings', {}).get(k) != settings[k]]
+        if changed:
+            raise rundir.RunError(f'{path} holds a run with other settings ({", ".join(changed)}):'
+                                  f' pass another --out, or delete it to start again')
+        done = before.get('per_class', {})
+    result = {'command': command, 'settings': settings, 'per_class': {}}
     for digit in classes:
         images, truth = class_set(test_x, test_y, digit, args.images, 16 * args.clutter, args.seed)
+        if str(digit) in done:
+            result['per_class'][str(digit)] = done[str(digit)]
+            print(f'class {digit}: kept from {path}', flush=True)
+            continue
         losses_at = landscape(images, truth, encoder, side, seed=args.seed)
         toward = {name: toward_digit(images, truth, encoder, theta, side, seed=args.seed)
                   for name, theta in (('canvas centre', [digit_scale(CANVAS, side), 0, 0]),
                                       ('whole canvas', [1, 0, 0]))}
-        stn, losses = colocalise(images, encoder, side, args.steps, lr=args.lr,
-                                 optimizer=args.optimizer, seed=args.seed)
-        found = found_boxes(stn, images)
-        hits = float((iou(found, truth) > 0.5).mean())
-        result['per_class'][str(digit)] = {'iou_above_0.5': hits, 'final_loss': losses[-1],
-                                           'loss_at': losses_at, 'toward_digit': toward}
+        stn, losses, history = colocalise(
+            images, encoder, side, args.steps, lr=args.lr, optimizer=args.optimizer,
+            seed=args.seed, curriculum=curriculum, coarse=coarse, truth=truth)
+        found = found_boxes(stn, images, curriculum.max_scale(args.steps - 1))
+        overlap = iou(found, truth)
+        hits = float((overlap > 0.5).mean())
+        result['per_class'][str(digit)] = {
+            'iou_above_0.5': hits, 'mean_iou': float(overlap.mean()), 'final_loss': losses[-1],
+            'loss_at': losses_at, 'toward_digit': toward,
+            'history': {'columns': ['step', 'iou_above_0.5', 'mean_iou'], 'rows': history},
+            'boxes': np.round(found, 2).tolist()}
+        atomic.write_text(path, json.dumps(dict(result, per_class={**done, **result['per_class']}),
+                                           indent=2))
         prices = ', '.join(f'{name} {value:.3f}' for name, value in losses_at.items())
         leads = ', '.join(f'{name} {100 * value:.0f}%' for name, value in toward.items())
-        print(f'class {digit}: {100 * hits:.0f}% of {len(images)} boxes with IoU > 0.5 '
-              f'(loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}; loss with every crop at: '
-              f'{prices}; first step toward the digit from: {leads})', flush=True)
-        for part, values in zip(shown, (images[:8], truth[:8], found[:8])):
-            part.append(values)
-    result['mean'] = float(np.mean([c['iou_above_0.5'] for c in result['per_class'].values()]))
-    print(f'mean: {100 * result["mean"]:.1f}%')
-    atomic.write_text(os.path.join(args.out, 'result.json'), json.dumps(result, indent=2))
-    path = os.path.join(args.out, 'boxes.png')
-    draw_boxes(path, *shown, f'co-localisation{" with clutter" if args.clutter else ""}: '
-                             f'digit box green, transformer\'s crop orange')
-    print(f'wrote {os.path.join(args.out, "result.json")} and {path}')
-
+        print(f'class {digit}: {100 * hits:.0f}% of {len(images)} boxes with IoU > 0.5, mean '
+              f'IoU {overlap.mean():.2f} (loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}; '
+              f'loss with every crop at: {prices}; first step toward the digit from: {leads})',
+              flush=True)
+    per_class = result['per_class']
+    result['mean'] = float(np.mean([c['iou_above_0.5'] for c in per_class.values()]))
+    result['mean_iou'] = float(np.mean([c['mean_iou'] for c in per_class.values()]))
+    print(f'mean: {100 * result["mean"]:.1f}%, mean IoU {result["mean_iou"]:.2f}')
+    atomic.write_text(path, json.dumps(result, indent=2))
+    shown = [class_set(test_x, test_y, d, args.images, 16 * args.clutter, args.seed) for d in classes]
+    picture = os.path.join(args.out, 'boxes.png')
+    draw_boxes(picture, [images[:8] for images, _ in shown], [truth[:8] for _, truth in shown],
+               [np.array(per_class[str(d)]['boxes'][:8]) for d in classes],
+               f'co-localisation{" with clutter" if args.clutter else ""}: '
+               f'digit box green, transformer\'s crop orange')
+    print(f'wrote {path} and {picture}')
 
 if __name__ == '__main__':
     main()

@@ -1,5 +1,7 @@
 """colocalise.py (appendix A.2): the canvases and their boxes, the triplet hinge loss, the
 crop boxes and the IoU metric, and a transformer that learns to find a digit without labels."""
+import json
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -98,7 +100,7 @@ def test_the_transformer_starts_as_the_whole_canvas_and_its_loss_falls(tmp_path)
     fresh.initialize()
     np.testing.assert_allclose(colocalise.found_boxes(fresh, images[:2]),
                                colocalise.crop_boxes([[1, 0, 0]] * 2), atol=1e-6)
-    stn, losses = colocalise.colocalise(images, encoder, steps=60, batch=8)
+    stn, losses, _ = colocalise.colocalise(images, encoder, steps=60, batch=8)
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
 
 
@@ -148,3 +150,108 @@ def test_the_first_step_leads_toward_the_digit_when_the_encoder_rewards_ink_in_t
     share = [colocalise.toward_digit(images[[i, i]], boxes[[i, i]], middle, beside[i])
              for i in range(10)]
     assert np.mean(share) == 1
+
+
+def test_the_default_curriculum_is_the_paper_as_written():
+    plain = colocalise.Curriculum()
+    assert [(plain.sigma(t), plain.max_scale(t), plain.coarse(t)) for t in (0, 500)] == \
+        [(0.0, None, False)] * 2
+
+
+def test_the_curriculum_blurs_then_sharpens_shrinks_the_crop_to_a_digit_and_switches_encoder():
+    c = colocalise.Curriculum(blur=6, blur_steps=100, shrink=(200, 300), switch=250)
+    assert [c.sigma(t) for t in (0, 50, 100, 400)] == [6, 3, 0, 0]
+    digit = colocalise.digit_scale()
+    assert c.max_scale(199) is None and c.max_scale(200) == 1
+    assert c.max_scale(250) == pytest.approx((1 + digit) / 2)
+    assert c.max_scale(300) == c.max_scale(999) == pytest.approx(digit)
+    assert [c.coarse(t) for t in (0, 249, 250)] == [True, True, False]
+
+
+def test_blur_spreads_the_ink_and_keeps_its_peak():
+    image = np.zeros((1, 1, 84, 84), np.float32)
+    image[0, 0, 40, 40] = 1
+    sharp = colocalise.blur(mx.nd.array(image), 0).asnumpy()
+    np.testing.assert_array_equal(sharp, image)
+    soft = colocalise.blur(mx.nd.array(image), 6).asnumpy()[0, 0]
+    assert soft.max() == pytest.approx(1) and soft[40, 40] == soft.max()
+    assert soft[40, 46] == pytest.approx(np.exp(-0.5), rel=1e-3)      # one sigma away
+    assert soft[40, 46] == pytest.approx(soft[46, 40], rel=1e-5)      # round
+
+
+def test_a_capped_crop_is_at_most_a_digits_size():
+    images, _ = colocalise.canvases(squares(4), squares(4), np.random.default_rng(0))
+    fresh = colocalise.transformer()
+    fresh.initialize()                                           # the whole canvas, s = 1
+    boxes = colocalise.found_boxes(fresh, images, colocalise.digit_scale())
+    np.testing.assert_allclose(boxes[:, 2:] - boxes[:, :2], 28, atol=1e-3)
+    np.testing.assert_allclose((boxes[:, 2:] + boxes[:, :2]) / 2, 42, atol=1e-3)
+
+
+def test_a_curriculum_run_trains_with_both_encoders_and_records_its_overlap():
+    images, truth = colocalise.canvases(squares(12), squares(12), np.random.default_rng(0))
+    seen = []
+
+    def encoder(name):
+        def embed(crops):
+            seen.append((name, crops.shape[-1]))
+            return crops.reshape((crops.shape[0], -1))
+        return embed
+    curriculum = colocalise.Curriculum(blur=4, blur_steps=4, shrink=(4, 8), switch=6)
+    stn, losses, history = colocalise.colocalise(
+        images, encoder('fine'), steps=10, batch=4, curriculum=curriculum,
+        coarse=(encoder('coarse'), 42), every=5, truth=truth)
+    assert len(losses) == 10 and np.isfinite(losses).all()
+    assert {shape for name, shape in seen if name == 'coarse'} == {42}
+    assert {shape for name, shape in seen if name == 'fine'} == {28}
+    assert [row[0] for row in history] == [0, 5, 9]
+    assert all(0 <= share <= 1 and 0 <= mean <= 1 for _, share, mean in history)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--shrink', '5,3'], '--shrink A,B needs'),
+    (['--shrink', 'a,b'], 'comma-separated integers'),
+    (['--blur', '6'], '--blur needs'),
+    (['--switch', '10'], '--coarse-encoder and --switch go together'),
+    (['--classes', '3,12'], 'digit classes are 0-9'),
+])
+def test_bad_curriculum_flags_are_refused_before_anything_loads(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        colocalise.main(['--encoder', 'no/such/run', *flags])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_run_writes_each_class_as_it_finishes_and_a_rerun_keeps_them(tmp_path, monkeypatch,
+                                                                        capsys):
+    (tmp_path / 'encoder').mkdir()
+    exported_encoder(tmp_path / 'encoder')
+    digits, labels = squares(20), np.repeat([3, 5], 10)
+    monkeypatch.setattr(colocalise.mnist, 'load_mnist', lambda data_dir=None: (None, None,
+                                                                               digits, labels))
+    out = tmp_path / 'run'
+    flags = ['--encoder', str(tmp_path / 'encoder'), '--images', '10', '--out', str(out)]
+    train = colocalise.colocalise
+
+    def interrupted_at_5(images, *args, **kwargs):
+        if len(interrupted_at_5.calls) == 1:
+            raise KeyboardInterrupt
+        interrupted_at_5.calls.append(1)
+        return train(images, *args, **kwargs)
+    interrupted_at_5.calls = []
+    monkeypatch.setattr(colocalise, 'colocalise', interrupted_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        colocalise.main(flags + ['--steps', '3', '--classes', '3,5'])
+    first = json.loads((out / 'result.json').read_text())
+    assert list(first['per_class']) == ['3'] and len(first['per_class']['3']['boxes']) == 10
+
+    monkeypatch.setattr(colocalise, 'colocalise', train)
+    colocalise.main(flags + ['--steps', '3', '--classes', '3,5'])
+    assert 'class 3: kept from' in capsys.readouterr().out
+    second = json.loads((out / 'result.json').read_text())
+    assert second['per_class']['3'] == first['per_class']['3'] and '5' in second['per_class']
+    assert second['mean'] == np.mean([c['iou_above_0.5'] for c in second['per_class'].values()])
+    assert (out / 'boxes.png').stat().st_size > 0
+
+    with pytest.raises(SystemExit, match=r'other settings \(steps\)'):
+        colocalise.main(flags + ['--steps', '4', '--classes', '3'])
+    assert json.loads((out / 'result.json').read_text()) == second       # untouched
