@@ -39,6 +39,7 @@ OUT/result.json (per class and mean) and OUT/boxes.png.
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -53,6 +54,7 @@ import distort
 import mnist
 import rundir
 from stn import SpatialTransformer, affine_sample, attention_theta
+from train import positive
 
 CANVAS, DIGIT, PATCH = 84, 28, 6
 ENCODER_LAYERS = ('net_cnn_pool0_fwd_output', 'net_cnn_pool1_fwd_output', 'net_cnn_dense0_fwd_output')
@@ -374,9 +376,10 @@ def main(argv=None):
     p.add_argument('--out', default='result/coloc')
     p.add_argument('--clutter', action='store_true', help='add 16 random 6x6 crops of other digits')
     p.add_argument('--classes', default='0,1,2,3,4,5,6,7,8,9')
-    p.add_argument('--images', type=int, default=100, help='images per class')
-    p.add_argument('--steps', type=int, default=300, help='SGD steps (batches of pairs) per class')
-    p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--images', type=positive(int), default=100, help='images per class')
+    p.add_argument('--steps', type=positive(int), default=300,
+                   help='SGD steps (batches of pairs) per class')
+    p.add_argument('--lr', type=positive(float), default=1e-3)
     p.add_argument('--optimizer', choices=['adam', 'sgd'], default='adam',
                    help='sgd: with momentum 0.9, as the paper')
     p.add_argument('--embedding', choices=list(EMBEDDINGS), default='paper',
@@ -407,7 +410,7 @@ def main(argv=None):
         p.error(f'--classes: digit classes are 0-9, got {args.classes!r}')
     if shrink is not None and not (len(shrink) == 2 and 0 <= shrink[0] < shrink[1] <= args.steps):
         p.error(f'--shrink A,B needs 0 <= A < B <= --steps ({args.steps}), got {args.shrink!r}')
-    if args.blur < 0 or (args.blur > 0 and not 0 < args.blur_steps <= args.steps):
+    if not math.isfinite(args.blur) or args.blur < 0 or (args.blur > 0 and not 0 < args.blur_steps <= args.steps):
         p.error(f'--blur needs a sigma >= 0 and 0 < --blur-steps <= --steps ({args.steps})')
     if bool(args.coarse_encoder) != (args.switch > 0) or args.switch > args.steps:
         p.error('--coarse-encoder and --switch go together, with 0 < --switch <= --steps')

@@ -214,6 +214,9 @@ def test_a_curriculum_run_trains_with_both_encoders_and_records_its_overlap():
     (['--blur', '6'], '--blur needs'),
     (['--switch', '10'], '--coarse-encoder and --switch go together'),
     (['--classes', '3,12'], 'digit classes are 0-9'),
+    (['--blur', 'nan', '--blur-steps', '5'], '--blur needs'),
+    (['--steps', '0'], "--steps: '0' must be a finite number > 0"),
+    (['--lr', 'inf'], "--lr: 'inf' must be a finite number > 0"),
 ])
 def test_bad_curriculum_flags_are_refused_before_anything_loads(flags, message, capsys):
     with pytest.raises(SystemExit) as exit:
