@@ -438,7 +438,7 @@ SHARED = ('encoder', 'clutter', 'images', 'steps', 'lr', 'optimizer', 'embedding
 
 def run(args, classes, curriculum, fine, coarse, test_x, test_y, command):
     """Co-localise each class in turn, writing OUT/result.json after each (a rerun with the
-    same settings keeps the classes already there), then OUT/boxes.png."""
+    same settings keeps the classes already there, asked for or not), then OUT/boxes.png."""
     encoder, side = fine
     path = os.path.join(args.out, 'result.json')
     settings = {key: getattr(args, key) for key in SHARED}
@@ -480,7 +480,7 @@ def run(args, classes, curriculum, fine, coarse, test_x, test_y, command):
               f'IoU {overlap.mean():.2f} (loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}; '
               f'loss with every crop at: {prices}; first step toward the digit from: {leads})',
               flush=True)
-    per_class = result['per_class']
+    per_class = result['per_class'] = dict(sorted({**done, **result['per_class']}.items()))
     result['mean'] = float(np.mean([c['iou_above_0.5'] for c in per_class.values()]))
     result['mean_iou'] = float(np.mean([c['mean_iou'] for c in per_class.values()]))
     print(f'mean: {100 * result["mean"]:.1f}%, mean IoU {result["mean_iou"]:.2f}')

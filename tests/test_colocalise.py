@@ -258,3 +258,6 @@ def test_a_run_writes_each_class_as_it_finishes_and_a_rerun_keeps_them(tmp_path,
     with pytest.raises(SystemExit, match=r'other settings \(steps\)'):
         colocalise.main(flags + ['--steps', '4', '--classes', '3'])
     assert json.loads((out / 'result.json').read_text()) == second       # untouched
+
+    colocalise.main(flags + ['--steps', '3', '--classes', '5'])             # a subset
+    assert list(json.loads((out / 'result.json').read_text())['per_class']) == ['3', '5']
