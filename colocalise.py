@@ -450,9 +450,10 @@ def run(args, classes, curriculum, fine, coarse, test_x, test_y, command):
             raise rundir.RunError(f'{path} holds a run with other settings ({", ".join(changed)}):'
                                   f' pass another --out, or delete it to start again')
         done = before.get('per_class', {})
-    result = {'command': command, 'settings': settings, 'per_class': {}}
+    result, shown = {'command': command, 'settings': settings, 'per_class': {}}, {}
     for digit in classes:
         images, truth = class_set(test_x, test_y, digit, args.images, 16 * args.clutter, args.seed)
+        shown[digit] = images[:8], truth[:8]
         if str(digit) in done:
             result['per_class'][str(digit)] = done[str(digit)]
             print(f'class {digit}: kept from {path}', flush=True)
@@ -485,9 +486,8 @@ def run(args, classes, curriculum, fine, coarse, test_x, test_y, command):
     result['mean_iou'] = float(np.mean([c['mean_iou'] for c in per_class.values()]))
     print(f'mean: {100 * result["mean"]:.1f}%, mean IoU {result["mean_iou"]:.2f}')
     atomic.write_text(path, json.dumps(result, indent=2))
-    shown = [class_set(test_x, test_y, d, args.images, 16 * args.clutter, args.seed) for d in classes]
     picture = os.path.join(args.out, 'boxes.png')
-    draw_boxes(picture, [images[:8] for images, _ in shown], [truth[:8] for _, truth in shown],
+    draw_boxes(picture, [shown[d][0] for d in classes], [shown[d][1] for d in classes],
                [np.array(per_class[str(d)]['boxes'][:8]) for d in classes],
                f'co-localisation{" with clutter" if args.clutter else ""}: '
                f'digit box green, transformer\'s crop orange')
