@@ -267,10 +267,13 @@ class Curriculum:
     ``blur`` sigma (px) of a Gaussian blur of the canvas that falls linearly to 0 over
     ``blur_steps`` (coarse to fine); ``shrink`` (a, b): from step a the crop's scale is
     capped, the cap falling linearly from the whole canvas (s = 1) to a digit's size at
-    step b and staying there; ``switch``: the steps before it use the coarse encoder."""
+    step b and staying there; ``switch``: the steps before it use the coarse encoder;
+    ``sharp_negatives``: the random patches are cut from the unblurred canvas (blurred
+    clutter makes them look like the blurred digit, and an empty crop as cheap as it)."""
 
-    def __init__(self, blur=0.0, blur_steps=0, shrink=None, switch=0):
+    def __init__(self, blur=0.0, blur_steps=0, shrink=None, switch=0, sharp_negatives=False):
         self.blur, self.blur_steps, self.shrink, self.switch = blur, blur_steps, shrink, switch
+        self.sharp_negatives = sharp_negatives
 
     def sigma(self, step):
         return self.blur * max(0.0, 1 - step / max(1, self.blur_steps))
@@ -319,8 +322,9 @@ def colocalise(images, encoder, side=DIGIT, steps=300, batch=32, lr=1e-3, margin
         source = blurred[sigma]
         n = rng.integers(0, len(images), batch)
         m = (n + rng.integers(1, len(images), batch)) % len(images)      # m != n
-        negative = e(attention_crop(
-            source[n], mx.nd.array(random_patches(batch, rng, images.shape[-1], size)), size))
+        negative = e(attention_crop((data if curriculum.sharp_negatives else source)[n],
+                                    mx.nd.array(random_patches(batch, rng, images.shape[-1], size)),
+                                    size))
         with autograd.record():
             pair = mx.nd.concat(source[n], source[m], dim=0)
             _, theta = stn(pair)
@@ -399,6 +403,8 @@ def main(argv=None):
     g.add_argument('--coarse-encoder', default=None,
                    help='run folder of the encoder of the steps before --switch (e.g. an RTS CNN)')
     g.add_argument('--switch', type=int, default=0, help='the step from which --encoder is used')
+    g.add_argument('--sharp-negatives', action='store_true',
+                   help='cut the random patches from the unblurred canvas')
     args = p.parse_args(argv)
     try:
         classes = [int(c) for c in args.classes.split(',')]
@@ -414,7 +420,7 @@ def main(argv=None):
         p.error(f'--blur needs a sigma >= 0 and 0 < --blur-steps <= --steps ({args.steps})')
     if bool(args.coarse_encoder) != (args.switch > 0) or args.switch > args.steps:
         p.error('--coarse-encoder and --switch go together, with 0 < --switch <= --steps')
-    curriculum = Curriculum(args.blur, args.blur_steps, shrink, args.switch)
+    curriculum = Curriculum(args.blur, args.blur_steps, shrink, args.switch, args.sharp_negatives)
     try:
         encoder, side = load_encoder(args.encoder, args.embedding, args.normalise)
         coarse = (load_encoder(args.coarse_encoder, args.embedding, args.normalise)
@@ -433,7 +439,8 @@ def main(argv=None):
 
 # What a run's classes must share to be one run (so a rerun may resume its finished ones).
 SHARED = ('encoder', 'clutter', 'images', 'steps', 'lr', 'optimizer', 'embedding', 'normalise',
-          'seed', 'blur', 'blur_steps', 'shrink', 'coarse_encoder', 'switch')
+          'seed', 'blur', 'blur_steps', 'shrink', 'coarse_encoder', 'switch', 'sharp_negatives')
+ADDED = {'sharp_negatives': False}    # settings newer than some result.json: their old value
 
 
 def run(args, classes, curriculum, fine, coarse, test_x, test_y, command):
@@ -445,7 +452,8 @@ def run(args, classes, curriculum, fine, coarse, test_x, test_y, command):
     done = {}
     if os.path.exists(path):
         before = rundir.read_json(path)
-        changed = [k for k in SHARED if before.get('settings', {}).get(k) != settings[k]]
+        old = {**ADDED, **before.get('settings', {})}
+        changed = [k for k in SHARED if old.get(k) != settings[k]]
         if changed:
             raise rundir.RunError(f'{path} holds a run with other settings ({", ".join(changed)}):'
                                   f' pass another --out, or delete it to start again')

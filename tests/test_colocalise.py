@@ -3,6 +3,7 @@ crop boxes and the IoU metric, and a transformer that learns to find a digit wit
 import json
 
 import mxnet as mx
+from mxnet import autograd
 import numpy as np
 import pytest
 
@@ -208,6 +209,24 @@ def test_a_curriculum_run_trains_with_both_encoders_and_records_its_overlap():
     assert all(0 <= share <= 1 and 0 <= mean <= 1 for _, share, mean in history)
 
 
+def test_sharp_negatives_are_cut_from_the_unblurred_canvas_while_the_crops_see_the_blur():
+    stripes = np.zeros((8, 1, 84, 84), np.float32)
+    stripes[..., (np.arange(84) // 8) % 2 == 0] = 1             # 8 px stripes: blur greys them
+
+    def contrast(sharp_negatives):
+        negatives, crops = [], []
+
+        def encoder(batch):
+            (crops if autograd.is_recording() else negatives).append(batch.asnumpy().std())
+            return batch.reshape((batch.shape[0], -1))
+        colocalise.colocalise(stripes, encoder, steps=3, batch=4, curriculum=colocalise.Curriculum(
+            blur=6, blur_steps=100, sharp_negatives=sharp_negatives))
+        return np.mean(negatives), np.mean(crops)
+    blurred, sharp = contrast(False), contrast(True)
+    assert sharp[0] > 0.4 > 0.2 > blurred[0]                    # the negatives: sharp or not
+    assert sharp[1] == pytest.approx(blurred[1]) and sharp[1] < 0.2   # the crops: blurred in both
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--shrink', '5,3'], '--shrink A,B needs'),
     (['--shrink', 'a,b'], 'comma-separated integers'),
@@ -261,3 +280,10 @@ def test_a_run_writes_each_class_as_it_finishes_and_a_rerun_keeps_them(tmp_path,
 
     colocalise.main(flags + ['--steps', '3', '--classes', '5'])             # a subset
     assert list(json.loads((out / 'result.json').read_text())['per_class']) == ['3', '5']
+
+    older = json.loads((out / 'result.json').read_text())      # from before --sharp-negatives
+    del older['settings']['sharp_negatives']
+    (out / 'result.json').write_text(json.dumps(older))
+    colocalise.main(flags + ['--steps', '3', '--classes', '3'])             # still the same run
+    with pytest.raises(SystemExit, match=r'other settings \(sharp_negatives\)'):
+        colocalise.main(flags + ['--steps', '3', '--classes', '3', '--sharp-negatives'])
