@@ -209,13 +209,16 @@ def attention_crop(images, theta, size=DIGIT):
     return affine_sample(mx.nd, images, attention_theta(mx.nd, theta), (size, size))
 
 
-def landscape(images, boxes, encoder, side=DIGIT, pairs=500, seed=0, margin=1.0):
+def landscape(images, boxes, encoder, side=DIGIT, pairs=500, seed=0, margin=1.0,
+              negatives=None):
     """The mean triplet loss over ``pairs`` random pairs when every image is cropped at the
     same kind of place, without training: the digit's own box, the box moved by up to 4 and
     12 pixels, the canvas centre, an empty place (off the canvas), the whole canvas and three
-    times the canvas. Shows which crops the loss prefers: {name: loss}."""
+    times the canvas. Shows which crops the loss prefers: {name: loss}. The random patches
+    are cut from ``negatives`` (the same canvases, e.g. unblurred) when given, else ``images``."""
     rng = np.random.default_rng(seed)
     data, count = mx.nd.array(images), len(images)
+    patches = data if negatives is None else mx.nd.array(negatives)
     canvas = images.shape[-1]
     shifted = lambda px: boxes + np.repeat(rng.uniform(-px, px, (count, 2)), 2, 1)  # noqa: E731
     everywhere = lambda theta: np.tile(np.float32([theta]), (count, 1))            # noqa: E731
@@ -228,7 +231,7 @@ def landscape(images, boxes, encoder, side=DIGIT, pairs=500, seed=0, margin=1.0)
               'whole canvas': everywhere([1, 0, 0]), 'zoomed out 3x': everywhere([3, 0, 0])}
     n = rng.integers(0, count, pairs)
     m = (n + rng.integers(1, count, pairs)) % count
-    negative = encoder(attention_crop(data[n], mx.nd.array(
+    negative = encoder(attention_crop(patches[n], mx.nd.array(
         random_patches(pairs, rng, canvas, side)), side))
     result = {}
     for name, theta in places.items():

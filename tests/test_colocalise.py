@@ -139,6 +139,9 @@ def test_the_landscape_prices_every_crop_place_and_prefers_the_digit_for_a_pixel
                             'empty (off the canvas)', 'whole canvas', 'zoomed out 3x']
     assert losses['digit box'] == min(losses.values()) and losses['digit box'] < 0.05
     assert 0.2 < losses['empty (off the canvas)'] <= 1
+    # random patches cut from other canvases (all ink): an empty crop is now far from them
+    elsewhere = colocalise.landscape(images, boxes, pixels, negatives=np.ones_like(images))
+    assert elsewhere['empty (off the canvas)'] == 0
 
 
 def test_the_first_step_leads_toward_the_digit_when_the_encoder_rewards_ink_in_the_middle():
