@@ -325,9 +325,9 @@ def colocalise(images, encoder, side=DIGIT, steps=300, batch=32, lr=1e-3, margin
         source = blurred[sigma]
         n = rng.integers(0, len(images), batch)
         m = (n + rng.integers(1, len(images), batch)) % len(images)      # m != n
-        negative = e(attention_crop((data if curriculum.sharp_negatives else source)[n],
-                                    mx.nd.array(random_patches(batch, rng, images.shape[-1], size)),
-                                    size))
+        patches = data if curriculum.sharp_negatives else source
+        negative = e(attention_crop(
+            patches[n], mx.nd.array(random_patches(batch, rng, images.shape[-1], size)), size))
         with autograd.record():
             pair = mx.nd.concat(source[n], source[m], dim=0)
             _, theta = stn(pair)
