@@ -164,7 +164,8 @@ def build_net(args):
                    loc_lr_mult=args.loc_lr_mult, num_classes=distort.num_classes(args.dataset),
                    transformers=getattr(args, 'transformers', 1),
                    places=getattr(args, 'stn_at', ['input']),
-                   input_norm=getattr(args, 'input_norm', 'mnist'))
+                   input_norm=getattr(args, 'input_norm', 'mnist'),
+                   per_channel=getattr(args, 'per_channel', False))
 
 
 class GluonModel:

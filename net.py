@@ -175,11 +175,14 @@ LOCALISATIONS = {'lenet': default_localisation, 'fcn': fcn_localisation, 'cnn': 
 class ParallelTransformers(nn.HybridBlock):
     """K spatial transformers side by side (the paper's 2xST, appendix A.1): each reads
     the whole input (N, C, H, W) and warps all its channels; the outputs are concatenated,
-    (N, K*C, H', W'), and so are the thetas, (N, K*T). ``make(k)`` builds the k-th
-    transformer (named PREFIX_stn{k}_...)."""
+    (N, K*C, H', W'), and so are the thetas, (N, K*T). ``per_channel``: transformer k
+    passes on channel k of its output only (one transformer per digit of a K-channel
+    input), (N, K, H', W'). ``make(k)`` builds the k-th transformer (named
+    PREFIX_stn{k}_...)."""
 
-    def __init__(self, count, make, **kwargs):
+    def __init__(self, count, make, per_channel=False, **kwargs):
         super().__init__(**kwargs)
+        self.per_channel = per_channel
         self.transformers = []
         for k in range(count):
             transformer = make(k)
@@ -187,11 +190,16 @@ class ParallelTransformers(nn.HybridBlock):
             self.transformers.append(transformer)
 
     def default_target_shape(self, x):
+        if self.per_channel and x.shape[1] != len(self.transformers):
+            raise ValueError(f'{len(self.transformers)} transformers, one per channel, need '
+                             f'{len(self.transformers)}-channel inputs, not {x.shape[1]}')
         for transformer in self.transformers:
             transformer.default_target_shape(x)
 
     def hybrid_forward(self, F, x):
         outputs, thetas = zip(*[transformer(x) for transformer in self.transformers])
+        if self.per_channel:
+            outputs = [F.slice_axis(out, axis=1, begin=k, end=k + 1) for k, out in enumerate(outputs)]
         return F.concat(*outputs, dim=1), F.concat(*thetas, dim=1)
 
 
@@ -206,7 +214,7 @@ class Net(nn.HybridBlock):
     ``fit_width``). ``pool_after_stn``: 2x2 average pooling of the transformer's
     output (no effect without a transformer). ``tps_grid``: the TPS control grid.
     ``transformers``: that many transformers side by side on the input
-    (``ParallelTransformers``, the paper's 2xST). ``places``: where the CNN takes
+    (``ParallelTransformers``, the paper's 2xST; ``per_channel``: one per input channel). ``places``: where the CNN takes
     transformers, in series, some of PLACES: 'input' (``self.stn``) and 'conv1', on the
     first stage's feature map (``self.feature_stn``, named PREFIX_stn_conv1_..., with
     ``feature_localisation``; it warps every channel). ``input_norm``: the classifier sees
@@ -215,7 +223,7 @@ class Net(nn.HybridBlock):
 
     def __init__(self, transform='affine', num_classes=10, loc_lr_mult=1.0, model='lenet',
                  width=None, pool_after_stn=False, tps_grid=4, transformers=1, places=('input',),
-                 input_norm='mnist', prefix='net_', **kwargs):
+                 input_norm='mnist', per_channel=False, prefix='net_', **kwargs):
         super().__init__(prefix=prefix, **kwargs)
         if model not in MODELS:
             raise ValueError(f'model must be one of {MODELS}, not {model!r}')
@@ -228,6 +236,8 @@ class Net(nn.HybridBlock):
                              f'not {places}')
         if transformers > 1 and places != ('input',):
             raise ValueError('transformers side by side go on the input only')
+        if per_channel and (transformers < 2 or transform == 'none'):
+            raise ValueError('per_channel needs transformers side by side (transformers >= 2)')
         if input_norm not in INPUT_NORMS:
             raise ValueError(f'input_norm must be one of {tuple(INPUT_NORMS)}, not {input_norm!r}')
         self.mean, self.std = INPUT_NORMS[input_norm]
@@ -239,7 +249,8 @@ class Net(nn.HybridBlock):
             if transform != 'none' and 'input' in places and transformers == 1:
                 self.stn = make('stn_')
             elif transform != 'none' and 'input' in places:
-                self.stn = ParallelTransformers(transformers, lambda k: make(f'stn{k}_'), prefix='')
+                self.stn = ParallelTransformers(transformers, lambda k: make(f'stn{k}_'),
+                                                per_channel=per_channel, prefix='')
             self.pool = nn.AvgPool2D(2, 2) if pool_after_stn and self.stn is not None else None
             self.classifier = CLASSIFIERS[model](num_classes, width or DEFAULT_WIDTH.get(model))
             if transform != 'none' and 'conv1' in places:

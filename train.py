@@ -49,10 +49,10 @@ from symbolic import ModuleModel
 RUN_FLAGS = ['api', 'dataset', 'data_seed', 'fresh_distortions', 'epochs', 'batch_size', 'lr',
              'lr_steps', 'lr_factor', 'lr_mode', 'warmup_epochs', 'optimizer', 'momentum',
              'loc_lr_mult', 'seed', 'train_size', 'model', 'transform', 'tps_grid', 'width',
-             'transformers', 'stn_at', 'input_norm']
+             'transformers', 'stn_at', 'input_norm', 'per_channel']
 CHANGEABLE = ['epochs', 'lr']   # extend a run; a smaller rate after a divergence
 # configs written before these flags used their defaults
-ADDED_LATER = ['lr_mode', 'warmup_epochs', 'transformers', 'stn_at', 'input_norm']
+ADDED_LATER = ['lr_mode', 'warmup_epochs', 'transformers', 'stn_at', 'input_norm', 'per_channel']
 TRANSFORMS = ('none',) + stn.TRANSFORMS
 MAX_SEED = 999_999   # the per-epoch seed is seed * 1000 + epoch, within numpy's 2**32
 
@@ -141,6 +141,12 @@ def parse_args(argv=None):
     if args.transformers > 1 and (args.transform == 'none' or args.api == 'symbol'):
         p.error(f'argument --transformers: {args.transformers} transformers need --api gluon '
                 f'and a --transform')
+    channels = distort.image_shape(args.dataset)[0]
+    if args.per_channel and not 1 < args.transformers == channels:
+        p.error(f'argument --per-channel: needs --transformers {channels} for --dataset '
+                f'{args.dataset}\'s {channels}-channel images (one transformer per channel)'
+                if channels > 1 else f'argument --per-channel: --dataset {args.dataset} has '
+                f'one channel; one transformer per channel is for --dataset addition')
     if args.tps_grid < 2:
         p.error(f'argument --tps-grid: {args.tps_grid} must be >= 2')
     if args.width is not None and args.model == 'lenet':
@@ -263,6 +269,10 @@ def parser():
                    help='transformers side by side, each reading the whole input and '
                         'warping all its channels, their outputs concatenated (the paper\'s '
                         '2xST for --dataset addition: 2)')
+    p.add_argument('--per-channel', action='store_true',
+                   help='with --transformers K on K-channel inputs (--dataset addition: 2), '
+                        'transformer k passes on channel k only, warped: one transformer per '
+                        'digit (each still reads every channel)')
     p.add_argument('--stn-at', type=places, default=['input'],
                    help='where transformers go, in series: input, conv1 (--model cnn: on the '
                         'feature map of its first stage, warping every channel), or both '
@@ -319,7 +329,8 @@ def resolve_width(args, image_shape):
                                    budget=budget(args, image_shape),
                                    pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid,
                                    num_classes=distort.num_classes(args.dataset),
-                                   transformers=args.transformers, places=args.stn_at)
+                                   transformers=args.transformers, places=args.stn_at,
+                                   per_channel=args.per_channel)
 
 
 def describe(args):
@@ -331,6 +342,7 @@ def describe(args):
     if args.model == 'lenet':
         return f'{count}STN ({args.transform}) + LeNet'
     at = '' if args.stn_at == ['input'] else f' at {",".join(args.stn_at)}'
+    at += ', one per channel' if args.per_channel else ''
     return f'{count}ST-{name} ({args.transform}){at}'
 
 

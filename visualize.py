@@ -110,7 +110,9 @@ def compare_figure(images, transformed, outlines, predicted=None, labels=None, n
                    figsize=None, title=None):
     """Inputs (N, C, H, W) with the outlines of their sampled regions beside the outputs
     (N, C, H', W'); with K transformers side by side, outputs (N, K*C, H', W') and
-    outlines (K, N, M, 2), one panel and one outline colour per transformer.
+    outlines (K, N, M, 2), one panel and one outline colour per transformer; outputs
+    (N, K, H', W') of K transformers one per channel (``net.ParallelTransformers``'
+    per_channel) show each transformer's channel in that channel's colour.
 
     ``outlines`` (N, M, 2): input pixel coordinates (x, y) of each closed outline, as
     ``outline`` gives them; each is drawn on its input's tile and clipped to it.
@@ -126,6 +128,7 @@ def compare_figure(images, transformed, outlines, predicted=None, labels=None, n
     show_grid(axes[0], images, 'Dataset Images', nrow)
     for k, lines in enumerate(outlines):
         draw_outlines(axes[0], lines, h, w, nrow, BOX_COLORS[k % len(BOX_COLORS)])
+    per = transformed.shape[1] // count          # channels per transformer
     for k, ax in enumerate(axes[1:]):
         heading = 'Transformed Images' if count == 1 else f'Transformer {k + 1}'
         if predicted is not None and k == count - 1:
@@ -135,7 +138,10 @@ def compare_figure(images, transformed, outlines, predicted=None, labels=None, n
                 wrong = labels is not None and predicted[i] != labels[i]
                 ax.text(x + 0.5, y + 0.5, str(int(predicted[i])), va='top', ha='left',
                         fontsize=7, fontweight='bold', color='red' if wrong else '#40ff40')
-        show_grid(ax, transformed[:, k * c:(k + 1) * c], heading, nrow,
+        part = transformed[:, k * per:(k + 1) * per]
+        if per == 1 and c == count > 1:         # one per channel: its own, in its colour
+            part = np.concatenate([part if j == k else np.zeros_like(part) for j in range(c)], 1)
+        show_grid(ax, part, heading, nrow,
                   'black' if count == 1 else BOX_COLORS[k % len(BOX_COLORS)])
     if title:
         fig.suptitle(title)
@@ -274,6 +280,9 @@ def compare_run(run_dir, images, labels=None, model=None):
     (``model``: that network from ``load_model``, if already loaded)."""
     model = model or load_model(run_dir, images.shape[1:])
     transformed, grid, logits = (a.asnumpy() for a in model(mx.nd.array(images)))
+    if rundir.read_config(run_dir).get('per_channel'):    # transformer k passes on channel k
+        c = images.shape[1]
+        transformed = transformed[:, [k * c + k for k in range(c)]]
     path = os.path.join(run_dir, 'compare.jpg')
     write_compare(path, images, transformed, outlines_of(grid, *images.shape[2:]),
                   logits.argmax(axis=1).astype(int), labels)

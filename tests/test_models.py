@@ -158,6 +158,50 @@ def test_a_net_with_parallel_transformers_exports_and_loads(tmp_path):
     np.testing.assert_allclose(loaded(x).asnumpy(), logits.asnumpy(), atol=1e-5)
 
 
+def test_one_transformer_per_channel_passes_on_its_own_channel_and_learns_from_it_alone():
+    two = built(42, model='cnn', transform='affine', transformers=2, channels=2, per_channel=True)
+    x = two_channel_pairs()
+    out, theta = two.stn(x)
+    assert out.shape == (4, 2, 42, 42) and theta.shape == (4, 12)
+    np.testing.assert_allclose(out.asnumpy(), x.asnumpy(), atol=1e-5)   # identity at start
+    with mx.autograd.record():
+        out, _ = two.stn(x)
+        loss = (out[:, 1] * mx.nd.arange(42).reshape((1, 1, 42))).sum()   # channel 1 only
+    loss.backward()
+    grads = {k: v.grad().abs().sum().asscalar() for k, v in two.collect_params().items()
+             if k.endswith('regressor_bias')}
+    assert grads['net_stn1_regressor_bias'] > 0 and grads['net_stn0_regressor_bias'] == 0
+    two.hybridize()
+    assert two(x).shape == (4, 10)
+
+
+def test_one_transformer_per_channel_needs_as_many_channels_as_transformers(capsys):
+    with pytest.raises(ValueError, match='need 2-channel inputs, not 1'):
+        built(42, model='fcn', transformers=2, per_channel=True)
+    with pytest.raises(ValueError, match='per_channel needs transformers side by side'):
+        Net(model='fcn', per_channel=True)
+    flags = ['--model', 'cnn', '--per-channel']
+    args = train.parse_args(['--dataset', 'addition', '--transformers', '2', *flags])
+    assert train.describe(args) == '2xST-CNN (affine), one per channel'
+    for bad, message in [(['--dataset', 'addition', '--transformers', '3'], 'needs --transformers 2'),
+                         (['--dataset', 'rts', '--transformers', '2'], 'rts has one channel')]:
+        with pytest.raises(SystemExit):
+            train.parse_args([*bad, *flags])
+        assert message in capsys.readouterr().err
+
+
+def test_a_net_with_one_transformer_per_channel_exports_and_loads(tmp_path):
+    two = built(42, model='fcn', transform='affine', transformers=2, channels=2, num_classes=19,
+                pool_after_stn=True, per_channel=True)
+    two.hybridize()
+    x = two_channel_pairs()
+    logits = two(x)
+    two.export(str(tmp_path / 'model'), epoch=1)
+    loaded = gluon.SymbolBlock.imports(str(tmp_path / 'model-symbol.json'), ['data'],
+                                       str(tmp_path / 'model-0001.params'))
+    np.testing.assert_allclose(loaded(x).asnumpy(), logits.asnumpy(), atol=1e-5)
+
+
 def test_transformers_in_parallel_need_a_family_and_the_gluon_api(capsys):
     with pytest.raises(ValueError, match='transformers must be >= 1'):
         Net(model='fcn', transformers=0)

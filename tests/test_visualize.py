@@ -71,19 +71,19 @@ def exported_run(folder, size=28, epochs=3, transform='affine', bias=None, tps_g
     return str(folder)
 
 
-def parallel_run(folder, biases, size=42):
+def parallel_run(folder, biases, size=42, per_channel=False):
     """A run folder holding an exported 2xST-FCN (MNIST addition) whose two transformers
-    have the regressor ``biases`` (affine thetas)."""
+    have the regressor ``biases`` (affine thetas); ``per_channel``: one per channel."""
     mx.random.seed(0)
     two = Net(model='fcn', transform='affine', transformers=2, num_classes=19,
-              pool_after_stn=True)
+              pool_after_stn=True, per_channel=per_channel)
     two.initialize(mx.init.Xavier())
     two.hybridize()
     two(mx.nd.zeros((2, 2, size, size)))
     for transformer, bias in zip(two.stn.transformers, biases):
         transformer.regressor.bias.set_data(mx.nd.array(bias))
     two.export(os.path.join(folder, 'model'), epoch=1)
-    write_config(folder, size, 1, transform='affine', tps_grid=4)
+    write_config(folder, size, 1, transform='affine', tps_grid=4, per_channel=per_channel)
     return str(folder)
 
 
@@ -518,6 +518,25 @@ def test_the_pictures_of_parallel_transformers_show_each_ones_region_and_output(
     assert fig.axes[0].images[0].get_array().shape[-1] == 3        # two channels as colours
     path = visualize.compare_run(run, x)
     assert Image.open(path).size == (1500, 540)
+
+
+def test_the_pictures_of_one_transformer_per_channel_show_each_its_own_digit_in_its_colour(tmp_path):
+    left = [0.5, 0, -0.5, 0, 0.5, 0]     # transformer 1 zooms on the left half, digit 1
+    right = [0.5, 0, 0.5, 0, 0.5, 0]     # transformer 2 on the right half, digit 2
+    run = parallel_run(tmp_path, [left, right], per_channel=True)
+    x = np.zeros((3, 2, 42, 42), np.float32)
+    x[:, 0, 15:25, 2:18] = 1
+    x[:, 1, 15:25, 24:40] = 1
+    path = visualize.compare_run(run, x)
+    assert Image.open(path).size == (1500, 540)
+    model = visualize.load_model(run, (2, 42, 42))
+    transformed, grid, _ = (a.asnumpy() for a in model(mx.nd.array(x)))
+    own = transformed[:, [0, 3]]                    # what the classifier gets: (N, 2, H, W)
+    fig = visualize.compare_figure(x, own, outlines_of(grid, 42, 42))
+    first, second = (ax.images[0].get_array() for ax in fig.axes[1:])
+    ink = lambda panel, channel: (panel[..., channel] > 0.9).any()    # noqa: E731 (pads: 0.5)
+    assert ink(first, 0) and not ink(first, 1)       # red: digit 1 alone
+    assert ink(second, 1) and not ink(second, 0)     # green: digit 2 alone
 
 
 # ---- a transformer on a feature map -------------------------------------------------------
