@@ -246,6 +246,11 @@ class GluonModel:
                 check_loss(total.asscalar() / seen, epoch, step)
                 progress.set_postfix(loss=f'{total.asscalar() / seen:.4f}')
         progress.close()
+        # Let the epoch's last updates land before anything reads the weights: an
+        # inference-mode forward (evaluate, the pictures) reorders oneDNN weights in place,
+        # which can race with a pending write (apache/mxnet#9862); two dist_sync workers
+        # once ended with different weights under load, which this is meant to rule out.
+        mx.nd.waitall()
         return total.asscalar() / max(seen, 1), seen * self.workers / (time.time() - start)
 
     def evaluate(self, x, y, batch_size=1000):
