@@ -214,11 +214,12 @@ class Net(nn.HybridBlock):
     ``fit_width``). ``pool_after_stn``: 2x2 average pooling of the transformer's
     output (no effect without a transformer). ``tps_grid``: the TPS control grid.
     ``transformers``: that many transformers side by side on the input
-    (``ParallelTransformers``, the paper's 2xST; ``per_channel``: one per input channel). ``places``: where the CNN takes
-    transformers, in series, some of PLACES: 'input' (``self.stn``) and 'conv1', on the
-    first stage's feature map (``self.feature_stn``, named PREFIX_stn_conv1_..., with
-    ``feature_localisation``; it warps every channel). ``input_norm``: the classifier sees
-    (x - mean) / std, with INPUT_NORMS' MNIST mean and std ('mnist') or x itself ('none').
+    (``ParallelTransformers``, the paper's 2xST; ``per_channel``: one per input
+    channel). ``places``: where the CNN takes transformers, in series, some of PLACES:
+    'input' (``self.stn``) and 'conv1', on the first stage's feature map
+    (``self.feature_stn``, named PREFIX_stn_conv1_..., with ``feature_localisation``; it
+    warps every channel). ``input_norm``: the classifier sees (x - mean) / std, with
+    INPUT_NORMS' MNIST mean and std ('mnist') or x itself ('none').
     """
 
     def __init__(self, transform='affine', num_classes=10, loc_lr_mult=1.0, model='lenet',
