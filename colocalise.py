@@ -294,10 +294,11 @@ class Curriculum:
 
 
 def capped(theta, max_scale):
-    """Attention ``theta`` (N, 3) NDArray with its scale s capped at ``max_scale`` (None: as is)."""
+    """Attention ``theta`` (N, 3) NDArray with the size of its scale, |s|, capped at
+    ``max_scale`` (None: as is); a negative s (the crop turned by 180 degrees) keeps its sign."""
     if max_scale is None:
         return theta
-    return mx.nd.concat(mx.nd.minimum(theta[:, :1], max_scale), theta[:, 1:], dim=1)
+    return mx.nd.concat(mx.nd.clip(theta[:, :1], -max_scale, max_scale), theta[:, 1:], dim=1)
 
 
 def colocalise(images, encoder, side=DIGIT, steps=300, batch=32, lr=1e-3, margin=1.0,

@@ -192,6 +192,13 @@ def test_a_capped_crop_is_at_most_a_digits_size():
     np.testing.assert_allclose((boxes[:, 2:] + boxes[:, :2]) / 2, 42, atol=1e-3)
 
 
+def test_the_cap_bounds_the_size_of_a_turned_crop_too():
+    theta = mx.nd.array([[4.4, 0.1, 0.2], [-4.4, 0.1, 0.2], [-0.2, 0.3, 0.4], [0.5, 0, 0]])
+    np.testing.assert_allclose(colocalise.capped(theta, 0.5).asnumpy(),
+                               [[0.5, 0.1, 0.2], [-0.5, 0.1, 0.2], [-0.2, 0.3, 0.4], [0.5, 0, 0]])
+    assert colocalise.capped(theta, None) is theta
+
+
 def test_a_curriculum_run_trains_with_both_encoders_and_records_its_overlap():
     images, truth = colocalise.canvases(squares(12), squares(12), np.random.default_rng(0))
     seen = []
