@@ -89,3 +89,13 @@ def outlines_of(grid, height, width, per_side=None):
     (N, M, 2) for one transformer, (K, N, M, 2) for several."""
     lines = [outline(grid[:, k:k + 2], height, width, per_side) for k in range(0, grid.shape[1], 2)]
     return lines[0] if len(lines) == 1 else np.stack(lines)
+
+
+def share_on_input(grid):
+    """(K,) the share of each of K transformers' sampling points that fall on the input
+    (|x| <= 1 and |y| <= 1), from their grids side by side in ``grid`` (N, 2K, H', W'). A
+    transformer whose points all lie off the input outputs zeros (the sampler pads with
+    zeros) and gets no gradient back from them."""
+    grid = np.asarray(grid)
+    x, y = grid[:, 0::2], grid[:, 1::2]                                  # (N, K, H', W')
+    return ((np.abs(x) <= 1) & (np.abs(y) <= 1)).mean(axis=(0, 2, 3))

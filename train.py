@@ -36,6 +36,7 @@ import mxnet as mx
 import numpy as np
 
 import distort
+import geometry
 import mnist
 import net
 import rundir
@@ -369,11 +370,32 @@ def summary(args):
           + (f'   (budget {limit:,d})' if limit else ''))
 
 
-def snapshot(model, images, out, epoch):
+def snapshot(model, images, out, epoch, warned=None):
     """The transformer's output on a fixed batch and the outlines of the regions it
-    samples, kept per epoch for stn_training.gif (runs with a transformer)."""
+    samples, kept per epoch for stn_training.gif (runs with a transformer); warns of a
+    transformer that has left the input (``lost_transformers``)."""
     if model.args.transform != 'none':
-        rundir.record_snapshot(out, epoch, images, *model.regions(images))
+        outputs, grids = model.regions(images)
+        rundir.record_snapshot(out, epoch, images, outputs, grids)
+        for message in lost_transformers(grids, epoch, set() if warned is None else warned):
+            print(message, file=sys.stderr, flush=True)
+
+
+def lost_transformers(grids, epoch, warned):
+    """Warnings for the transformers whose sampling grids (N, 2K, H', W') have left the input
+    (under 1% of their points on it over the pictured images): their output is zeros, so
+    no gradient reaches their localisation net and they do not come back. Each transformer
+    is warned of once; ``warned`` holds those already warned of."""
+    messages = []
+    for k, share in enumerate(geometry.share_on_input(grids)):
+        if share < 0.01 and k not in warned:
+            warned.add(k)
+            messages.append(
+                f'warning: after epoch {epoch}, transformer {k + 1} samples off the input '
+                f'({100 * share:.1f}% of its points on it): its output is zeros, its '
+                f'localisation net gets no gradient and it will not come back. Try a '
+                f'smaller --loc-lr-mult (the default is 0.1) in a new run')
+    return messages
 
 
 def main(argv=None):
@@ -478,6 +500,7 @@ def train(args, argv, kvstore='device', watchdog=None):
     armed = watchdog.armed if watchdog else lambda what: contextlib.nullcontext()
     if watchdog:
         model.beat = watchdog.beat
+    warned = set()   # the transformers already reported lost (lost_transformers)
     if args.resume:
         stem = rundir.checkpoint_stem(args.out, start_epoch)
         for path in (stem + '.params', stem + '.states'):
@@ -502,7 +525,7 @@ def train(args, argv, kvstore='device', watchdog=None):
             mxnet=mx.__version__, omp_threads=compat.THREADS,
             distortion=dict(distort.check_params(args.dataset, {}), version=distort.VERSION)))
         rundir.save_epoch(args.out, 0, rows, model.save_params, model.save_states)  # for Ctrl-C
-        snapshot(model, test_x[:16], args.out, 0)
+        snapshot(model, test_x[:16], args.out, 0, warned)
 
     workers = getattr(kvstore, 'num_workers', 1)
     print(f'{describe(args)} ({args.api} API), '
@@ -532,7 +555,7 @@ def train(args, argv, kvstore='device', watchdog=None):
             print(f'{epoch:5d}  {train_loss:10.4f}  {test_loss:9.4f}  {100 * test_acc:7.2f}%  '
                   f'{lr:6g}  {imgs_per_s:6.0f}  {time.time() - start:7.1f}', flush=True)
             rundir.save_epoch(args.out, epoch, rows, model.save_params, model.save_states)
-            snapshot(model, test_x[:16], args.out, epoch)
+            snapshot(model, test_x[:16], args.out, epoch, warned)
         if workers > 1:   # every worker applied the same updates: the same weights
             print(f'worker {kvstore.rank} of {workers} ends with weights {model.fingerprint()}',
                   flush=True)

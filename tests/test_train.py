@@ -141,6 +141,17 @@ def test_a_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_p
     assert metrics(tmp_path) == []
 
 
+def test_a_transformer_that_has_left_the_input_is_reported_once():
+    on = np.zeros((4, 2, 6, 6))                                      # the centre of the input
+    off = np.full((4, 2, 6, 6), 3.0)                                 # beyond its right and bottom
+    warned = set()
+    assert train.lost_transformers(np.concatenate([on, on], 1), 1, warned) == []
+    first = train.lost_transformers(np.concatenate([on, off], 1), 2, warned)
+    assert len(first) == 1 and 'after epoch 2, transformer 2 samples off the input' in first[0]
+    assert '--loc-lr-mult' in first[0]
+    assert train.lost_transformers(np.concatenate([on, off], 1), 3, warned) == []
+
+
 @needs_mnist
 def test_ctrl_c_leaves_a_checkpoint_that_resume_continues(tmp_path):
     command = [sys.executable, os.path.join(ROOT, 'train.py'), '--data-dir', REAL_DIR,

@@ -15,7 +15,7 @@ import stn
 import symbolic
 import train
 import visualize
-from geometry import outline, outlines_of
+from geometry import outline, outlines_of, share_on_input
 import net as net_module
 from net import Net
 from stn import IDENTITY
@@ -169,6 +169,14 @@ def test_the_outline_maps_the_grid_into_the_input_in_pixels_not_the_outputs():
     grid = stn.sampling_grid(IDENTITY[None], 'affine', (5, 9))   # a 5x9 output of a 41x21 input
     corners = outline(grid, 41, 21)[0, [0, 8, 12, 20]]
     np.testing.assert_allclose(corners, [[0, 0], [20, 0], [20, 40], [0, 40]], atol=1e-4)
+
+
+def test_the_share_of_sampling_points_on_the_input_is_counted_per_transformer():
+    grids = [stn.sampling_grid([theta], 'affine', (5, 5)) for theta in
+             ([1, 0, 0, 0, 1, 0],        # the identity: every point on the input
+              [2, 0, 0, 0, 2, 0],        # zoomed out: x = -2, -1, 0, 1, 2, three of five on it
+              [1, 0, 5, 0, 1, 0])]       # moved 2.5 widths right: none
+    np.testing.assert_allclose(share_on_input(np.concatenate(grids, axis=1)), [1, 0.36, 0])
 
 
 def test_outlines_thinned_to_a_few_points_per_side_keep_the_corners_in_order():
