@@ -187,8 +187,7 @@ class GluonModel:
         # Deferred init, so that shapes are known. In train mode: an inference-mode forward
         # lets oneDNN reorder weights in place, and a dist kvstore initialised from such
         # weights answers a worker's first pull before it holds them ("init 9 first", the
-        # server aborts); the kvstore is initialised (save_states, load_states or the
-        # first step) before any inference-mode forward.
+        # server aborts); the kvstore is initialised below, before any inference-mode forward.
         with autograd.train_mode():
             self.net(mx.nd.zeros((2, *image_shape), ctx=self.ctx))
         self.schedule = Schedule(args, math.ceil(num / args.batch_size))
@@ -200,9 +199,25 @@ class GluonModel:
         self.trainer = gluon.Trainer(self.net.collect_params(), args.optimizer,
                                      optimizer_params(args, self.schedule), kvstore=kvstore,
                                      update_on_kvstore=False if self.workers > 1 else None)
+        if self.workers > 1:
+            self.start_from_rank_0()
         self.num_params = net.trainable_params(self.net)   # grid constants excluded
         self.beat = lambda: None   # called after every step (train.py: a Watchdog's beat)
         self.on_device = None   # (numpy training images, the same on ctx, labels on ctx)
+
+    def start_from_rank_0(self):
+        """Give every worker rank 0's weights now, before any gradient exists.
+
+        The servers keep one value per parameter: rank 0's weights after the kvstore's
+        init, and from the first update on (update_on_kvstore=False) the summed gradients.
+        Left to the first ``Trainer.step``, a worker's pull of the weights is queued beside
+        the push of its first gradients, in no fixed order: pulled after the push, it is
+        answered with the gradient sum, and that worker trains from wrong weights. So the
+        Trainer's kvstore and its broadcast of the weights are made here, and waited for.
+        """
+        self.trainer._init_kvstore()
+        self.trainer._init_params()
+        mx.nd.waitall()
 
     @property
     def learning_rate(self):
@@ -246,11 +261,6 @@ class GluonModel:
                 check_loss(total.asscalar() / seen, epoch, step)
                 progress.set_postfix(loss=f'{total.asscalar() / seen:.4f}')
         progress.close()
-        # Let the epoch's last updates land before anything reads the weights: an
-        # inference-mode forward (evaluate, the pictures) reorders oneDNN weights in place,
-        # which can race with a pending write (apache/mxnet#9862); two dist_sync workers
-        # once ended with different weights under load, which this is meant to rule out.
-        mx.nd.waitall()
         return total.asscalar() / max(seen, 1), seen * self.workers / (time.time() - start)
 
     def evaluate(self, x, y, batch_size=1000):
