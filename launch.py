@@ -28,6 +28,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NODE = [sys.executable, '-c', 'import compat, mxnet']   # a scheduler or a server
+MAX_PROCESSES = 64   # workers or servers: all on this machine
+LINGER = 15   # seconds the scheduler and servers may take to finish after the last worker
 
 
 def free_port():
@@ -49,11 +51,16 @@ def launch(command, workers, servers=1, port=None, poll=0.2):
         return subprocess.Popen(argv, cwd=HERE if argv is NODE else None,
                                 env=dict(env, DMLC_ROLE=role), start_new_session=True)
 
-    nodes = [('scheduler', start('scheduler', NODE))]
-    nodes += [(f'server {k}', start('server', NODE)) for k in range(servers)]
-    running = [(f'worker {k}', start('worker', command)) for k in range(workers)]
-    failed = None
+    nodes, running, failed = [], [], None
     try:
+        nodes.append(('scheduler', start('scheduler', NODE)))
+        nodes += [(f'server {k}', start('server', NODE)) for k in range(servers)]
+        try:
+            running = [(f'worker {k}', start('worker', command)) for k in range(workers)]
+        except OSError as e:   # no such program, not executable: stop what was started
+            print(f'launch.py: cannot start the workers\' command {command[0]!r}: {e.strerror}; '
+                  f'stopped the scheduler and servers', file=sys.stderr)
+            return 127 if isinstance(e, FileNotFoundError) else 126
         while running and failed is None:
             time.sleep(poll)
             for name, process in running + nodes:
@@ -63,10 +70,16 @@ def launch(command, workers, servers=1, port=None, poll=0.2):
                     break
             running = [(n, p) for n, p in running if p.poll() is None]
         if failed is None:   # the workers are done: the scheduler and servers follow
-            deadline = time.time() + 30
+            deadline = time.time() + LINGER
             while time.time() < deadline and any(p.poll() is None for _, p in nodes):
                 time.sleep(poll)
-            return 0
+            if all(p.poll() is not None for _, p in nodes):
+                return 0
+            print(f'launch.py: every worker exited with 0, but the scheduler and servers were '
+                  f'still waiting {LINGER} s later: a worker ended without joining the run (it '
+                  f'never created a dist kvstore, or left before the others finished), so the '
+                  f'run did not complete; stopped them', file=sys.stderr)
+            return 1
     except KeyboardInterrupt:
         for _, process in running:   # train.py stops at once and says how to continue
             os.killpg(process.pid, signal.SIGINT)
@@ -97,8 +110,12 @@ def main(argv=None):
                    help="the scheduler's port on 127.0.0.1 (default: a free one)")
     p.add_argument('command', nargs=argparse.REMAINDER, help='what each worker runs')
     args = p.parse_args(argv)
-    if args.workers < 1 or args.servers < 1:
-        p.error('-n and -s must be >= 1')
+    if not (1 <= args.workers <= MAX_PROCESSES and 1 <= args.servers <= MAX_PROCESSES):
+        p.error(f'-n and -s must be between 1 and {MAX_PROCESSES}: every process runs on this '
+                f'machine')
+    if args.port is not None and not 1024 <= args.port <= 65535:
+        p.error(f'--port {args.port}: use a free port between 1024 and 65535, or leave it out '
+                f'for one chosen for you')
     if not args.command:
         p.error('give the command every worker runs, e.g. python train.py --kvstore dist_sync')
     return launch(args.command, args.workers, args.servers, args.port)

@@ -272,3 +272,27 @@ def test_the_symbolic_api_says_it_trains_in_one_process(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(['--api', 'symbol', '--kvstore', 'dist_sync'])
     assert '--api symbol trains in one process' in capsys.readouterr().err
+
+
+def test_a_command_that_cannot_start_stops_the_scheduler_and_servers_with_one_line():
+    code, log, left = launched(['/nonexistent/cmd'], workers=1, timeout=60)
+    assert code == 127 and left == [], log
+    assert log.strip() == ("launch.py: cannot start the workers' command '/nonexistent/cmd': No "
+                           "such file or directory; stopped the scheduler and servers")
+
+
+def test_a_worker_that_exits_without_joining_the_run_fails_it():
+    code, log, left = launched([sys.executable, '-c', 'pass'], timeout=120)
+    assert code == 1 and left == [], log
+    assert 'a worker ended without joining the run' in log and 'Traceback' not in log
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--port', '70000'], '--port 70000: use a free port between 1024 and 65535'),
+    (['-n', '100000'], '-n and -s must be between 1 and 64'),
+    (['-n', '0'], '-n and -s must be between 1 and 64')])
+def test_the_launcher_checks_its_flags_before_starting_anything(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        launch.main([*flags, 'python', 'train.py'] if '-n' in flags
+                    else ['-n', '2', *flags, 'python', 'train.py'])
+    assert message in capsys.readouterr().err
