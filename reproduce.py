@@ -24,17 +24,22 @@ epoch; a cell whose train.py fails (a bad flag, a diverged loss) is reported in 
 tables with its error and not retried.
 """
 import argparse
+import contextlib
 import csv
 import ctypes
 import fnmatch
 import importlib.util
 import io
 import logging
+import math
 import os
+import re
+import shlex
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import atomic
@@ -138,12 +143,13 @@ def label(args):
     --input-norm none, 'ours-n2000' with --train-size 2000."""
     name = args.schedule if args.epochs is None else f'{args.schedule}-{args.epochs}ep'
     name += '-fresh' if args.fresh_distortions else ''
-    name += f'-b{args.batch_size}' if getattr(args, 'batch_size', None) else ''
-    name += f'-lr{args.lr:g}' if getattr(args, 'lr', None) else ''
-    name += f'-loc{args.loc_lr_mult:g}' if getattr(args, 'loc_lr_mult', None) else ''
-    name += f'-budget{args.budget_mult:g}' if getattr(args, 'budget_mult', None) else ''
-    name += f'-norm{args.input_norm}' if getattr(args, 'input_norm', None) else ''
-    return name + (f'-n{args.train_size}' if getattr(args, 'train_size', None) else '')
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    name += f'-b{given["batch_size"]}' if 'batch_size' in given else ''
+    name += f'-lr{given["lr"]:g}' if 'lr' in given else ''
+    name += f'-loc{given["loc_lr_mult"]:g}' if 'loc_lr_mult' in given else ''
+    name += f'-budget{given["budget_mult"]:g}' if 'budget_mult' in given else ''
+    name += f'-norm{given["input_norm"]}' if 'input_norm' in given else ''
+    return name + (f'-n{given["train_size"]}' if 'train_size' in given else '')
 
 
 def run_dir(args, cell, seed):
@@ -165,17 +171,17 @@ def die_with_parent():
 def recipe_flags(args):
     """train.py's flags for what the command line changes of the schedule (after its own)."""
     flags = ['--fresh-distortions'] if args.fresh_distortions else []
-    if args.batch_size:
+    if args.batch_size is not None:
         flags += ['--batch-size', str(args.batch_size)]
-    if args.lr:
+    if args.lr is not None:
         flags += ['--lr', f'{args.lr:g}']
-    if args.loc_lr_mult:
+    if args.loc_lr_mult is not None:
         flags += ['--loc-lr-mult', f'{args.loc_lr_mult:g}']
-    if args.budget_mult:
+    if args.budget_mult is not None:
         flags += ['--budget-mult', f'{args.budget_mult:g}']
-    if getattr(args, 'input_norm', None):
+    if getattr(args, 'input_norm', None) is not None:
         flags += ['--input-norm', args.input_norm]
-    if args.train_size:
+    if args.train_size is not None:
         flags += ['--train-size', str(args.train_size)]
     return flags
 
@@ -202,6 +208,7 @@ def run_cell(cell, seed, args):
                *run_flags(args), '--seed', str(seed), '--out', folder, '--ctx', args.ctx]
     if args.data_dir:
         command += ['--data-dir', args.data_dir]
+    rerun = shlex.join(['python', 'train.py'] + command[2:])   # result.json: the whole run
     if rundir.checkpoint_epoch(folder) is not None:
         command.append('--resume')
     os.makedirs(folder, exist_ok=True)
@@ -209,7 +216,7 @@ def run_cell(cell, seed, args):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     log_path = os.path.join(folder, 'train.log')
     with open(log_path, 'a') as log:
-        log.write(f'$ {" ".join(command)}\n')
+        log.write(f'$ {shlex.join(command)}\n')
         log.flush()
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                preexec_fn=die_with_parent)
@@ -221,7 +228,7 @@ def run_cell(cell, seed, args):
     result = {'cell': cell, 'seed': seed, 'schedule': label(args),
               'test_error': round(100 * (1 - float(rows[-1]['test_acc'])), 2),
               'epochs': len(rows), 'train_seconds': round(sum(float(r['epoch_s']) for r in rows)),
-              'command': ' '.join(['python', 'train.py'] + command[2:])}
+              'command': rerun}
     rundir.write_result(folder, result)
     return result
 
@@ -394,7 +401,11 @@ def write_curves(out, chosen, path):
         if cell is None or rundir.read_result(os.path.join(out, folder)) is None:
             continue
         rows = rundir.read_metrics(os.path.join(out, folder))
-        images = rundir.read_config(os.path.join(out, folder))['train_images']
+        images = rundir.read_config(os.path.join(out, folder)).get('train_images')
+        if not isinstance(images, int) or images < 1:
+            raise rundir.RunError(f'{os.path.join(out, folder, "config.json")} does not say how '
+                                  f'many images the run trained on ("train_images"): restore it '
+                                  f'from the run, or leave --curves out')
         name = folder[len(cell.replace('/', '-')) + 1:]
         runs.setdefault(cell, []).append((name, [int(r['epoch']) * images / 1e6 for r in rows],
                                           [100 * (1 - float(r['test_acc'])) for r in rows]))
@@ -423,13 +434,38 @@ def seed_list(text):
         seeds = [int(s) for s in text.split(',')]
     except ValueError:
         raise argparse.ArgumentTypeError(f'{text!r} is not a comma-separated list of seeds')
+    if not all(0 <= s <= rundir.MAX_SEED for s in seeds):
+        raise argparse.ArgumentTypeError(f'{text!r}: seeds are whole numbers from 0 to '
+                                         f'{rundir.MAX_SEED:,d}')
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f'{text!r} names a seed twice: each seed is one run')
     return seeds
 
 
 def positive_int(text):
     if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of epochs >= 1')
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number >= 1')
     return int(text)
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f'{text!r} must be a finite number > 0')
+    return value
+
+
+def scheduler_address(text):
+    """--scheduler: tcp://HOST:PORT, Dask's address form."""
+    match = re.fullmatch(r'tcp://([^/:\s]+):(\d+)', text)
+    if not match or not 1 <= int(match.group(2)) <= 65535:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a Dask scheduler address: use '
+                                         f'tcp://HOST:PORT with a port from 1 to 65535, as '
+                                         f'"dask scheduler" prints it')
+    return text
 
 
 def main(argv=None):
@@ -457,12 +493,12 @@ def main(argv=None):
                         '"<!-- table1: end -->" lines of this file (the README)')
     p.add_argument('--batch-size', type=positive_int, default=None,
                    help="the schedule's batch size, if not its own (folders SCHEDULE-bN)")
-    p.add_argument('--lr', type=float, default=None,
+    p.add_argument('--lr', type=positive_float, default=None,
                    help="the schedule's base learning rate, if not its own (folders SCHEDULE-lrX)")
-    p.add_argument('--loc-lr-mult', type=float, default=None,
+    p.add_argument('--loc-lr-mult', type=positive_float, default=None,
                    help="train.py's localisation learning-rate multiplier, if not 0.1 "
                         "(folders SCHEDULE-locM)")
-    p.add_argument('--budget-mult', type=float, default=None,
+    p.add_argument('--budget-mult', type=positive_float, default=None,
                    help="train.py's multiple of each experiment's parameter budget (the FCN "
                         "and CNN widths), if not 1 (folders SCHEDULE-budgetM)")
     p.add_argument('--input-norm', choices=['none'], default=None,
@@ -480,24 +516,64 @@ def main(argv=None):
                    help='OpenMP threads per cell (default: the cores divided among the jobs; '
                         'with --scheduler, a worker machine\'s cores divided among its task '
                         'threads)')
-    p.add_argument('--scheduler', default=None, metavar='tcp://HOST:PORT',
+    p.add_argument('--scheduler', type=scheduler_address, default=None, metavar='tcp://HOST:PORT',
                    help='run the cells on this Dask scheduler\'s workers (they must see --out '
                         'and this repository at the same paths) instead of a local cluster')
     args = p.parse_args(argv)
-    patterns = args.cells.split(',')
-    chosen = choose(patterns)
+    chosen = choose(args.cells.split(','))
     if not chosen:
         p.error(f'--cells {args.cells!r} matches none of: {", ".join(cells())}')
+    try:
+        reproduce(args, chosen)
+    except rundir.RunError as e:
+        sys.exit(f'error: {e}')
+
+
+def check_writable(args):
+    """Before hours of training, not after: --out is (or can be made) a folder, and the
+    folder of --curves and the --readme file are there to write."""
     if args.readme:
-        readme_parts(args.readme)   # before hours of training, not after
-    os.makedirs(args.out, exist_ok=True)
-    todo = [] if args.table_only else [(cell, seed) for cell in chosen for seed in args.seeds
-                                       if rundir.read_result(run_dir(args, cell, seed)) is None]
-    failed = run_grid(todo, args) if todo else {}
-    write_tables(args, failed)
+        readme_parts(args.readme)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise rundir.RunError(f'--out {args.out} is a file, not a folder: pass a folder')
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise rundir.RunError(f'--out {args.out} cannot be made a folder ({e.strerror}): pass '
+                              f'a folder you can write') from None
+    if args.curves:
+        folder = os.path.dirname(os.path.abspath(args.curves))
+        if not (os.path.isdir(folder) and os.access(folder, os.W_OK)) \
+                or os.path.isdir(args.curves):
+            raise rundir.RunError(f'--curves {args.curves}: cannot write a picture there (its '
+                                  f'folder is missing or read-only, or it is a folder): pass a '
+                                  f'file in a folder you can write')
+
+
+def reproduce(args, chosen):
+    """Train what is missing of ``chosen`` x ``args.seeds`` (none with --table-only), then
+    write the tables (and curves); one grid at a time per --out."""
+    check_writable(args)
+    with contextlib.ExitStack() as hold:
+        if not args.table_only:
+            hold.enter_context(rundir.lock(args.out))   # a second grid here says so
+        todo = [] if args.table_only else [(cell, seed) for cell in chosen for seed in args.seeds
+                                           if rundir.read_result(run_dir(args, cell, seed)) is None]
+        failed, interrupted = {}, False
+        try:
+            failed = run_grid(todo, args) if todo else {}
+        except KeyboardInterrupt:
+            interrupted = True
+        write_tables(args, failed)   # with every cell that finished, also during Ctrl-C
+    if interrupted:
+        sys.exit(f'\ninterrupted: {os.path.join(args.out, "table1.md")} lists the cells that '
+                 f'finished; the same command continues the rest, each from its last epoch')
     print(f'wrote {os.path.join(args.out, "table1.md")} and table1.csv')
     if args.curves:
-        drawn = write_curves(args.out, chosen, args.curves)
+        try:
+            drawn = write_curves(args.out, chosen, args.curves)
+        except OSError as e:
+            raise rundir.RunError(f'--curves {args.curves}: {e.strerror or e}') from None
         print(f'wrote {args.curves}: ' + ('; '.join(f'{cell} ({", ".join(names)})'
                                                     for cell, names in drawn.items())
                                           or 'no finished runs of the chosen cells'))
@@ -510,8 +586,15 @@ def local_cluster(jobs):
     127.0.0.1 only (its dashboard too, when bokeh is installed)."""
     from distributed import LocalCluster
     dashboard = '127.0.0.1:0' if importlib.util.find_spec('bokeh') else None
-    return LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, host='127.0.0.1',
-                        dashboard_address=dashboard, silence_logs=logging.ERROR)
+    # Its processes (and the train.py they start) ignore Ctrl-C: this process alone
+    # answers it, with one line, and closing the cluster stops them (PR_SET_PDEATHSIG).
+    default = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                            host='127.0.0.1', dashboard_address=dashboard,
+                            silence_logs=logging.ERROR)
+    finally:
+        signal.signal(signal.SIGINT, default)
 
 
 def run_grid(todo, args):
@@ -530,14 +613,35 @@ def run_grid(todo, args):
             cluster.close()
 
 
+def connect(client_class, address, timeout=None):
+    """A Dask client of ``address``, within ``timeout`` seconds: Client's own timeout bounds
+    reaching the port, not a handshake that something other than Dask never answers."""
+    made, timeout = {}, timeout or CONNECT_TIMEOUT
+
+    def attempt():
+        try:
+            made['client'] = client_class(address, timeout=timeout)
+        except Exception as e:
+            made['error'] = e
+    thread = threading.Thread(target=attempt, daemon=True, name='connect')
+    thread.start()
+    thread.join(timeout + 5)
+    if 'error' in made:
+        raise made['error']
+    if 'client' not in made:
+        raise TimeoutError(f'no Dask handshake within {timeout} s')
+    return made['client']
+
+
 def submit(todo, args, cluster, where):
     from distributed import Client, KilledWorker, as_completed
     failed, done, start = {}, 0, time.time()
     try:
-        client = Client(args.scheduler or cluster, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as e:   # distributed's CommClosedError is an OSError
-        raise SystemExit(f'error: cannot reach the Dask scheduler at {args.scheduler} ({e}): '
-                         f'start it (dask scheduler) or check --scheduler') from None
+        client = connect(Client, args.scheduler or cluster)
+    except Exception as e:   # refused, timed out, or something else answering there
+        raise SystemExit(f'error: cannot reach a Dask scheduler at {args.scheduler} '
+                         f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else "no answer"}'
+                         f'): start one (dask scheduler) or check --scheduler') from None
     with client:
         link = f', dashboard {client.dashboard_link}' if cluster and cluster.dashboard_link else ''
         print(f'{len(todo)} cells to train on {where}{link}', flush=True)

@@ -32,6 +32,7 @@ import numpy as np
 import atomic
 from geometry import outlines_of
 
+MAX_SEED = 999_999   # train.py's --seed: the per-epoch seed is seed * 1000 + epoch, below 2**32
 METRICS = ['dataset', 'epoch', 'train_loss', 'test_loss', 'test_acc', 'lr', 'imgs_per_s', 'epoch_s']
 SNAPSHOT_SIDE = 16   # segments per side of the outlines kept in snapshots.npz
 
@@ -388,8 +389,27 @@ def write_result(run_dir, result):
     atomic.write_text(os.path.join(run_dir, 'result.json'), json.dumps(result, indent=2))
 
 
+RESULT = {'cell': str, 'seed': int, 'schedule': str, 'test_error': (int, float),
+          'epochs': int, 'train_seconds': (int, float), 'command': str}   # result.json's keys
+
+
 def read_result(run_dir):
-    """The cell's result.json as a dict, or None if the cell has not finished."""
+    """The cell's result.json as a dict, or None if the cell has not finished; RunError if
+    it is not JSON or lacks a key of RESULT or holds a value of another type."""
     path = os.path.join(run_dir, 'result.json')
-    return read_json(path) if os.path.exists(path) else None
+    if not os.path.exists(path):
+        return None
+    result = read_json(path)
+    wrong = [key for key, kind in RESULT.items() if not isinstance(result, dict)
+             or not isinstance(result.get(key), kind) or isinstance(result.get(key), bool)]
+    if wrong:
+        raise RunError(f'{path} is not a finished cell\'s result (expected a JSON object whose '
+                       f'{", ".join(wrong)} hold {", ".join(kind_name(RESULT[k]) for k in wrong)}'
+                       f'): delete it, and the next reproduce.py run writes it anew from the '
+                       f'run\'s metrics.csv (or restore it)')
+    return result
+
+
+def kind_name(kind):
+    return 'a number' if isinstance(kind, tuple) else {str: 'a string', int: 'a whole number'}[kind]
 

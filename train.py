@@ -55,7 +55,6 @@ CHANGEABLE = ['epochs', 'lr']   # extend a run; a smaller rate after a divergenc
 # configs written before these flags used their defaults
 ADDED_LATER = ['lr_mode', 'warmup_epochs', 'transformers', 'stn_at', 'input_norm', 'per_channel']
 TRANSFORMS = ('none',) + stn.TRANSFORMS
-MAX_SEED = 999_999   # the per-epoch seed is seed * 1000 + epoch, within numpy's 2**32
 
 
 def positive(kind):
@@ -258,7 +257,7 @@ def parser():
                    help='epochs of linear warm-up from 0 to --lr before the schedule')
     p.add_argument('--loc-lr-mult', type=positive(float), default=0.1,
                    help='learning-rate multiplier of the localisation net and regressor')
-    p.add_argument('--seed', type=bounded_int(0, MAX_SEED), default=1)
+    p.add_argument('--seed', type=bounded_int(0, rundir.MAX_SEED), default=1)
     p.add_argument('--model', choices=MODELS, default='lenet',
                    help='classifier: the seed LeNet, or the paper\'s FCN or CNN (see net.py)')
     which = p.add_mutually_exclusive_group()

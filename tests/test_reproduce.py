@@ -318,7 +318,7 @@ def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as error:
         reproduce.main(['--scheduler', f'tcp://127.0.0.1:{port}', '--cells', 'r/cnn', '--out',
                         str(tmp_path)])
-    assert str(error.value.code).startswith(f'error: cannot reach the Dask scheduler at '
+    assert str(error.value.code).startswith(f'error: cannot reach a Dask scheduler at '
                                             f'tcp://127.0.0.1:{port}')
 
 
@@ -378,3 +378,147 @@ def test_a_readme_without_markers_is_refused_before_any_training(tmp_path, fake_
     ('st-cnn-aff', 'ST-CNN affine'), ('st-cnn-tps', 'ST-CNN TPS')])
 def test_the_tables_name_the_models_as_the_paper(model, name):
     assert reproduce.model_name(model) == name
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--seeds', '1,1'], "argument --seeds: '1,1' names a seed twice"),
+    (['--seeds', '-1'], "argument --seeds: '-1': seeds are whole numbers from 0 to 999,999"),
+    (['--loc-lr-mult', '0'], "argument --loc-lr-mult: '0' must be a finite number > 0"),
+    (['--lr', '0'], "argument --lr: '0' must be a finite number > 0"),
+    (['--lr', 'nan'], "argument --lr: 'nan' must be a finite number > 0"),
+    (['--budget-mult', '0'], "argument --budget-mult: '0' must be a finite number > 0"),
+    (['--jobs', '0'], "argument --jobs: '0' is not a whole number >= 1"),
+    (['--threads', '0'], "argument --threads: '0' is not a whole number >= 1"),
+    (['--batch-size', '0'], "argument --batch-size: '0' is not a whole number >= 1"),
+    (['--scheduler', 'garbage'], "argument --scheduler: 'garbage' is not a Dask scheduler address"),
+    (['--scheduler', 'http://127.0.0.1:8786'], 'is not a Dask scheduler address'),
+    (['--scheduler', 'tcp://127.0.0.1:70000'], 'is not a Dask scheduler address'),
+])
+def test_a_value_no_cell_could_train_with_is_a_usage_error_before_any_cluster(
+        flags, message, tmp_path, fake_train, capsys):
+    with pytest.raises(SystemExit) as error:
+        reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path / 'grid'), *flags])
+    assert error.value.code == 2 and message in capsys.readouterr().err
+    assert fake_train == [] and not (tmp_path / 'grid').exists()
+
+
+def test_result_json_holds_the_command_that_reruns_the_whole_cell(tmp_path, fake_train):
+    import shlex
+    import train
+    folder = tmp_path / 'r-cnn-ours-1ep-seed1'
+    folder.mkdir()
+    (folder / 'checkpoint.json').write_text('{"epoch": 0}')   # interrupted, so resumed
+    reproduce.main(['--cells', 'r/cnn', '--epochs', '1', '--out', str(tmp_path)])
+    assert fake_train[0][-1] == '--resume'
+    command = shlex.split(json.load(open(folder / 'result.json'))['command'])
+    assert command[:2] == ['python', 'train.py'] and '--resume' not in command
+    args = train.parse_args(command[2:])   # a 1-epoch cell has no learning-rate step left
+    assert (args.epochs, args.lr_steps, args.seed, args.out) == (1, [], 1, str(folder))
+
+
+def finished_cell(out, **result):
+    folder = out / 'r-cnn-ours-seed1'
+    folder.mkdir(parents=True)
+    (folder / 'config.json').write_text('{"train_images": 60000}')
+    (folder / 'metrics.csv').write_text(
+        'dataset,epoch,train_loss,test_loss,test_acc,lr,imgs_per_s,epoch_s\n'
+        'r,1,0.5,0.4,0.9800,0.001,1000,30.0\n')
+    (folder / 'result.json').write_text(json.dumps(dict(
+        cell='r/cnn', seed=1, schedule='ours', test_error=2.0, epochs=1, train_seconds=30,
+        command='python train.py', **result)))
+    return folder
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda f: (f / 'result.json').write_text('{"cell": '), 'result.json is not valid JSON'),
+    (lambda f: (f / 'result.json').write_text('[1, 2]'), "result.json is not a finished cell's"),
+    (lambda f: (f / 'result.json').write_text('{"cell": "r/cnn"}'), "result.json is not a "
+                                                                     "finished cell's"),
+    (lambda f: (f / 'result.json').write_text(
+        (f / 'result.json').read_text().replace('2.0', '"2.0"')), 'test_error hold a number'),
+    (lambda f: (f / 'metrics.csv').write_text((f / 'metrics.csv').read_text()[:-12]),
+     'metrics.csv, line 2: malformed row'),
+    (lambda f: (f / 'config.json').write_text('{}'), 'does not say how many images'),
+])
+def test_a_damaged_run_folder_is_one_line_that_names_the_file(tmp_path, damage, message):
+    damage(finished_cell(tmp_path / 'grid'))
+    with pytest.raises(SystemExit) as error:
+        reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path / 'grid'), '--table-only',
+                        '--curves', str(tmp_path / 'curves.png')])
+    assert str(error.value.code).startswith('error: ') and message in str(error.value.code)
+    assert '\n' not in str(error.value.code)
+
+
+def test_an_out_or_curves_that_cannot_be_written_is_refused_before_any_training(
+        tmp_path, fake_train):
+    (tmp_path / 'file').write_text('')
+    for flags, message in [
+            (['--out', str(tmp_path / 'file')], 'is a file, not a folder'),
+            (['--out', str(tmp_path / 'file' / 'grid')], 'cannot be made a folder'),
+            (['--out', str(tmp_path / 'grid'), '--curves', str(tmp_path / 'no' / 'c.png')],
+             'cannot write a picture there')]:
+        with pytest.raises(SystemExit) as error:
+            reproduce.main(['--cells', 'r/cnn', *flags])
+        assert message in str(error.value.code)
+    assert fake_train == []
+
+
+def test_a_second_grid_on_the_same_out_is_refused_and_reports_no_cell(tmp_path, fake_train):
+    import rundir
+    with rundir.lock(str(tmp_path)):   # the first grid, still training
+        with pytest.raises(SystemExit) as error:
+            reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path)])
+    assert f'error: {tmp_path} is in use by another run (pid {os.getpid()})' in error.value.code
+    assert fake_train == [] and not (tmp_path / 'table1.md').exists()
+
+
+def test_ctrl_c_writes_the_tables_with_every_finished_cell_and_says_how_to_continue(
+        tmp_path, monkeypatch):
+    def interrupted(todo, args):   # one cell finished as Ctrl-C came
+        finished_cell(tmp_path)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(reproduce, 'run_grid', interrupted)
+    with pytest.raises(SystemExit) as error:
+        reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path)])
+    assert 'interrupted:' in error.value.code and 'the same command continues' in error.value.code
+    assert '| CNN | 2.00 (1.2) |' in (tmp_path / 'table1.md').read_text()
+
+
+def test_something_that_is_not_dask_answering_is_a_one_line_error(tmp_path, monkeypatch):
+    import socket
+    monkeypatch.setattr(reproduce, 'CONNECT_TIMEOUT', 2)
+    with socket.socket() as server:   # accepts, never answers
+        server.bind(('127.0.0.1', 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with pytest.raises(SystemExit) as error:
+            reproduce.main(['--scheduler', f'tcp://127.0.0.1:{port}', '--cells', 'r/cnn',
+                            '--out', str(tmp_path)])
+    assert str(error.value.code).startswith(f'error: cannot reach a Dask scheduler at '
+                                            f'tcp://127.0.0.1:{port}')
+
+
+@needs_mnist
+def test_ctrl_c_to_the_grid_prints_one_line_and_leaves_no_process(tmp_path):
+    grid = subprocess.Popen([sys.executable, 'reproduce.py', '--cells', 'r/fcn', '--epochs', '50',
+                             '--train-size', '2000', '--jobs', '1', '--threads', '1',
+                             '--data-dir', REAL_DIR, '--out', str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / 'r-fcn-ours-50ep-n2000-seed1' / 'checkpoint.json').exists():
+            assert time.time() < deadline and grid.poll() is None
+            time.sleep(0.1)
+        family = [grid.pid] + [p.pid for p in psutil.Process(grid.pid).children(recursive=True)]
+        os.killpg(grid.pid, signal.SIGINT)   # Ctrl-C in a terminal: the whole process group
+        output, _ = grid.communicate(timeout=120)
+    finally:
+        if grid.poll() is None:
+            os.killpg(grid.pid, signal.SIGKILL)
+            grid.wait()
+    assert grid.returncode == 1 and 'Traceback' not in output, output
+    assert output.strip().splitlines()[-1].startswith('interrupted: '), output
+    time.sleep(1)
+    assert [pid for pid in family if psutil.pid_exists(pid)
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE] == []
