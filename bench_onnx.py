@@ -44,7 +44,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     threads = compat.THREADS
     symbol, weights, symbol_file, params_file = rundir.load_export(args.model)
-    shape = rundir.input_shape(symbol, weights)
+    shape = rundir.input_shape(symbol, weights, os.path.dirname(symbol_file))
     with warnings.catch_warnings():   # "Cannot decide type for ... data": it is float32
         warnings.simplefilter('ignore', UserWarning)
         net = mx.gluon.SymbolBlock.imports(symbol_file, ['data'], params_file)

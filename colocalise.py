@@ -167,7 +167,7 @@ def load_encoder(run_dir, embedding='paper', normalise=False, ctx=mx.cpu()):
     encoder = gluon.SymbolBlock(out, mx.sym.var('data'))
     encoder.collect_params().load(params_file, ctx=ctx, ignore_extra=True)
     encoder.collect_params().setattr('grad_req', 'null')
-    channels, side, _ = rundir.input_shape(symbol, weights)
+    channels, side, _ = rundir.input_shape(symbol, weights, os.path.dirname(symbol_file))
     if channels != 1:
         raise rundir.RunError(f'{symbol_file} reads {channels}-channel images: the encoder must '
                               f'be a one-channel digit classifier')

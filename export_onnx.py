@@ -126,7 +126,7 @@ def export(model, epoch=None, path=None):
     side by side: N, K*C, H', W'). The batch
     dimension is dynamic. ConversionError or rundir.RunError when it cannot be done."""
     symbol, weights, symbol_file, params_file = rundir.load_export(model, epoch)
-    shape = rundir.input_shape(symbol, weights)
+    shape = rundir.input_shape(symbol, weights, os.path.dirname(symbol_file))
     internals = symbol.get_internals()
     names = internals.list_outputs()
     transformed = [internals[n] for n in rundir.transformer_outputs(names)]
@@ -166,6 +166,7 @@ def export(model, epoch=None, path=None):
     graph.input.extend(kept)
     onnx_model = helper.make_model(graph, producer_name='stn-gluon',
                                    opset_imports=[helper.make_opsetid('', OPSET)])
+    helper.set_model_props(onnx_model, {rundir.ONNX_WEIGHTS: os.path.basename(params_file)})
     onnx.checker.check_model(onnx_model, full_check=True)
     path = path or os.path.join(os.path.dirname(symbol_file), rundir.ONNX)
     atomic.write_bytes(path, onnx_model.SerializeToString())

@@ -45,7 +45,7 @@ def load(model, epoch=None, loader='gluon'):
     import mxnet as mx
     from mxnet import gluon
     symbol, weights, symbol_file, params_file = rundir.load_export(model, epoch)
-    shape = rundir.input_shape(symbol, weights)
+    shape = rundir.input_shape(symbol, weights, os.path.dirname(symbol_file))
     if loader == 'gluon':
         with warnings.catch_warnings():   # "Cannot decide type for ... data": it is float32
             warnings.simplefilter('ignore', UserWarning)
@@ -78,6 +78,13 @@ def load_onnx(model, batch_size=1000):
     except Exception as e:   # ONNX Runtime raises its own Fail / InvalidProtobuf errors
         raise ModelError(f'{path} is not a loadable ONNX model ({str(e).strip()[:200]}): write '
                          f'it again with python export_onnx.py --model RUN_DIR') from None
+    made_from = session.get_modelmeta().custom_metadata_map.get(rundir.ONNX_WEIGHTS)
+    if os.path.isdir(model) and made_from:
+        newest = os.path.basename(rundir.model_files(model)[1])
+        if made_from != newest:
+            raise ModelError(f'{path} was made from {made_from}, but the run\'s newest export is '
+                             f'{newest} (the run went on since): write it again with python '
+                             f'export_onnx.py --model {model}')
     data = session.get_inputs()[0]
     shape = tuple(data.shape[1:])
 
@@ -124,6 +131,11 @@ def read_image(path, shape):
     return pixels[None]
 
 
+def describe(shape):
+    """'42x42 images', '2-channel 42x42 images'."""
+    return (f'{shape[0]}-channel ' if shape[0] != 1 else '') + f'{shape[1]}x{shape[2]} images'
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('images', nargs='*', help='PNG/JPEG files to classify')
@@ -149,12 +161,16 @@ def main(argv=None):
         if args.dataset:
             wanted = distort.image_shape(args.dataset)
             if wanted != shape:
-                raise ModelError(f'the model takes {shape[1]}x{shape[2]} images but {args.dataset} '
-                                 f'has {wanted[1]}x{wanted[2]}: pick the dataset it was trained on')
+                raise ModelError(f'the model takes {describe(shape)} but {args.dataset} has '
+                                 f'{describe(wanted)}: pick the dataset it was trained on')
             data = distort.load_dataset(args.dataset, args.data_dir, args.data_seed)
             x, y = data.test_x, data.test_y
             correct = int((predict(x).argmax(1) == y).sum())
             print(f'{args.dataset} test accuracy: {correct / len(y):.4f} ({correct}/{len(y)})')
+        if args.images and shape[0] != 1:
+            raise ModelError(f'the model takes {describe(shape)} (MNIST addition: one digit per '
+                             f'channel), and an image file holds one: score it on its test set '
+                             f'with --dataset addition')
         for path in args.images:
             probs = predict(read_image(path, shape)[None])[0]
             print(f'{path}: {probs.argmax()} (p = {probs.max():.3f})')

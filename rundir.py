@@ -19,6 +19,7 @@ import contextlib
 import csv
 import fcntl
 import glob
+import io
 import json
 import math
 import os
@@ -41,6 +42,7 @@ SNAPSHOT_SIDE = 16   # segments per side of the outlines kept in snapshots.npz
 # (affine, attention) or stn.py's 'grid' (projective, tps); sym.SpatialTransformer makes
 # its grid inside the operator, so it has none (visualize.py rebuilds it from theta).
 ONNX = 'model.onnx'   # export_onnx.py's file in a run folder, beside the MXNet export
+ONNX_WEIGHTS = 'mxnet_params'   # its metadata key: the MXNet params file it was made from
 GLUON_TRANSFORMED, SYMBOL_TRANSFORMED = 'net_stn_bilinearsampler0_output', 'net_stn_transformer_output'
 TRANSFORMED = (GLUON_TRANSFORMED, SYMBOL_TRANSFORMED)
 FEATURE_TRANSFORMED = 'net_stn_conv1_bilinearsampler0_output'   # net.Net's on a feature map
@@ -316,21 +318,30 @@ def load_export(model, epoch=None):
 SIZES = [28, 42, 60] + list(range(8, 129))  # input sizes tried, the datasets' first
 
 
-def input_shape(symbol, weights):
+def input_shape(symbol, weights, run_dir=None):
     """(C, H, W) of the images an export's weights fit (``load_export``'s symbol and
-    weights): one channel (or two: MNIST addition), the datasets' sizes tried first, then
-    8 to 128 pixels square."""
+    weights): the image_shape that RUN_DIR/config.json records, where it fits them; else
+    tried, one channel (or two: MNIST addition), the datasets' sizes first, then 8 to 128
+    pixels square."""
     import mxnet as mx
-    for channels in (1, 2):
-        for size in SIZES:
+    try:
+        recorded = read_config(run_dir).get('image_shape') if run_dir else None
+    except RunError:
+        recorded = None
+    tried = [(c, s, s) for c in (1, 2) for s in SIZES]
+    if isinstance(recorded, list) and len(recorded) == 3 and all(
+            isinstance(n, int) and n > 0 for n in recorded):
+        tried.insert(0, tuple(recorded))
+    with contextlib.redirect_stdout(io.StringIO()):   # MXNet prints each failed inference
+        for shape in tried:
             try:
-                args, _, aux = symbol.infer_shape(data=(1, channels, size, size))
+                args, _, aux = symbol.infer_shape(data=(1, *shape))
             except mx.MXNetError:
                 continue
             shapes = dict(zip(symbol.list_arguments(), args),
                           **dict(zip(symbol.list_auxiliary_states(), aux)))
             if all(tuple(shapes[n]) == weights[n].shape for n in shapes if n in weights):
-                return (channels, size, size)
+                return shape
     raise RunError('the weights fit no square input of one or two channels and 8 to 128 pixels')
 
 

@@ -215,6 +215,7 @@ def resume_args(args, argv):
                               f'{"; ".join(clash)}. Leave those flags out, or start a new run in '
                               f'another --out')
     settings.update({k: getattr(args, k) for k in CHANGEABLE if k in explicit})
+    args.onnx = args.onnx or saved.get('onnx') is True   # an output the run asked for
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors):
@@ -515,7 +516,8 @@ def train(args, argv, kvstore='device', watchdog=None):
         rows = rundir.read_metrics(args.out, start_epoch)
         if writer:
             rundir.write_config(args.out, dict(rundir.read_config(args.out), epochs=args.epochs,
-                                               lr=args.lr))   # what --resume may change
+                                               lr=args.lr, onnx=args.onnx))   # what --resume
+                                                                               # may change
     elif writer:
         rows = []
         rundir.write_config(args.out, dict(
@@ -562,7 +564,7 @@ def train(args, argv, kvstore='device', watchdog=None):
             return
         prefix = rundir.export(args.out, args.epochs, model.export)
         print(f'exported {prefix}-symbol.json and {prefix}-{args.epochs:04d}.params')
-        if args.onnx:
+        if args.onnx or os.path.exists(os.path.join(args.out, rundir.ONNX)):   # never stale
             import export_onnx   # onnx, only when asked for
             try:
                 print(f'wrote {export_onnx.export(args.out)}')

@@ -195,3 +195,64 @@ def test_the_inference_benchmark_prints_a_row_per_batch_size(tmp_path, capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [row[0] for row in rows] == ['1', '3']
     assert all(float(value.replace(',', '')) > 0 for row in rows for value in row[1:])
+
+
+@needs_mnist
+def test_a_resumed_run_rewrites_its_onnx_model_and_a_stale_one_is_refused(tmp_path):
+    out = tmp_path / 'run'
+    import train
+    flags = ['--data-dir', REAL_DIR, '--out', str(out), '--train-size', '2000']
+    train.main([*flags, '--epochs', '1', '--onnx'])
+    first = (out / rundir.ONNX).read_bytes()
+    train.main([*flags, '--epochs', '2', '--resume'])   # --onnx is the run's: kept
+    score = [sys.executable, '-c', NO_MXNET, '--model', str(out), '--runtime', 'onnxruntime',
+             '--dataset', 'mnist', '--data-dir', REAL_DIR]
+    in_onnx = subprocess.run(score, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert in_onnx.returncode == 0, in_onnx.stderr
+    assert rundir.read_metrics(str(out))[-1]['test_acc'] in in_onnx.stdout   # epoch 2's weights
+    (out / rundir.ONNX).write_bytes(first)   # as an older copy would be
+    stale = subprocess.run(score, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert stale.returncode == 1 and stale.stderr.strip() == (
+        f"error: {out / rundir.ONNX} was made from model-0001.params, but the run's newest "
+        f"export is model-0002.params (the run went on since): write it again with python "
+        f"export_onnx.py --model {out}")
+
+
+def two_channel_run(tmp_path, record=True):
+    """An exported 19-way classifier of 2-channel 42x42 inputs (MNIST addition's shape)."""
+    block = nn.HybridSequential(prefix='net_')
+    with block.name_scope():
+        block.add(nn.Conv2D(4, 3, strides=2), nn.Dense(19))
+    block.initialize()
+    block.hybridize()
+    block(mx.nd.zeros((1, 2, 42, 42)))
+    block.export(str(tmp_path / 'model'), epoch=1)
+    if record:
+        rundir.write_config(str(tmp_path), {'image_shape': [2, 42, 42]})
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize('record', [True, False])
+def test_the_input_shape_is_the_recorded_one_and_no_guess_is_printed(tmp_path, capsys, record):
+    run = two_channel_run(tmp_path, record)
+    export_onnx.export(run)
+    assert predict.load(run)[1] == predict.load(run, loader='onnxruntime')[1] == (2, 42, 42)
+    assert capsys.readouterr().out == ''
+
+
+def test_image_files_for_a_two_channel_model_and_a_set_of_another_shape_are_one_line(
+        tmp_path, capsys):
+    from PIL import Image
+    run = two_channel_run(tmp_path)
+    export_onnx.export(run)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / 'digit.png')
+    for runtime in ('mxnet', 'onnxruntime'):
+        with pytest.raises(SystemExit) as error:
+            predict.main([str(tmp_path / 'digit.png'), '--model', run, '--runtime', runtime])
+        assert error.value.code == ('error: the model takes 2-channel 42x42 images (MNIST '
+                                    'addition: one digit per channel), and an image file holds '
+                                    'one: score it on its test set with --dataset addition')
+        with pytest.raises(SystemExit) as error:
+            predict.main(['--model', run, '--runtime', runtime, '--dataset', 'rts'])
+        assert error.value.code == ('error: the model takes 2-channel 42x42 images but rts has '
+                                    '42x42 images: pick the dataset it was trained on')
