@@ -219,6 +219,19 @@ class GluonModel:
         self.trainer._init_params()
         mx.nd.waitall()
 
+    def no_gradient(self, devices):
+        """A zero gradient from each of ``devices``, which had no image of this batch (a last
+        batch smaller than the devices or workers), marked fresh for ``Trainer.step``:
+        summed with the others', it leaves the update theirs, and every device's weights
+        get the same update."""
+        for param in self.net.collect_params().values():
+            if param.grad_req == 'null':
+                continue
+            for data, grad in zip(param.list_data(), param.list_grad()):
+                if data.context in devices:
+                    grad[:] = 0
+                    data._fresh_grad = True
+
     @property
     def learning_rate(self):
         return self.trainer.learning_rate
@@ -241,11 +254,10 @@ class GluonModel:
             batch = len(idx)   # the global batch: the gradients' sum is divided by it
             share = [batch * k // self.workers for k in (self.rank, self.rank + 1)]
             idx = idx[share[0]:share[1]]   # this worker's share (all of it with one worker)
-            if len(idx) == 0:   # a last batch smaller than the worker count: add zeros
-                for param in self.net.collect_params().values():
-                    param.zero_grad()
-            else:
-                devices = self.contexts[:len(idx)]   # fewer images than devices: fewer devices
+            devices = self.contexts[:len(idx)]   # fewer images than devices: fewer devices
+            if len(devices) < len(self.contexts):
+                self.no_gradient(self.contexts[len(devices):])
+            if devices:
                 data = gluon.utils.split_and_load(mx.nd.take(x_nd, idx), devices, even_split=False)
                 label = gluon.utils.split_and_load(mx.nd.take(y_nd, idx), devices, even_split=False)
                 with autograd.record():

@@ -459,6 +459,12 @@ def run(args, argv, kvstore='device', watchdog=None):
             train(args, argv, kvstore, watchdog)
     except rundir.RunError as e:
         sys.exit(f'error: {e}')
+    except KeyboardInterrupt:   # before the first epoch (train's loop answers its own)
+        done = kept_epoch(args.out)
+        sys.exit('\ninterrupted before training began; ' + (
+            f'the checkpoint of epoch {done} is in {args.out}: continue with python train.py '
+            f'--out {args.out} --resume' if done is not None else 'nothing was trained: start '
+            'the run again'))
     except OSError as e:   # a bad --out, a full disk, a read-only folder
         done = kept_epoch(args.out)
         sys.exit(f'error: {e.filename or args.out}: {e.strerror or e}. Nothing half-written was '

@@ -246,3 +246,34 @@ def test_the_model_imports_no_data_generator_and_training_no_plotting():
               'import train; assert "matplotlib" not in sys.modules, "train imports matplotlib"')
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+@needs_mnist
+def test_a_batch_with_fewer_images_than_devices_trains_like_one_device(tmp_path):
+    """--ctx cpu,cpu and a last batch of one image: the idle device adds a zero gradient
+    (not its gradient of the batch before, nor a stale-gradient error)."""
+    import mxnet as mx
+    import train
+    flags = ['--data-dir', REAL_DIR, '--train-size', '5', '--batch-size', '2', '--epochs', '1',
+             '--model', 'fcn', '--width', '32']   # no dropout: the devices draw none
+    train.main([*flags, '--ctx', 'cpu,cpu', '--out', str(tmp_path / 'two')])
+    train.main([*flags, '--ctx', 'cpu', '--out', str(tmp_path / 'one')])
+    two, one = (mx.nd.load(str(tmp_path / d / 'model-0001.params')) for d in ('two', 'one'))
+    for name in one:
+        np.testing.assert_allclose(two[name].asnumpy(), one[name].asnumpy(), rtol=1e-5,
+                                   atol=1e-6, err_msg=name)
+
+
+@needs_mnist
+def test_an_interrupt_while_the_model_is_sized_is_one_line(tmp_path, monkeypatch):
+    import net
+    import train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(net, 'fit_width', interrupted)
+    with pytest.raises(SystemExit) as error:
+        train.main(['--data-dir', REAL_DIR, '--model', 'fcn', '--out', str(tmp_path / 'run')])
+    assert error.value.code == ('\ninterrupted before training began; nothing was trained: '
+                                'start the run again')
+    assert not (tmp_path / 'run' / 'checkpoint.json').exists()
