@@ -418,6 +418,13 @@ def main(argv=None):
                 f'and {args.shrink!r}')
     if any(not 0 <= c <= 9 for c in classes):
         p.error(f'--classes: digit classes are 0-9, got {args.classes!r}')
+    if args.images < 2:
+        p.error(f'--images: {args.images} is too few; each pair is two different images of a '
+                f'class, so give at least 2')
+    if not 0 <= args.seed < 2 ** 32:
+        p.error(f'--seed: {args.seed} must be between 0 and 2**32 - 1')
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f'--out: {args.out} is a file, not a folder: pass a folder')
     if shrink is not None and not (len(shrink) == 2 and 0 <= shrink[0] < shrink[1] <= args.steps):
         p.error(f'--shrink A,B needs 0 <= A < B <= --steps ({args.steps}), got {args.shrink!r}')
     if not math.isfinite(args.blur) or args.blur < 0 or (args.blur > 0 and not 0 < args.blur_steps <= args.steps):
@@ -432,13 +439,19 @@ def main(argv=None):
         _, _, test_x, test_y = mnist.load_mnist(args.data_dir)
     except (rundir.RunError, mnist.MNISTError) as e:
         raise SystemExit(f'error: {e}')
-    os.makedirs(args.out, exist_ok=True)
     command = ' '.join(['python', 'colocalise.py'] + list(sys.argv[1:] if argv is None else argv))
     try:
+        os.makedirs(args.out, exist_ok=True)
         with rundir.lock(args.out):
             run(args, classes, curriculum, (encoder, side), coarse, test_x, test_y, command)
     except rundir.RunError as e:
         raise SystemExit(f'error: {e}')
+    except OSError as e:   # --out cannot be made, a full disk
+        raise SystemExit(f'error: {e.filename or args.out}: {e.strerror or e}')
+    except KeyboardInterrupt:
+        raise SystemExit(f'\ninterrupted: the classes finished so far are in '
+                         f'{os.path.join(args.out, "result.json")}; the same command continues '
+                         f'with the others')
 
 
 # What a run's classes must share to be one run (so a rerun may resume its finished ones).
@@ -456,7 +469,12 @@ def run(args, classes, curriculum, fine, coarse, test_x, test_y, command):
     done = {}
     if os.path.exists(path):
         before = rundir.read_json(path)
-        old = {**ADDED, **before.get('settings', {})}
+        if not (isinstance(before, dict) and isinstance(before.get('settings'), dict)
+                and isinstance(before.get('per_class', {}), dict)):
+            raise rundir.RunError(f'{path} is not a co-localisation result (a JSON object with '
+                                  f'"settings" and "per_class"): pass another --out, or delete '
+                                  f'it to start again')
+        old = {**ADDED, **before['settings']}
         changed = [k for k in SHARED if old.get(k) != settings[k]]
         if changed:
             raise rundir.RunError(f'{path} holds a run with other settings ({", ".join(changed)}):'

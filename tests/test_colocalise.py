@@ -246,6 +246,9 @@ def test_sharp_negatives_are_cut_from_the_unblurred_canvas_while_the_crops_see_t
     (['--blur', 'nan', '--blur-steps', '5'], '--blur needs'),
     (['--steps', '0'], "--steps: '0' must be a finite number > 0"),
     (['--lr', 'inf'], "--lr: 'inf' must be a finite number > 0"),
+    (['--images', '1'], '--images: 1 is too few'),
+    (['--seed', '-1'], '--seed: -1 must be between 0 and 2**32 - 1'),
+    (['--out', __file__], 'is a file, not a folder'),
 ])
 def test_bad_curriculum_flags_are_refused_before_anything_loads(flags, message, capsys):
     with pytest.raises(SystemExit) as exit:
@@ -271,8 +274,11 @@ def test_a_run_writes_each_class_as_it_finishes_and_a_rerun_keeps_them(tmp_path,
         return train(images, *args, **kwargs)
     interrupted_at_5.calls = []
     monkeypatch.setattr(colocalise, 'colocalise', interrupted_at_5)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as interrupted:
         colocalise.main(flags + ['--steps', '3', '--classes', '3,5'])
+    assert interrupted.value.code == (f'\ninterrupted: the classes finished so far are in '
+                                      f'{out / "result.json"}; the same command continues with '
+                                      f'the others')
     first = json.loads((out / 'result.json').read_text())
     assert list(first['per_class']) == ['3'] and len(first['per_class']['3']['boxes']) == 10
 
@@ -297,3 +303,20 @@ def test_a_run_writes_each_class_as_it_finishes_and_a_rerun_keeps_them(tmp_path,
     colocalise.main(flags + ['--steps', '3', '--classes', '3'])             # still the same run
     with pytest.raises(SystemExit, match=r'other settings \(sharp_negatives\)'):
         colocalise.main(flags + ['--steps', '3', '--classes', '3', '--sharp-negatives'])
+
+
+@pytest.mark.parametrize('text', ['[1, 2]', '{"settings": [1]}', '"done"'])
+def test_a_result_json_that_is_not_a_colocalisation_result_is_one_line(tmp_path, monkeypatch,
+                                                                       text):
+    (tmp_path / 'encoder').mkdir()
+    exported_encoder(tmp_path / 'encoder')
+    monkeypatch.setattr(colocalise.mnist, 'load_mnist', lambda data_dir=None: (
+        None, None, squares(20), np.repeat([3, 5], 10)))
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'result.json').write_text(text)
+    with pytest.raises(SystemExit) as error:
+        colocalise.main(['--encoder', str(tmp_path / 'encoder'), '--images', '10', '--steps', '3',
+                         '--classes', '3', '--out', str(tmp_path / 'run')])
+    assert error.value.code.startswith('error: ') and 'is not a co-localisation result' in \
+        error.value.code
+    assert (tmp_path / 'run' / 'result.json').read_text() == text   # untouched
