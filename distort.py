@@ -58,10 +58,15 @@ DEFAULTS = {
     'p-5px': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0, 'warp': 'backward',
               'frame': 'image'},   # P up to version 2
 }
-STREAMS = {'p-5px': 'p'}         # a set drawn from another's random stream (P up to version 2)
+# Each set's random stream: numpy's generator seeded with (seed, STREAM[name]). Pinned, so
+# that a new set (a new number) changes no other set's bytes: the cache and the committed
+# results rely on them. p-5px draws from P's stream (it is P up to version 2).
+STREAM = {'mnist': 0, 'r': 1, 'rts': 2, 'p': 3, 'e': 4, 'tc': 5, 'p-forward': 6, 'p-3.5px': 7,
+          'p-box': 8, 'addition': 9, 'p-5px': 3}
 CHANNELS = {'addition': 2}       # digits per image (the others: 1)
 CLASSES = {'addition': 19}       # labels 0..18 (the others: 10)
-DATASETS = list(DEFAULTS)   # a new set: its parameters here and its function in GENERATORS
+DATASETS = list(DEFAULTS)   # a new set: its parameters here, its function in GENERATORS and
+                            # a new number in STREAM
 CACHE_DIR = os.path.join(mnist.HERE, 'data', 'distorted')
 CHUNK = 10000  # images warped per BilinearSampler call
 CHOICES = {'warp': ('backward', 'forward'), 'frame': ('image', 'box')}   # the non-numeric ones
@@ -114,7 +119,7 @@ def pair(images, labels, seed):
     drawn by ``seed`` (a random permutation), as (N, 2, 28, 28), and the sums of their
     ``labels`` (N,). The pairs depend on the seed only, so a set's fresh distortions keep
     its pairs and labels."""
-    partner = np.random.default_rng([*np.atleast_1d(seed), DATASETS.index('addition'),
+    partner = np.random.default_rng([*np.atleast_1d(seed), STREAM['addition'],
                                      99]).permutation(len(images))
     return np.concatenate([images, images[partner]], 1), labels + labels[partner]
 
@@ -331,7 +336,7 @@ def distort(name, images, seed, **params):
     p = check_params(name, params)
     if name == 'mnist':
         return images, {}
-    rng = np.random.default_rng([*np.atleast_1d(seed), DATASETS.index(STREAMS.get(name, name))])
+    rng = np.random.default_rng([*np.atleast_1d(seed), STREAM[name]])
     out, info = GENERATORS[name](images, rng, **p)
     return out.astype(np.float32), info
 

@@ -89,10 +89,23 @@ def test_p_reads_each_output_corner_from_a_moved_input_corner(digits, name, pixe
     assert 0.75 * pixels < offsets.std() < 1.25 * pixels   # corner_std
 
 
-def test_the_grid_sets_keep_their_random_streams_new_sets_come_after_them():
-    # A set's random stream is seeded with its place in DATASETS: the cached and published
-    # sets stay the same only while these places do.
-    assert distort.DATASETS[:6] == ['mnist', 'r', 'rts', 'p', 'e', 'tc']
+def test_every_set_keeps_the_random_stream_its_cache_and_committed_results_were_made_with():
+    # Pinned numbers, the places the sets had in DATASETS when their bytes were first made;
+    # a new set takes a new number, so no other set's bytes change.
+    assert distort.STREAM == {'mnist': 0, 'r': 1, 'rts': 2, 'p': 3, 'e': 4, 'tc': 5,
+                              'p-forward': 6, 'p-3.5px': 7, 'p-box': 8, 'addition': 9,
+                              'p-5px': 3}
+    assert sorted(distort.STREAM) == sorted(distort.DATASETS)
+
+
+def test_inserting_a_set_changes_no_other_sets_draws(digits, monkeypatch):
+    before = {name: distort.distort(name, digits[:4], seed=0)[1] for name in ('r', 'e', 'p-box')}
+    monkeypatch.setattr(distort, 'DATASETS', ['new'] + distort.DATASETS)
+    monkeypatch.setitem(distort.STREAM, 'new', max(distort.STREAM.values()) + 1)
+    for name, info in before.items():
+        after = distort.distort(name, digits[:4], seed=0)[1]
+        for key in info:
+            np.testing.assert_array_equal(after[key], info[key], err_msg=f'{name} {key}')
 
 
 def test_p_5px_is_p_up_to_version_3_on_the_same_random_stream(digits):
