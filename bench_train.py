@@ -255,6 +255,32 @@ def side_by_side(flags, cores, warmup, steps):
     return None if None in runs else sum(r['imgs_per_s'] for r in runs)
 
 
+def host():
+    """The machine and the execution settings, for the header: CPU model, the instruction
+    sets that matter to these kernels, usable cores, and the settings each MXNet process
+    runs with (the environment's, else compat.py's)."""
+    model, flags = 'unknown CPU', set()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name' and model == 'unknown CPU':
+                    model = value.strip()
+                elif key.strip() == 'flags' and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = [name for name, flag in (('AVX2', 'avx2'), ('AVX-512', 'avx512f'),
+                                   ('AVX-512 bf16', 'avx512_bf16'), ('AMX', 'amx_tile'))
+           if flag in flags] or ['no AVX2']
+    cores = len(os.sched_getaffinity(0))
+    settings = ', '.join(f'{k}={os.environ.get(k, default)}' for k, default in (
+        ('MXNET_ENGINE_TYPE', 'ThreadedEnginePerDevice (default)'),
+        ('OMP_WAIT_POLICY', 'ACTIVE (compat.py)'),
+        ('OMP_NUM_THREADS', 'per row')))
+    return f'{model} ({", ".join(isa)}), {cores} usable cores of {os.cpu_count()}; {settings}'
+
+
 def torch_available():
     return subprocess.run([sys.executable, '-c', 'import torch'], capture_output=True).returncode == 0
 
@@ -281,8 +307,9 @@ def main(argv=None):
     if args.side_by_side and cores not in threads:
         threads.append(cores)
     frameworks = ['mxnet'] + ([] if args.no_torch or not torch_available() else ['torch'])
-    print(f'{os.cpu_count()} CPUs; {args.repeats} repeats of {args.steps} steps after {args.warmup}, '
-          f'frameworks alternating; median images/s (peak MB)', flush=True)
+    print(f'host: {host()}', flush=True)
+    print(f'{args.repeats} repeats of {args.steps} steps after {args.warmup}, frameworks '
+          f'alternating; median images/s (peak MB)', flush=True)
     results, flags = {}, resolved(workloads)
     for repeat in range(args.repeats):
         for workload in workloads:

@@ -19,6 +19,9 @@ def test_the_benchmark_prints_a_row_per_workload_and_thread_count():
     row = [line for line in result.stdout.splitlines() if line.startswith('default ')]
     assert len(row) == 1 and row[0].split()[1] == '1'
     assert float(row[0].split()[2].replace(',', '')) > 0
+    header = result.stdout.splitlines()[0]   # the host, named
+    assert header.startswith('host: ') and f'{len(os.sched_getaffinity(0))} usable cores' in header
+    assert 'MXNET_ENGINE_TYPE=' in header and 'OMP_WAIT_POLICY=' in header
 
 
 def test_an_unknown_workload_is_a_usage_error(capsys):
