@@ -22,9 +22,11 @@ os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')  # no banner on every Modul
 # cores train fastest (bench_train.py). OMP_NUM_THREADS=N in the environment overrides it.
 # Results repeat exactly for a given thread count, and differ slightly between thread counts
 # (sums are taken in another order). config.json records the count a run used.
-# Between MXNet's many small operators, libgomp's threads would go to sleep and be woken
-# again for every one: with them spinning instead, 2 threads train the default network
-# about twice as fast here (measured 10,634 against 5,177 images/s in the training loop).
+# The wait policy (and MXNet's engine) that trains fastest depends on the host and its
+# load: runtime.py measures them per host; ACTIVE (spinning) is the default where it does not.
+# runtime.py chooses the wait policy and the engine per host by measurement; what the
+# environment set before this import wins there (GIVEN).
+GIVEN = {k: os.environ[k] for k in ('MXNET_ENGINE_TYPE', 'OMP_WAIT_POLICY') if k in os.environ}
 os.environ.setdefault('OMP_WAIT_POLICY', 'ACTIVE')
 try:
     THREADS = int(os.environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0)))))

@@ -24,6 +24,7 @@ those outlines on 16 test digits after every epoch, for visualize.py --animate).
 """
 import argparse
 import contextlib
+import copy
 import io
 import math
 import os
@@ -40,6 +41,7 @@ import geometry
 import mnist
 import net
 import rundir
+import runtime
 import stn
 from engine import LR_MODES, Diverged, GluonModel, Watchdog, build_net, pool_after_stn
 from net import MODELS
@@ -405,6 +407,8 @@ def main(argv=None):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         sys.exit(f'error: --out {args.out} is a file, not a folder: pass a folder for the run')
     if not args.kvstore.startswith('dist'):
+        if argv is None:   # a command, not a call: the engine and wait policy for this host
+            execution_settings(args, argv)
         return run(args, argv)
     # One worker of several (README, "Scaling out"): each waits in the kvstore for all the
     # others, so a watchdog stops it if they stop answering, and a worker that stops early
@@ -424,6 +428,26 @@ def main(argv=None):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1 if not isinstance(e, SystemExit) or e.code else 0)
+
+
+def execution_settings(args, argv):
+    """``runtime.settle`` for the run's network (its own settings when resuming): may run
+    this script again in place, with the settings measured fastest here."""
+    if args.api != 'gluon':
+        return
+    if args.resume:
+        try:
+            args, _ = resume_args(copy.copy(args), argv)
+        except (rundir.RunError, OSError):
+            return   # run() reports it
+    flags = as_argv({k: getattr(args, k) for k in RUN_FLAGS})
+    runtime.settle(f'{describe(args)} on {args.dataset}, batch {args.batch_size}', flags)
+
+
+def execution():
+    """The settings MXNet runs this process with (runtime.py), for config.json and the header."""
+    return {'engine': os.environ.get(runtime.ENGINE, runtime.DEFAULT[runtime.ENGINE]),
+            'omp_wait_policy': os.environ.get(runtime.WAIT), 'omp_threads': compat.THREADS}
 
 
 def kept_epoch(out):
@@ -529,7 +553,7 @@ def train(args, argv, kvstore='device', watchdog=None):
         rundir.write_config(args.out, dict(
             vars(args), num_params=model.num_params, train_images=len(train_x),
             pool_after_stn=pool_after_stn(args), image_shape=train_x.shape[1:],
-            mxnet=mx.__version__, omp_threads=compat.THREADS,
+            mxnet=mx.__version__, omp_threads=compat.THREADS, execution=execution(),
             distortion=dict(distort.check_params(args.dataset, {}), version=distort.VERSION)))
         rundir.save_epoch(args.out, 0, rows, model.save_params, model.save_states)  # for Ctrl-C
         snapshot(model, test_x[:16], args.out, 0, warned)
@@ -539,7 +563,8 @@ def train(args, argv, kvstore='device', watchdog=None):
           f'{model.num_params} parameters, '
           f'{args.dataset}: {len(train_x)} training / {len(test_x)} test images '
           f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {",".join(map(str, ctx))}'
-          + (f', worker {kvstore.rank} of {workers}' if workers > 1 else ''))
+          + (f', worker {kvstore.rank} of {workers}' if workers > 1 else '')
+          + ', {engine}, OpenMP {omp_threads} threads {omp_wait_policy}'.format(**execution()))
     if writer:
         print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')
     epoch, resume = start_epoch, f'python train.py --out {args.out} --resume'

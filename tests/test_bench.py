@@ -40,3 +40,12 @@ def test_the_pytorch_twins_have_our_parameter_counts(workload):
     model, side = bench_train.torch_net(args)
     ours = engine.GluonModel(args, (10, 1, side, side), mx.cpu()).num_params
     assert sum(p.numel() for p in model.parameters()) == ours
+
+
+def test_the_settings_benchmark_times_both_engines_with_each_wait_policy_and_one_thread():
+    import bench_settings
+    table = bench_settings.settings(4)
+    assert {(s['MXNET_ENGINE_TYPE'], s['OMP_WAIT_POLICY'], s['OMP_NUM_THREADS'])
+            for s in table.values()} == {
+        (engine, wait, threads) for engine in ('ThreadedEnginePerDevice', 'NaiveEngine')
+        for wait, threads in (('ACTIVE', '4'), ('PASSIVE', '4'), ('ACTIVE', '1'))}

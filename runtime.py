@@ -1,0 +1,159 @@
+"""How this process runs MXNet's operators, chosen by measurement on the host it runs on.
+
+Two settings decide how fast the same network trains on a CPU, and which is faster
+depends on the host and on what else runs there (measured: docs/execution_settings.txt):
+
+    MXNET_ENGINE_TYPE   ThreadedEnginePerDevice (MXNet's default: operators run on an
+                        engine thread) or NaiveEngine (they run in the calling thread)
+    OMP_WAIT_POLICY     ACTIVE (idle OpenMP threads spin) or PASSIVE (they sleep)
+
+Neither changes a result: for a given OpenMP thread count every candidate trains the
+same weights. ``choose`` times the candidates on the run's own network (a short
+training loop on random data, each in a fresh process, a few seconds in all) the first
+time a network kind trains on a host, and keeps the fastest in the user's cache
+folder, per host (CPU model, usable cores, OpenMP threads, MXNet version) and network
+kind; later runs read it. Either variable set in the environment wins over the choice
+(and skips the measurement). A process of a distributed run (DMLC_ROLE set) keeps the
+threaded engine: the parameter server's requests need it.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import atomic
+import compat
+
+ENGINE, WAIT = 'MXNET_ENGINE_TYPE', 'OMP_WAIT_POLICY'
+CANDIDATES = [{ENGINE: engine, WAIT: wait} for engine in ('ThreadedEnginePerDevice', 'NaiveEngine')
+              for wait in ('ACTIVE', 'PASSIVE')]
+DEFAULT = CANDIDATES[0]   # where nothing is measured: MXNet's engine, spinning threads
+CHOSEN = 'STN_SETTINGS_CHOSEN'   # set in a process that runs with its chosen settings
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def cache_path():
+    """The cache file: $STN_SETTINGS_CACHE, else stn-gluon/settings.json in
+    $XDG_CACHE_HOME (default ~/.cache)."""
+    if os.environ.get('STN_SETTINGS_CACHE'):
+        return os.environ['STN_SETTINGS_CACHE']
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'stn-gluon', 'settings.json')
+
+
+def cpu_model():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return 'unknown CPU'
+
+
+def host_key():
+    """What a choice holds for: CPU model, usable cores, OpenMP threads, MXNet version."""
+    from importlib.metadata import version
+    return (f'{cpu_model()} | {len(os.sched_getaffinity(0))} cores | '
+            f'{os.environ.get("OMP_NUM_THREADS", "?")} threads | mxnet {version("mxnet")}')
+
+
+def read_cache(path):
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        return {}   # none yet, or damaged: measured again and rewritten
+    return cache if isinstance(cache, dict) else {}
+
+
+def choose(network, measure, log=print):
+    """The settings (a dict of ENGINE and WAIT) for training ``network`` (a name of its kind)
+    here: {} when the environment sets either, else the cached choice for this host and
+    network, else the fastest candidate by ``measure(settings) -> images/s`` (cached)."""
+    if compat.GIVEN:
+        return {}
+    candidates = CANDIDATES if 'DMLC_ROLE' not in os.environ else \
+        [c for c in CANDIDATES if c[ENGINE] != 'NaiveEngine']
+    key, path = f'{host_key()} | {network}', cache_path()
+    cached = read_cache(path).get(key)
+    if cached in candidates:
+        return cached
+    log(f'timing {len(candidates)} execution settings on {network} (once for this host; '
+        f'kept in {path})')
+    rates = [(measure(c), k) for k, c in enumerate(candidates)]
+    if max(rates)[0] <= 0:   # nothing could be timed: MXNet's own settings, not kept
+        log('  no candidate could be timed; using MXNet\'s defaults')
+        return DEFAULT
+    best = candidates[max(rates)[1]]
+    log('  ' + ', '.join(f'{c[ENGINE].replace("EnginePerDevice", "")} {c[WAIT]}: {rate:,.0f}'
+                         for (rate, _), c in zip(rates, candidates)) + ' images/s')
+    cache = read_cache(path)   # another run may have written its choice meanwhile
+    cache[key] = best
+    try:
+        atomic.write_text(path, json.dumps(cache, indent=2, sort_keys=True) + '\n')
+    except OSError as e:   # a read-only home: measured again next time
+        log(f'  (not kept: {e.strerror or e})')
+    return best
+
+
+def measure_in_child(flags, seconds=1.5):
+    """``measure`` for ``choose``: images/s of train.py's loop on ``flags``' network in a
+    fresh process with the candidate settings (0 if that process fails)."""
+    def measure(settings):
+        code = (f'import sys; sys.path.insert(0, {HERE!r}); import distort, runtime, train; '
+                f'a = train.parse_args({flags!r}); '
+                f'train.resolve_width(a, distort.image_shape(a.dataset)); '
+                f'print(runtime.loop_rate(a, {seconds}))')
+        env = dict(os.environ, **settings, **{CHOSEN: '1'})
+        done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                              text=True, timeout=300)
+        try:
+            return float(done.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return 0.0
+    return measure
+
+
+def loop_rate(args, seconds):
+    """Images/s of ``engine.GluonModel.fit_epoch`` on random images of the run's shape
+    (``args`` with its width resolved), after a warm-up, over about ``seconds``."""
+    import compat  # noqa: F401  (before mxnet)
+    import mxnet as mx
+    import numpy as np
+
+    import distort
+    import engine
+    shape = distort.image_shape(args.dataset)
+    model = engine.GluonModel(args, (args.batch_size * 8, *shape), mx.cpu())
+    rng = np.random.RandomState(0)
+    batches = 8
+    while True:
+        x = rng.rand(batches * args.batch_size, *shape).astype(np.float32)
+        y = rng.randint(0, distort.num_classes(args.dataset), len(x)).astype(np.int32)
+        model.fit_epoch(1, x[:2 * args.batch_size], y[:2 * args.batch_size])   # warm-up
+        start = time.perf_counter()
+        model.fit_epoch(2, x, y)
+        took = time.perf_counter() - start
+        if took >= seconds / 2 or batches >= 4096:
+            return len(x) / took
+        batches *= 2
+
+
+def settle(network, flags, log=print):
+    """In a script's main, before it trains: if the chosen settings differ from this
+    process's, run the script again in their place with them (os.execve; MXNet reads
+    them when it loads). Returns the settings this process runs with."""
+    if os.environ.get(CHOSEN):
+        return {k: os.environ.get(k) for k in (ENGINE, WAIT)}
+    chosen = choose(network, measure_in_child(flags), log)
+    current = {ENGINE: os.environ.get(ENGINE, DEFAULT[ENGINE]),
+               WAIT: os.environ.get(WAIT, DEFAULT[WAIT])}
+    if chosen and chosen != current:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  dict(os.environ, **chosen, **{CHOSEN: '1'}))
+    return current

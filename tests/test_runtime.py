@@ -1,0 +1,117 @@
+"""runtime.py: the engine and OpenMP wait policy are measured once per host and network
+kind, kept, reused, measured again on another host or MXNet version, and never override
+what the environment sets."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import compat
+import rundir
+import runtime
+from test_mnist import REAL_DIR, needs_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAIVE_PASSIVE = {runtime.ENGINE: 'NaiveEngine', runtime.WAIT: 'PASSIVE'}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A cache file of the test's own, and an environment that sets neither setting."""
+    path = tmp_path / 'settings.json'
+    monkeypatch.setenv('STN_SETTINGS_CACHE', str(path))
+    monkeypatch.setattr(compat, 'GIVEN', {})
+    monkeypatch.delenv('DMLC_ROLE', raising=False)
+    return path
+
+
+class Timer:
+    """A measure for runtime.choose: NaiveEngine with PASSIVE fastest; counts its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, settings):
+        self.calls.append(settings)
+        return 100 + 50 * (settings[runtime.ENGINE] == 'NaiveEngine') + 10 * (
+            settings[runtime.WAIT] == 'PASSIVE')
+
+
+def test_the_fastest_candidate_is_chosen_once_and_reused(cache):
+    timer = Timer()
+    assert runtime.choose('net', timer, log=lambda _: None) == NAIVE_PASSIVE
+    assert len(timer.calls) == len(runtime.CANDIDATES) == 4
+    assert runtime.choose('net', timer, log=lambda _: None) == NAIVE_PASSIVE   # from the cache
+    assert len(timer.calls) == 4
+    assert list(json.loads(cache.read_text()).values()) == [NAIVE_PASSIVE]
+    runtime.choose('another net', timer, log=lambda _: None)   # each network kind its own
+    assert len(timer.calls) == 8
+
+
+@pytest.mark.parametrize('change', ['cpu', 'mxnet', 'threads'])
+def test_another_host_or_mxnet_version_or_thread_count_measures_again(cache, monkeypatch, change):
+    timer = Timer()
+    runtime.choose('net', timer, log=lambda _: None)
+    if change == 'cpu':
+        monkeypatch.setattr(runtime, 'cpu_model', lambda: 'Another CPU')
+    elif change == 'mxnet':
+        monkeypatch.setattr('importlib.metadata.version', lambda name: '1.9.2')
+    else:
+        monkeypatch.setenv('OMP_NUM_THREADS', '7')
+    runtime.choose('net', timer, log=lambda _: None)
+    assert len(timer.calls) == 8 and len(json.loads(cache.read_text())) == 2
+
+
+def test_the_environment_wins_and_nothing_is_measured(cache, monkeypatch):
+    monkeypatch.setattr(compat, 'GIVEN', {runtime.WAIT: 'ACTIVE'})
+    timer = Timer()
+    assert runtime.choose('net', timer) == {} and timer.calls == [] and not cache.exists()
+
+
+def test_a_distributed_process_keeps_the_threaded_engine(cache, monkeypatch):
+    monkeypatch.setenv('DMLC_ROLE', 'worker')
+    timer = Timer()
+    chosen = runtime.choose('net', timer, log=lambda _: None)
+    assert chosen[runtime.ENGINE] == 'ThreadedEnginePerDevice'
+    assert all(c[runtime.ENGINE] != 'NaiveEngine' for c in timer.calls)
+
+
+@pytest.mark.parametrize('text', ['{"a": ', '[1]'])
+def test_a_damaged_cache_is_measured_again_and_rewritten(cache, text):
+    cache.write_text(text)
+    timer = Timer()
+    assert runtime.choose('net', timer, log=lambda _: None) == NAIVE_PASSIVE
+    assert len(timer.calls) == 4 and list(json.loads(cache.read_text()).values()) == [NAIVE_PASSIVE]
+
+
+def test_nothing_timed_is_mxnets_defaults_and_not_kept(cache):
+    assert runtime.choose('net', lambda settings: 0.0, log=lambda _: None) == runtime.DEFAULT
+    assert not cache.exists()
+
+
+def test_the_loop_rate_is_measured_on_the_runs_network():
+    import train
+    args = train.parse_args(['--model', 'fcn', '--width', '8', '--batch-size', '16'])
+    assert runtime.loop_rate(args, 0.05) > 0
+
+
+@needs_mnist
+def test_train_py_runs_with_the_cached_choice_and_records_it(tmp_path):
+    """The cached choice (as if measured) is the one train.py trains with: it runs itself
+    again with it, says so in its header and records it in config.json."""
+    cache = tmp_path / 'settings.json'
+    env = {k: v for k, v in os.environ.items() if k not in (runtime.ENGINE, runtime.WAIT)}
+    env['STN_SETTINGS_CACHE'] = str(cache)
+    key = f'{runtime.host_key()} | STN (affine) + LeNet on mnist, batch 64'
+    cache.write_text(json.dumps({key: NAIVE_PASSIVE}))
+    out = tmp_path / 'run'
+    done = subprocess.run([sys.executable, 'train.py', '--data-dir', REAL_DIR, '--out', str(out),
+                           '--train-size', '200', '--epochs', '1'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert 'timing' not in done.stdout   # read, not measured
+    assert f'NaiveEngine, OpenMP {compat.THREADS} threads PASSIVE' in done.stdout
+    assert rundir.read_config(str(out))['execution'] == {
+        'engine': 'NaiveEngine', 'omp_wait_policy': 'PASSIVE', 'omp_threads': compat.THREADS}
