@@ -92,17 +92,20 @@ def start(role, command, port, log):
                             start_new_session=True)
 
 
-def by_hand(command, logs, timeout=300):
+@contextlib.contextmanager
+def started_by_hand(command, logs):
     """A scheduler, a server and two workers running ``command``, started one by one as
-    README's "Scaling out" does without launch.py; returns the workers' output."""
+    README's "Scaling out" does without launch.py, their output in ``logs``/{scheduler,
+    server, w0, w1}.log; yields (processes, log paths) and kills what is left at the end."""
     port = launch.free_port()
     logs.mkdir()
-    files = [open(logs / f'{name}.log', 'w') for name in ('scheduler', 'server', 'w0', 'w1')]
+    paths = [logs / f'{name}.log' for name in ('scheduler', 'server', 'w0', 'w1')]
+    files = [open(path, 'w') for path in paths]
     processes = [start('scheduler', launch.NODE, port, files[0]),
                  start('server', launch.NODE, port, files[1]),
                  start('worker', command, port, files[2]), start('worker', command, port, files[3])]
     try:
-        codes = [p.wait(timeout=timeout) for p in processes]
+        yield processes, paths
     finally:
         for p in processes:
             if p.poll() is None:
@@ -110,7 +113,13 @@ def by_hand(command, logs, timeout=300):
             p.wait()
         for f in files:
             f.close()
-    log = (logs / 'w0.log').read_text() + (logs / 'w1.log').read_text()
+
+
+def by_hand(command, logs, timeout=300):
+    """``command`` run by two workers started by hand; returns the workers' output."""
+    with started_by_hand(command, logs) as (processes, paths):
+        codes = [p.wait(timeout=timeout) for p in processes]
+    log = paths[2].read_text() + paths[3].read_text()
     assert codes == [0, 0, 0, 0], log
     return log
 
@@ -189,15 +198,8 @@ def test_every_worker_holds_rank_0s_weights_before_its_first_gradient():
 def kill_rank_1_after_epoch_1(out, flags, logs):
     """Start a run by hand (no launcher to stop the rest), kill rank 1 once epoch 1 is
     checkpointed; rank 0 must notice through its watchdog. Returns rank 0's last line."""
-    port = launch.free_port()
     train = train_command(out, *flags, '--kvstore', 'dist_sync', '--dist-timeout', '5')
-    logs.mkdir()
-    paths = [logs / f'{name}.log' for name in ('scheduler', 'server', 'w0', 'w1')]
-    files = [open(path, 'w') for path in paths]
-    processes = [start('scheduler', launch.NODE, port, files[0]),
-                 start('server', launch.NODE, port, files[1]),
-                 start('worker', train, port, files[2]), start('worker', train, port, files[3])]
-    try:
+    with started_by_hand(train, logs) as (processes, paths):
         deadline = time.time() + 120
         while rundir.checkpoint_epoch(str(out)) in (None, 0):   # epoch 1 done
             assert time.time() < deadline and processes[2].poll() is None, paths[2].read_text()
@@ -208,13 +210,6 @@ def kill_rank_1_after_epoch_1(out, flags, logs):
         killed = time.time()
         assert processes[rank0].wait(timeout=60) == 1
         assert time.time() - killed < 30   # the 5 s timeout, not forever
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        for f in files:
-            f.close()
     return paths[rank0].read_text().strip().splitlines()[-1]
 
 
