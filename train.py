@@ -408,7 +408,11 @@ def main(argv=None):
         sys.exit(f'error: --out {args.out} is a file, not a folder: pass a folder for the run')
     if not args.kvstore.startswith('dist'):
         if argv is None:   # a command, not a call: the engine and wait policy for this host
-            execution_settings(args, argv)
+            try:
+                execution_settings(args, argv)
+            except KeyboardInterrupt:
+                sys.exit('\ninterrupted while timing the execution settings; nothing was kept '
+                         'or trained: start the run again')
         return run(args, argv)
     # One worker of several (README, "Scaling out"): each waits in the kvstore for all the
     # others, so a watchdog stops it if they stop answering, and a worker that stops early
