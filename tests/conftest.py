@@ -1,5 +1,11 @@
 """Shared fixtures: short real training runs (only when MNIST is available)."""
+import os
+
 import pytest
+
+# The tests run with fixed execution settings (compat.py's default wait policy), so that
+# no train.py they start times them first (runtime.py; tests/test_runtime.py tests that).
+os.environ.setdefault('OMP_WAIT_POLICY', 'ACTIVE')
 
 import rundir
 
