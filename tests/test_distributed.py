@@ -175,7 +175,7 @@ kv = mx.kv.create('dist_sync')
 mx.random.seed(kv.rank)   # each worker draws other initial weights
 model = engine.GluonModel(train.parse_args(['--model', 'fcn', '--width', '8']), (40, 1, 28, 28),
                           [mx.cpu()], kvstore=kv)
-print('worker', kv.rank, 'starts from', model.fingerprint(), flush=True)
+print(f'worker {kv.rank} starts from {model.fingerprint()}', flush=True)   # one write
 kv._barrier()
 """
 
