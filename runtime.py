@@ -108,12 +108,12 @@ def measure_in_child(flags, seconds=1.5):
                 f'train.resolve_width(a, distort.image_shape(a.dataset)); '
                 f'print(runtime.loop_rate(a, {seconds}))')
         env = dict(os.environ, **settings, **{CHOSEN: '1'})
-        done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
-                              text=True, timeout=300)
         try:
+            done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                                  text=True, timeout=300)
             return float(done.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            return 0.0
+        except (subprocess.TimeoutExpired, OSError, ValueError, IndexError):
+            return 0.0   # could not be timed: not chosen
     return measure
 
 
