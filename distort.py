@@ -8,7 +8,7 @@
          (redrawn if they fold); 28x28. Other readings of the paper, each with 5 px
          offsets: p-5px (P up to version 2), p-forward (the homography sends the corners
          to the moved ones), p-box (the corners of the digit's ink box, not of the
-         image); p-3.5px is P's reading on another random stream (issue 15's pilot)
+         image); p-3.5px is P's reading on another random stream (a recipe pilot)
     addition  MNIST addition (appendix A.1): two digits (``pair``), each distorted as RTS
          on its own canvas x canvas image, as the two channels of one image; label = their
          sum (19 classes)

@@ -325,7 +325,7 @@ def model_name(model):
 
 
 def goal_lines(rows):
-    """Where the table stands against issue 15's goal: ST-CNN cells within 0.3 points of the
+    """Where the table stands against the grid's goal: ST-CNN cells within 0.3 points of the
     paper (either way; and how many are at most 0.3 above it, a cell below the paper
     counting as there), and every ST model below its own baseline (ST-CNN < CNN, ST-FCN <
     FCN) by more than the spread between seeds (the larger of the two; where only one side
