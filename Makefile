@@ -1,4 +1,4 @@
-.PHONY: train test
+.PHONY: train test ops
 
 # Both targets build the virtual environment $(VENV) first, with packages from
 # requirements.txt, under $(PYTHON): python3 if it is Python 3.10, 3.11 or 3.12, else the
@@ -8,11 +8,16 @@ PYTHON ?= $(firstword $(foreach p,python3 python3.12 python3.11 python3.10,\
             $(shell $(p) -c '$(SUPPORTED)' >/dev/null 2>&1 && echo $(p))))
 VENV ?= .venv
 
-train: $(VENV)
+train: $(VENV) ops
 	$(VENV)/bin/python train.py
 
-test: $(VENV)
+test: $(VENV) ops
 	$(VENV)/bin/python -m pytest -q tests
+
+# The threaded bilinear sampler (sampler.py): g++ and the mxnet wheel's headers; where it
+# cannot be built, training uses MXNet's BilinearSampler (same results) and make goes on.
+ops: $(VENV)
+	-$(VENV)/bin/python sampler.py
 
 $(VENV): requirements.txt
 	@$(if $(PYTHON),$(PYTHON) -c '$(SUPPORTED)' 2>/dev/null,false) || { echo 'error: stn-gluon needs Python 3.10, 3.11 or 3.12 (mxnet 1.9.1 needs numpy < 2, which has no wheels for 3.13), and $(if $(PYTHON),PYTHON=$(PYTHON) is not one,none of python3 python3.12 python3.11 python3.10 on PATH is one). Install one of them, or pass PYTHON=/path/to/python3.12.' >&2; exit 1; }

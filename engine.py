@@ -42,6 +42,7 @@ finally:
 
 import distort
 import net
+import sampler
 import stn
 
 LR_MODES = ('step', 'cosine')
@@ -336,5 +337,10 @@ class GluonModel:
         self.trainer.optimizer.lr_scheduler = self.schedule   # this run's schedule
 
     def export(self, prefix, epoch):
-        """``HybridBlock.export``: prefix-symbol.json and prefix-EPOCH.params."""
+        """``HybridBlock.export``: prefix-symbol.json and prefix-EPOCH.params, the graph
+        with MXNet's own operators only (``sampler.portable``)."""
         self.net.export(prefix, epoch=epoch)
+        with open(f'{prefix}-symbol.json') as f:
+            graph = f.read()
+        with open(f'{prefix}-symbol.json', 'w') as f:
+            f.write(sampler.portable(graph))

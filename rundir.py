@@ -295,11 +295,13 @@ def load_export(model, epoch=None):
     readable parameter file, and every weight the symbol needs present. RunError otherwise."""
     import compat  # noqa: F401  (before mxnet; imported here: reproduce.py needs no MXNet)
     import mxnet as mx
+    import sampler
     symbol_file, params_file, _, _ = model_files(model, epoch)
     check_symbol(symbol_file)
     try:
-        symbol = mx.sym.load(symbol_file)
-    except mx.MXNetError as e:
+        with open(symbol_file) as f:   # any threaded sampler read as MXNet's own
+            symbol = mx.sym.load_json(sampler.portable(f.read()))
+    except (mx.MXNetError, UnicodeDecodeError) as e:
         raise RunError(f'{symbol_file} is not a readable MXNet symbol ({reason(e)})') from None
     if symbol.name == 'softmax':
         symbol = symbol.get_children()[0]

@@ -3,7 +3,7 @@ with the paper's four transformation families.
 
     U (N, C, H, W) --localisation + regressor--> theta (N, T)
       --grid generator (family)--> grid (N, 2, H', W')
-      --BilinearSampler(U, grid)--> V (N, C, H', W')
+      --bilinear sampler(U, grid)--> V (N, C, H', W')   (``sample``)
 
 Coordinate convention (MXNet's, shared by every family): the grid maps each *output*
 pixel to the *input* point it reads, both in normalised coordinates where -1 and +1 are
@@ -44,6 +44,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
+import sampler
 from geometry import control_points, target_points, tps_basis, tps_shape
 
 PROJECTIVE_EPS = 1e-3   # smallest |w| the projective grid divides by
@@ -62,6 +63,16 @@ def affine_sample(F, data, theta, target_shape):
     Paper eqs. 1 (grid generator) and 5 (bilinear sampler); returns (N, C, H', W').
     """
     return F.BilinearSampler(data, affine_grid(F, theta, target_shape))
+
+
+def sample(F, data, grid):
+    """Paper eq. 5 with the bilinear kernel (eqs. 6-7), zero padding: ``data`` (N, C, H, W)
+    read at ``grid`` (N, 2, H', W') -> (N, C, H', W'). MXNet's ``BilinearSampler``, or the
+    same computation with the batch across threads (sampler.py); in a graph the node is
+    PREFIX_bilinearsampler0 either way."""
+    if sampler.use_threaded():
+        return getattr(F, sampler.OP)(data, grid, name='bilinearsampler0')
+    return F.BilinearSampler(data, grid, name='bilinearsampler0')
 
 
 def attention_theta(F, theta):
@@ -282,4 +293,4 @@ class SpatialTransformer(nn.HybridBlock):
     def hybrid_forward(self, F, x, grid_constant=None):
         theta = self.regressor(self.localisation(x))
         grid = FAMILIES[self.transform].grid(F, theta, grid_constant, self.target_shape)
-        return F.BilinearSampler(x, grid), theta
+        return sample(F, x, grid), theta

@@ -42,6 +42,7 @@ import mnist
 import net
 import rundir
 import runtime
+import sampler
 import stn
 from engine import LR_MODES, Diverged, GluonModel, Watchdog, build_net, pool_after_stn
 from net import MODELS
@@ -444,14 +445,21 @@ def execution_settings(args, argv):
             args, _ = resume_args(copy.copy(args), argv)
         except (rundir.RunError, OSError):
             return   # run() reports it
+    runtime.settle(*network(args))
+
+
+def network(args):
+    """(name, flags) of the run's network for runtime.py: the name its execution settings
+    are cached under ('ST-CNN (affine) on rts, batch 64') and the flags that train it."""
     flags = as_argv({k: getattr(args, k) for k in RUN_FLAGS})
-    runtime.settle(f'{describe(args)} on {args.dataset}, batch {args.batch_size}', flags)
+    return f'{describe(args)} on {args.dataset}, batch {args.batch_size}', flags
 
 
 def execution():
     """The settings MXNet runs this process with (runtime.py), for config.json and the header."""
     return {'engine': os.environ.get(runtime.ENGINE, runtime.DEFAULT[runtime.ENGINE]),
-            'omp_wait_policy': os.environ.get(runtime.WAIT), 'omp_threads': compat.THREADS}
+            'omp_wait_policy': os.environ.get(runtime.WAIT), 'omp_threads': compat.THREADS,
+            'sampler': sampler.name()}
 
 
 def kept_epoch(out):
@@ -568,7 +576,8 @@ def train(args, argv, kvstore='device', watchdog=None):
           f'{args.dataset}: {len(train_x)} training / {len(test_x)} test images '
           f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {",".join(map(str, ctx))}'
           + (f', worker {kvstore.rank} of {workers}' if workers > 1 else '')
-          + ', {engine}, OpenMP {omp_threads} threads {omp_wait_policy}'.format(**execution()))
+          + ', {engine}, OpenMP {omp_threads} threads {omp_wait_policy}, {sampler}'.format(
+              **execution()))
     if writer:
         print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')
     epoch, resume = start_epoch, f'python train.py --out {args.out} --resume'

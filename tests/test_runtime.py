@@ -11,6 +11,7 @@ import pytest
 import compat
 import rundir
 import runtime
+import sampler
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +71,22 @@ def test_the_environment_wins_and_nothing_is_measured(cache, monkeypatch):
     assert runtime.choose('net', timer) == {} and timer.calls == [] and not cache.exists()
 
 
+def test_a_wait_policy_set_by_compat_is_not_given_to_child_processes():
+    """A script that imported compat.py (which sets OMP_WAIT_POLICY for MXNet) starts
+    train.py: the child still makes its own choice; one the user set stays given."""
+    code = ('import os, subprocess, sys, compat; print(subprocess.run([sys.executable, "-c", '
+            '"import compat; print(sorted(compat.GIVEN))"], capture_output=True, text=True, '
+            'check=True).stdout.strip())')
+    env = {k: v for k, v in os.environ.items() if k not in (runtime.WAIT, runtime.ENGINE,
+                                                              compat.DEFAULTED)}
+    child = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert child == '[]'
+    child = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                           text=True, check=True, env=dict(env, OMP_WAIT_POLICY='PASSIVE'))
+    assert child.stdout.strip() == "['OMP_WAIT_POLICY']"
+
+
 def test_a_distributed_process_keeps_the_threaded_engine(cache, monkeypatch):
     monkeypatch.setenv('DMLC_ROLE', 'worker')
     timer = Timer()
@@ -114,4 +131,5 @@ def test_train_py_runs_with_the_cached_choice_and_records_it(tmp_path):
     assert 'timing' not in done.stdout   # read, not measured
     assert f'NaiveEngine, OpenMP {compat.THREADS} threads PASSIVE' in done.stdout
     assert rundir.read_config(str(out))['execution'] == {
-        'engine': 'NaiveEngine', 'omp_wait_policy': 'PASSIVE', 'omp_threads': compat.THREADS}
+        'engine': 'NaiveEngine', 'omp_wait_policy': 'PASSIVE', 'omp_threads': compat.THREADS,
+        'sampler': sampler.name()}

@@ -1,0 +1,144 @@
+"""The threaded bilinear sampler (sampler.py, ops/bilinear_sampler.cc): the same bits as
+MXNet's BilinearSampler forward and backward, the built-in operator wherever the library
+is missing, stale or not worth it, and exports that never need it."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import compat  # noqa: F401
+import mxnet as mx
+
+import rundir
+import sampler
+from test_mnist import REAL_DIR, needs_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def threaded():
+    """The library, built as `make ops` builds it (where g++ and the headers are), loaded."""
+    if not sampler.fresh(sampler.library_path()):
+        try:
+            sampler.build()
+        except RuntimeError as e:
+            pytest.skip(f'the threaded sampler cannot be built here: {e}')
+    assert sampler.load()
+    return getattr(mx.nd, sampler.OP)
+
+
+def in_child(code, **env):
+    """stdout of ``code`` run in a fresh Python with ``env`` added to the environment."""
+    done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize('data_shape, out_hw', [
+    ((8, 1, 42, 42), (42, 42)),    # the RTS ST-CNN's
+    ((5, 3, 28, 28), (10, 12)),    # channels, a smaller output of another aspect
+    ((3, 2, 7, 9), (11, 5)),       # a larger output than the input
+])
+def test_it_computes_the_same_bits_as_BilinearSampler_forward_and_backward(threaded, data_shape,
+                                                                          out_hw):
+    rng = np.random.RandomState(sum(data_shape))
+    data = mx.nd.array(rng.randn(*data_shape))
+    # beyond [-1, 1] too, where the zero padding decides; and exact pixel centres
+    grid = rng.uniform(-1.4, 1.4, (data_shape[0], 2, *out_hw))
+    grid[:, :, 0, 0] = [-1, 1]
+    grid = mx.nd.array(grid)
+    head = mx.nd.array(rng.randn(data_shape[0], data_shape[1], *out_hw))
+    results = []
+    for op in (mx.nd.BilinearSampler, threaded):
+        x, g = data.copy(), grid.copy()
+        x.attach_grad()
+        g.attach_grad()
+        with mx.autograd.record():
+            out = op(x, g)
+        out.backward(head)
+        results.append([out.asnumpy(), x.grad.asnumpy(), g.grad.asnumpy()])
+    for builtin, ours, what in zip(*results, ['output', 'data gradient', 'grid gradient']):
+        assert np.array_equal(builtin, ours), what
+
+
+def test_a_transformer_runs_the_threaded_sampler_on_two_threads(threaded):
+    import stn
+    if compat.THREADS < 2:
+        pytest.skip('one OpenMP thread here: the built-in sampler is used')
+    block = stn.SpatialTransformer(transform='affine', target_shape=(28, 28))
+    block.initialize()
+    block.hybridize()
+    x = mx.sym.var('data')
+    names = block(x)[0].get_internals().list_outputs()
+    assert any(name.endswith('bilinearsampler0_output') for name in names)
+    graph = json.loads(block(x)[0].tojson())
+    assert sampler.OP in {node['op'] for node in graph['nodes']}
+
+
+def test_it_is_not_used_where_the_library_is_missing_or_on_one_thread(tmp_path):
+    code = ('import sampler, stn, mxnet as mx; b = stn.SpatialTransformer(transform="affine"); '
+            'b.initialize(); b(mx.nd.ones((2, 1, 28, 28))); print(sampler.name())')
+    assert in_child(code, STN_SAMPLER_LIBRARY=str(tmp_path / 'missing.so'),
+                    OMP_NUM_THREADS='2') == 'BilinearSampler'
+    assert in_child(code, OMP_NUM_THREADS='1') == 'BilinearSampler'
+    assert in_child(code, STN_SAMPLER='builtin', OMP_NUM_THREADS='2') == 'BilinearSampler'
+
+
+def test_a_library_older_than_its_source_is_not_loaded(tmp_path):
+    stale = tmp_path / 'stale.so'
+    stale.write_bytes(b'not a library')
+    os.utime(stale, (0, 0))
+    assert not sampler.fresh(str(stale))
+    assert not sampler.fresh(str(tmp_path / 'missing.so'))
+
+
+def test_without_a_compiler_building_is_a_clear_error_and_writes_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match='no-such-compiler'):
+        sampler.build(str(tmp_path / 'lib.so'), compiler='no-such-compiler')
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_exported_model_needs_only_mxnets_operators(threaded, tmp_path):
+    """GluonModel.export writes BilinearSampler: the model loads where the library is not."""
+    import engine
+    import train
+    args = train.parse_args([])
+    model = engine.GluonModel(args, (64, 1, 28, 28), mx.cpu())
+    x = mx.nd.array(np.random.RandomState(0).rand(4, 1, 28, 28))
+    expected = model.net(x).asnumpy()
+    model.export(str(tmp_path / 'model'), 1)
+    graph = json.load(open(tmp_path / 'model-symbol.json'))
+    assert sampler.OP not in {node['op'] for node in graph['nodes']}
+    np.save(tmp_path / 'x.npy', x.asnumpy())
+    code = (f'import numpy as np, compat, mxnet as mx; '
+            f'net = mx.gluon.SymbolBlock.imports({str(tmp_path / "model-symbol.json")!r}, '
+            f'["data"], {str(tmp_path / "model-0001.params")!r}); '
+            f'print(net(mx.nd.array(np.load({str(tmp_path / "x.npy")!r}))).asnumpy().tolist())')
+    out = in_child(code, STN_SAMPLER_LIBRARY=str(tmp_path / 'missing.so'))
+    np.testing.assert_allclose(np.array(json.loads(out)), expected, rtol=1e-6, atol=1e-7)
+
+
+@needs_mnist
+def test_training_with_either_sampler_gives_the_same_run(threaded, tmp_path):
+    """train.py on two threads: the same metrics and weights with the built-in sampler."""
+    runs = {}
+    for choice in ('builtin', 'auto'):
+        out = tmp_path / choice
+        subprocess.run([sys.executable, 'train.py', '--data-dir', REAL_DIR, '--out', str(out),
+                        '--train-size', '1000', '--epochs', '1', '--batch-size', '32'],
+                       cwd=ROOT, check=True, capture_output=True, timeout=600,
+                       env=dict(os.environ, STN_SAMPLER=choice, OMP_NUM_THREADS='2'))
+        config = json.load(open(out / 'config.json'))
+        rows = [{k: v for k, v in row.items() if k not in ('imgs_per_s', 'epoch_s')}
+                for row in rundir.read_metrics(str(out))]
+        runs[choice] = config['execution']['sampler'], rows, mx.nd.load(
+            str(out / 'model-0001.params'))
+    assert runs['builtin'][0] == 'BilinearSampler' and runs['auto'][0] == sampler.OP
+    assert runs['builtin'][1] == runs['auto'][1]
+    for name, value in runs['builtin'][2].items():
+        assert np.array_equal(value.asnumpy(), runs['auto'][2][name].asnumpy()), name
