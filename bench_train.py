@@ -1,19 +1,22 @@
 """Benchmark: training images/s of train.py's networks, beside the identical PyTorch networks.
 
-    python bench_train.py                        # every workload, 1 and 2 threads, 3 repeats
+    python bench_train.py                        # every Table 1 model kind, 1 and 2 threads
+    python bench_train.py --side-by-side         # and one single-threaded process per core
     python bench_train.py --workloads default,rts-st-cnn-affine --threads 2 --repeats 5
-    python bench_train.py --workloads rts-st-cnn-affine,rts-cnn --side-by-side --no-torch
 
-Every measurement runs in a fresh process with OMP_NUM_THREADS (and torch's thread count)
-set to the thread count under test: the step (forward, backward, optimizer update on a
-batch already in memory) is timed over --steps steps after --warmup steps, and so is
-train.py's own loop (``engine.GluonModel.fit_epoch``, feeding included) over as many
-images, as the rate it reports in metrics.csv. The two
-frameworks alternate, workload by workload, repeat by repeat, and the table gives the
-median images/s of the repeats, the peak resident memory of each process and the ratio
-stn-gluon / PyTorch. The PyTorch twins (same layers, same parameter count, which is
-checked; the same Adam with the localisation at --loc-lr-mult's rate) are timed when
-torch imports (pip install -r requirements-bench.txt); they are not needed otherwise.
+Every measurement runs in a fresh process. stn-gluon runs at its defaults: OMP_NUM_THREADS
+set to the thread count under test, and the engine and wait policy that train.py would
+choose for that network on this host (runtime.py: timed once per host, then cached; the
+environment's where it sets them); the sampler is the one train.py would run (sampler.py).
+PyTorch runs at its own defaults with as many threads. The step (forward, backward,
+optimizer update on a batch already in memory) is timed over --steps steps after --warmup
+steps, and so is train.py's own loop (``engine.GluonModel.fit_epoch``, feeding included)
+over as many images, as the rate it reports in metrics.csv. The two frameworks alternate,
+workload by workload, repeat by repeat, and the table gives the median images/s of the
+repeats, the peak resident memory of each process and the ratio stn-gluon / PyTorch. The
+PyTorch twins (same layers, same parameter count, which is checked; the same Adam with the
+localisation at --loc-lr-mult's rate) are timed when torch imports (pip install -r
+requirements-bench.txt); they are not needed otherwise.
 """
 import argparse
 import json
@@ -24,17 +27,24 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The environment as given: the children get it, not what compat.py (imported with
+# runtime.py) adds to this process's, so that train.py's choice is theirs to make.
+ENVIRON = dict(os.environ)
 
-# name -> train.py flags
+# name -> train.py flags: one per Table 1 model kind, then larger batches
 WORKLOADS = {
     'default': [],
+    'rts-fcn': ['--dataset', 'rts', '--model', 'fcn', '--no-stn'],
+    'rts-st-fcn-affine': ['--dataset', 'rts', '--model', 'fcn', '--transform', 'affine'],
     'rts-cnn': ['--dataset', 'rts', '--model', 'cnn', '--no-stn'],
     **{f'rts-st-cnn-{family}': ['--dataset', 'rts', '--model', 'cnn', '--transform', family]
        for family in ('affine', 'attention', 'projective', 'tps')},
+    'tc-cnn': ['--dataset', 'tc', '--model', 'cnn', '--no-stn'],
     **{f'rts-st-cnn-{family}-b256': ['--dataset', 'rts', '--model', 'cnn', '--transform', family,
                                      '--batch-size', '256']
        for family in ('affine', 'attention', 'projective', 'tps')},
 }
+TABLE1_KINDS = [w for w in WORKLOADS if not w.endswith('-b256')]
 
 
 def peak_mb():
@@ -70,6 +80,7 @@ def measure_mxnet(flags, warmup, steps):
 
     import distort
     import engine
+    import sampler
     args = args_of(flags)
     shape = (args.batch_size, *distort.image_shape(args.dataset))
     model = engine.GluonModel(args, (args.batch_size * 10, *shape[1:]), mx.cpu())
@@ -90,7 +101,7 @@ def measure_mxnet(flags, warmup, steps):
     model.fit_epoch(1, x[:warmup * shape[0]], y[:warmup * shape[0]])
     _, loop = model.fit_epoch(2, x, y)
     return {'imgs_per_s': rate, 'loop_imgs_per_s': loop, 'params': model.num_params,
-            'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}'}
+            'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}', 'sampler': sampler.name()}
 
 
 def torch_net(args):
@@ -138,7 +149,7 @@ def torch_net(args):
             return nn.functional.grid_sample(x, grid, align_corners=True, padding_mode='zeros')
 
     relu = nn.ReLU
-    side = 42 if args.dataset == 'rts' else 28
+    side = {'rts': 42, 'tc': 60}.get(args.dataset, 28)
     if args.model == 'lenet':
         classifier = nn.Sequential(
             nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), relu(), nn.Conv2d(10, 20, 5), nn.Dropout2d(0.5),
@@ -146,6 +157,12 @@ def torch_net(args):
             nn.LazyLinear(10))
         localisation = nn.Sequential(nn.Conv2d(1, 8, 7), nn.MaxPool2d(2), relu(), nn.Conv2d(8, 10, 5),
                                      nn.MaxPool2d(2), relu(), nn.Flatten(), nn.LazyLinear(32), relu())
+    elif args.model == 'fcn':
+        w = args.width
+        classifier = nn.Sequential(nn.Flatten(), nn.LazyLinear(w), relu(), nn.LazyLinear(w), relu(),
+                                   nn.LazyLinear(10))
+        localisation = nn.Sequential(nn.Flatten(), *[m for _ in range(3)
+                                                     for m in (nn.LazyLinear(32), relu())])
     else:
         w = args.width
         classifier = nn.Sequential(nn.Conv2d(1, w, 9), relu(), nn.MaxPool2d(2),
@@ -160,8 +177,8 @@ def torch_net(args):
             super().__init__()
             self.stn = Transformer(localisation, args.transform, side) \
                 if args.transform != 'none' else None
-            self.pool = nn.AvgPool2d(2) if args.model == 'cnn' and self.stn is not None \
-                and args.dataset in ('rts', 'tc') else None
+            self.pool = nn.AvgPool2d(2) if args.model in ('fcn', 'cnn') \
+                and self.stn is not None and args.dataset in ('rts', 'tc') else None
             self.classifier = classifier
 
         def forward(self, x):
@@ -227,14 +244,27 @@ def resolved(workloads):
     code = (f'import sys, json; sys.path.insert(0, {HERE!r}); import bench_train as b; '
             f'print(json.dumps(b.with_width({workloads!r})))')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                            check=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+                            check=True, env=dict(ENVIRON, OMP_NUM_THREADS='1'))
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def child(framework, flags, threads, warmup, steps):
-    """One measurement in a fresh process; its JSON result, or None if it failed."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    extra = f', {os.environ.get("OMP_WAIT_POLICY")!r}' if framework == 'torch' else ''
+def label(settings):
+    """'Naive ACTIVE', 'Threaded PASSIVE', or 'environment'."""
+    import runtime
+    if not settings:
+        return 'environment'
+    return (settings[runtime.ENGINE].replace('EnginePerDevice', '').replace('Engine', '')
+            + ' ' + settings[runtime.WAIT])
+
+
+def child(framework, flags, threads, warmup, steps, settings=None):
+    """One measurement in a fresh process (stn-gluon's with ``settings``, a dict of
+    environment variables); its JSON result, or None if it failed."""
+    import runtime
+    env = dict(ENVIRON, OMP_NUM_THREADS=str(threads))
+    if framework == 'mxnet' and settings:
+        env.update(settings, **{runtime.CHOSEN: '1'})
+    extra = f', {ENVIRON.get("OMP_WAIT_POLICY")!r}' if framework == 'torch' else ''
     code = (f'import sys, json; sys.path.insert(0, {HERE!r}); import bench_train as b; '
             f'print(json.dumps(b.measure_{framework}({flags!r}, {warmup}, {steps}{extra})))')
     result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
@@ -246,19 +276,20 @@ def child(framework, flags, threads, warmup, steps):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def side_by_side(flags, cores, warmup, steps):
+def side_by_side(flags, cores, warmup, steps, settings):
     """Total images/s of ``cores`` single-threaded stn-gluon processes training at once
     (the Table 1 grid's cells side by side), or None if one failed."""
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(cores) as pool:
-        runs = list(pool.map(lambda _: child('mxnet', flags, 1, warmup, steps), range(cores)))
+        runs = list(pool.map(lambda _: child('mxnet', flags, 1, warmup, steps, settings),
+                             range(cores)))
     return None if None in runs else sum(r['imgs_per_s'] for r in runs)
 
 
 def host():
-    """The machine and the execution settings, for the header: CPU model, the instruction
-    sets that matter to these kernels, usable cores, and the settings each MXNet process
-    runs with (the environment's, else compat.py's)."""
+    """The machine, for the header: CPU model, the instruction sets that matter to these
+    kernels, usable cores, and the execution settings the environment sets (each row
+    names the engine and wait policy its stn-gluon processes ran with)."""
     model, flags = 'unknown CPU', set()
     try:
         with open('/proc/cpuinfo') as f:
@@ -274,9 +305,9 @@ def host():
                                    ('AVX-512 bf16', 'avx512_bf16'), ('AMX', 'amx_tile'))
            if flag in flags] or ['no AVX2']
     cores = len(os.sched_getaffinity(0))
-    settings = ', '.join(f'{k}={os.environ.get(k, default)}' for k, default in (
-        ('MXNET_ENGINE_TYPE', 'ThreadedEnginePerDevice (default)'),
-        ('OMP_WAIT_POLICY', 'ACTIVE (compat.py)'),
+    settings = ', '.join(f'{k}={ENVIRON.get(k, default)}' for k, default in (
+        ('MXNET_ENGINE_TYPE', 'per row (runtime.py)'),
+        ('OMP_WAIT_POLICY', 'per row (runtime.py)'),
         ('OMP_NUM_THREADS', 'per row')))
     return f'{model} ({", ".join(isa)}), {cores} usable cores of {os.cpu_count()}; {settings}'
 
@@ -287,8 +318,9 @@ def torch_available():
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--workloads', default=','.join(WORKLOADS),
-                   help=f'comma-separated, of: {", ".join(WORKLOADS)}')
+    p.add_argument('--workloads', default=','.join(TABLE1_KINDS),
+                   help=f'comma-separated, of: {", ".join(WORKLOADS)} (default: one per '
+                        f'Table 1 model kind)')
     p.add_argument('--threads', default='1,2', help='comma-separated OpenMP thread counts')
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--warmup', type=int, default=10)
@@ -307,30 +339,40 @@ def main(argv=None):
     if args.side_by_side and cores not in threads:
         threads.append(cores)
     frameworks = ['mxnet'] + ([] if args.no_torch or not torch_available() else ['torch'])
+    import runtime
     print(f'host: {host()}', flush=True)
+    flags = resolved(workloads)
+    print('the execution settings train.py chooses (timed once per host and network, cached)...',
+          flush=True)
+    settings = {(w, t): runtime.chosen_for(flags[w], t, ENVIRON) for w in workloads
+                for t in set(threads) | ({1} if args.side_by_side else set())}
     print(f'{args.repeats} repeats of {args.steps} steps after {args.warmup}, frameworks '
           f'alternating; median images/s (peak MB)', flush=True)
-    results, flags = {}, resolved(workloads)
+    results = {}
     for repeat in range(args.repeats):
         for workload in workloads:
             for t in threads:
                 for framework in frameworks:
-                    r = child(framework, flags[workload], t, args.warmup, args.steps)
+                    r = child(framework, flags[workload], t, args.warmup, args.steps,
+                              settings[(workload, t)])
                     if r:
                         results.setdefault((workload, t, framework), []).append(r)
             if args.side_by_side:
-                total = side_by_side(flags[workload], cores, args.warmup, args.steps)
+                total = side_by_side(flags[workload], cores, args.warmup, args.steps,
+                                     settings[(workload, 1)])
                 if total:
                     results.setdefault((workload, 'side'), []).append(total)
     versions = sorted({r[0]['version'] for key, r in results.items() if key[1] != 'side'})
-    print(', '.join(versions) + '; stn-gluon with OMP_WAIT_POLICY='
-          + os.environ.get('OMP_WAIT_POLICY', 'ACTIVE (compat.py)') + ', PyTorch with '
-          + os.environ.get('OMP_WAIT_POLICY', 'its own default') + '; threads: OMP_NUM_THREADS')
-    header = f'{"workload":28s} {"threads":>7s} {"stn-gluon":>16s} {"train.py loop":>13s}'
+    samplers = sorted({f'{r[0]["sampler"]} at {key[1]}' for key, r in results.items()
+                       if key[1] != 'side' and key[2] == 'mxnet'})
+    print(', '.join(versions) + '; PyTorch at its own defaults; threads: OMP_NUM_THREADS; '
+          'stn-gluon\'s sampler: ' + ', '.join(samplers))
+    header = (f'{"workload":20s} {"threads":>7s} {"settings":>16s} {"stn-gluon":>16s} '
+              f'{"train.py loop":>13s} {"loop/step":>9s}')
     print(header + (f' {"PyTorch":>16s} {"ratio":>6s}' if 'torch' in frameworks else ''))
     for workload in workloads:
         for t in threads:
-            row, rates = f'{workload:28s} {t:7d}', {}
+            row, rates = f'{workload:20s} {t:7d} {label(settings[(workload, t)]):>16s}', {}
             for framework in frameworks:
                 runs = results.get((workload, t, framework))
                 if not runs:
@@ -339,7 +381,8 @@ def main(argv=None):
                 rates[framework] = statistics.median(r['imgs_per_s'] for r in runs)
                 row += f' {rates[framework]:8,.0f} ({max(r["peak_mb"] for r in runs):4.0f})'
                 if framework == 'mxnet':
-                    row += f' {statistics.median(r["loop_imgs_per_s"] for r in runs):13,.0f}'
+                    loop = statistics.median(r['loop_imgs_per_s'] for r in runs)
+                    row += f' {loop:13,.0f} {loop / rates[framework]:9.2f}'
             if len(rates) == 2:
                 row += f' {rates["mxnet"] / rates["torch"]:6.2f}'
                 mx_params = results[(workload, t, 'mxnet')][0]['params']
@@ -354,7 +397,7 @@ def main(argv=None):
             side, one = results.get((workload, 'side')), results.get((workload, cores, 'mxnet'))
             if side and one:
                 side, one = statistics.median(side), statistics.median(r['imgs_per_s'] for r in one)
-                print(f'{workload:28s} {side:8,.0f} against {one:8,.0f}: {side / one:.2f}x')
+                print(f'{workload:20s} {side:8,.0f} against {one:8,.0f}: {side / one:.2f}x')
 
 
 if __name__ == '__main__':

@@ -99,15 +99,18 @@ def choose(network, measure, log=print):
     return best
 
 
-def measure_in_child(flags, seconds=1.5):
+def measure_in_child(flags, seconds=1.5, threads=None):
     """``measure`` for ``choose``: images/s of train.py's loop on ``flags``' network in a
-    fresh process with the candidate settings (0 if that process fails)."""
+    fresh process with the candidate settings (0 if that process fails), on ``threads``
+    OpenMP threads if given."""
     def measure(settings):
         code = (f'import sys; sys.path.insert(0, {HERE!r}); import distort, runtime, train; '
                 f'a = train.parse_args({flags!r}); '
                 f'train.resolve_width(a, distort.image_shape(a.dataset)); '
                 f'print(runtime.loop_rate(a, {seconds}))')
         env = dict(os.environ, **settings, **{CHOSEN: '1'})
+        if threads is not None:
+            env['OMP_NUM_THREADS'] = str(threads)
         try:
             done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
                                   text=True, timeout=300)
@@ -115,6 +118,22 @@ def measure_in_child(flags, seconds=1.5):
         except (subprocess.TimeoutExpired, OSError, ValueError, IndexError):
             return 0.0   # could not be timed: not chosen
     return measure
+
+
+def chosen_for(flags, threads, environ=None):
+    """The settings train.py would run ``flags``' network with on ``threads`` OpenMP threads
+    here (``choose``: cached, or timed now), asked of a fresh process with ``environ``
+    (default os.environ) so that this one loads no MXNet with other settings."""
+    code = (f'import sys, json; sys.path.insert(0, {HERE!r}); import runtime, train; '
+            f'name, flags = train.network(train.parse_args({flags!r})); '
+            f'print(json.dumps(runtime.choose(name, runtime.measure_in_child(flags), '
+            f'log=lambda *_: None)))')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=dict(environ or os.environ, OMP_NUM_THREADS=str(threads)))
+    if done.returncode != 0:
+        raise RuntimeError(f'could not choose the settings for {" ".join(flags)}: '
+                           f'{done.stderr.strip()[-1000:]}')
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def loop_rate(args, seconds):

@@ -16,9 +16,11 @@ def test_the_benchmark_prints_a_row_per_workload_and_thread_count():
                              '--threads', '1', '--repeats', '1', '--warmup', '1', '--steps', '2',
                              '--no-torch'], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    row = [line for line in result.stdout.splitlines() if line.startswith('default ')]
-    assert len(row) == 1 and row[0].split()[1] == '1'
-    assert float(row[0].split()[2].replace(',', '')) > 0
+    row = [line.split() for line in result.stdout.splitlines() if line.startswith('default ')]
+    # workload, threads, the execution settings (the environment's: conftest.py sets them),
+    # images/s of the step, (peak MB), of train.py's loop, loop / step
+    assert len(row) == 1 and row[0][1:3] == ['1', 'environment']
+    assert float(row[0][3].replace(',', '')) > 0 and float(row[0][6].replace(',', '')) > 0
     header = result.stdout.splitlines()[0]   # the host, named
     assert header.startswith('host: ') and f'{len(os.sched_getaffinity(0))} usable cores' in header
     assert 'MXNET_ENGINE_TYPE=' in header and 'OMP_WAIT_POLICY=' in header
@@ -30,8 +32,7 @@ def test_an_unknown_workload_is_a_usage_error(capsys):
     assert 'unknown workloads' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('workload', ['default', 'rts-cnn', 'rts-st-cnn-projective',
-                                      'rts-st-cnn-tps'])
+@pytest.mark.parametrize('workload', bench_train.TABLE1_KINDS)
 def test_the_pytorch_twins_have_our_parameter_counts(workload):
     pytest.importorskip('torch')
     import engine
