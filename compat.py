@@ -26,8 +26,15 @@ os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')  # no banner on every Modul
 # load: runtime.py measures them per host; ACTIVE (spinning) is the default where it does not.
 # runtime.py chooses the wait policy and the engine per host by measurement; what the
 # environment set before this import wins there (GIVEN).
-GIVEN = {k: os.environ[k] for k in ('MXNET_ENGINE_TYPE', 'OMP_WAIT_POLICY') if k in os.environ}
-os.environ.setdefault('OMP_WAIT_POLICY', 'ACTIVE')
+# A wait policy set here, not by the user, is listed in STN_DEFAULTED, which child processes
+# inherit with it: for them it is not given either, and train.py's choice stays theirs.
+DEFAULTED = 'STN_DEFAULTED'
+_defaulted = set(filter(None, os.environ.get(DEFAULTED, '').split(',')))
+GIVEN = {k: os.environ[k] for k in ('MXNET_ENGINE_TYPE', 'OMP_WAIT_POLICY')
+         if k in os.environ and k not in _defaulted}
+if 'OMP_WAIT_POLICY' not in os.environ:
+    os.environ['OMP_WAIT_POLICY'] = 'ACTIVE'
+    os.environ[DEFAULTED] = ','.join(sorted(_defaulted | {'OMP_WAIT_POLICY'}))
 try:
     THREADS = int(os.environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0)))))
 except ValueError:

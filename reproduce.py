@@ -44,6 +44,7 @@ import time
 
 import atomic
 import distort
+import mnist
 import rundir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,6 +63,7 @@ PAPER = {
     'st-cnn-tps':   {'r': 0.7, 'rts': 0.5, 'p': 0.8, 'e': 1.1},
 }
 DATASETS = ['r', 'rts', 'p', 'e', 'tc']
+TRAIN_IMAGES = mnist.FILES['train-images-idx3-ubyte'][2][0]   # every set's: MNIST's 60,000
 TRANSFORMS = {'aff': 'affine', 'proj': 'projective', 'tps': 'tps'}
 
 # Our schedule, and the paper's (150k iterations of batch 256 = 640 epochs of 60,000
@@ -516,6 +518,11 @@ def main(argv=None):
                    help='OpenMP threads per cell (default: the cores divided among the jobs; '
                         'with --scheduler, a worker machine\'s cores divided among its task '
                         'threads)')
+    p.add_argument('--estimate', action='store_true',
+                   help='train nothing: time each network of the chosen cells for a few seconds '
+                        'here (--jobs at once, --threads each, as the grid runs them) and print '
+                        'what the grid would take, in hours and core-hours (training steps '
+                        'only: testing each epoch and drawing fresh distortions come on top)')
     p.add_argument('--scheduler', type=scheduler_address, default=None, metavar='tcp://HOST:PORT',
                    help='run the cells on this Dask scheduler\'s workers (they must see --out '
                         'and this repository at the same paths) instead of a local cluster')
@@ -523,10 +530,53 @@ def main(argv=None):
     chosen = choose(args.cells.split(','))
     if not chosen:
         p.error(f'--cells {args.cells!r} matches none of: {", ".join(cells())}')
+    if args.estimate:
+        return estimate(args, chosen)
     try:
         reproduce(args, chosen)
     except rundir.RunError as e:
         sys.exit(f'error: {e}')
+
+
+def estimate(args, chosen, seconds=6.0):
+    """Print what training ``chosen`` x ``args.seeds`` would take here, and return the
+    projected core-hours: each distinct network (model, family, input size) timed in
+    train.py's own loop (``runtime.loop_rate``, with the execution settings train.py would
+    choose) for about ``seconds``, --jobs copies at once on --threads threads each, as the
+    grid runs its cells; times the images each cell sees (its epochs x training images)."""
+    from concurrent.futures import ThreadPoolExecutor
+    environ = dict(os.environ)   # as given, before runtime.py's compat.py adds to it
+    import runtime
+    threads = args.threads or max(1, CORES // args.jobs)
+    flags = run_flags(args)
+    images = int(flags[flags.index('--epochs') + 1]) * (args.train_size or TRAIN_IMAGES)
+    networks = {}   # (input shape, model flags) -> its cells
+    for cell in chosen:
+        dataset = cell.split('/')[0]
+        networks.setdefault((distort.image_shape(dataset), tuple(train_flags(cell)[2:])),
+                            []).append(cell)
+    print(f'{len(chosen)} cells x {len(args.seeds)} seeds, {images:,d} training images each '
+          f'({label(args)}), {args.jobs} at a time on {threads} thread(s) each; timing each '
+          f'network for {seconds:g} s:')
+    print(f'{"network":44s} {"cells":>5s} {"images/s":>9s} {"h per cell":>10s}')
+    cell_hours = 0.0
+    for (shape, _), members in networks.items():
+        cell_flags = train_flags(members[0]) + flags
+        settings = runtime.chosen_for(cell_flags, threads, environ)
+        measure = runtime.measure_in_child(cell_flags, seconds, threads)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            rates = list(pool.map(lambda _: measure(settings), range(args.jobs)))
+        if min(rates) <= 0:
+            sys.exit(f'error: {" ".join(cell_flags)} could not be timed here')
+        rate = statistics.median(rates)
+        hours = images / rate / 3600
+        cell_hours += hours * len(members) * len(args.seeds)
+        name = f'{" ".join(train_flags(members[0])[2:])} at {shape[1]}x{shape[2]}'
+        print(f'{name:44s} {len(members):5d} {rate:9,.0f} {hours:10.2f}', flush=True)
+    core_hours = cell_hours * threads
+    print(f'the grid: {cell_hours / args.jobs:.1f} hours on this machine, '
+          f'{core_hours:.1f} core-hours')
+    return core_hours
 
 
 def check_writable(args):

@@ -522,3 +522,19 @@ def test_ctrl_c_to_the_grid_prints_one_line_and_leaves_no_process(tmp_path):
     time.sleep(1)
     assert [pid for pid in family if psutil.pid_exists(pid)
             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE] == []
+
+
+def test_the_estimate_times_each_network_once_and_trains_nothing(tmp_path, capsys):
+    """--estimate: one row per distinct network (R and P share the 28x28 FCN), and the
+    grid's core-hours are the cells' images over the timed rates, times their threads."""
+    core_hours = reproduce.main(['--estimate', '--cells', 'r/fcn,p/fcn,rts/fcn', '--seeds', '1,2',
+                                 '--epochs', '2', '--train-size', '500', '--jobs', '1',
+                                 '--threads', '1', '--out', str(tmp_path / 'grid')])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.startswith('--model fcn')]
+    assert [(row[-4], row[-3]) for row in rows] == [('28x28', '2'), ('42x42', '1')]
+    rates = [float(row[-2].replace(',', '')) for row in rows]
+    assert all(rate > 0 for rate in rates)
+    expected = 2 * 1000 * (2 / rates[0] + 1 / rates[1]) / 3600   # seeds x images / rate
+    assert core_hours == pytest.approx(expected, rel=1e-3)   # the rates printed are rounded
+    assert lines[-1].startswith('the grid: ') and not (tmp_path / 'grid').exists()
