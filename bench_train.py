@@ -109,6 +109,7 @@ def torch_net(args):
     import torch
     from torch import nn
 
+    import engine
     import net as mxnet_net
     import stn
 
@@ -177,8 +178,7 @@ def torch_net(args):
             super().__init__()
             self.stn = Transformer(localisation, args.transform, side) \
                 if args.transform != 'none' else None
-            self.pool = nn.AvgPool2d(2) if args.model in ('fcn', 'cnn') \
-                and self.stn is not None and args.dataset in ('rts', 'tc') else None
+            self.pool = nn.AvgPool2d(2) if engine.pool_after_stn(args) else None
             self.classifier = classifier
 
         def forward(self, x):

@@ -34,6 +34,7 @@ from onnx import helper
 
 import atomic
 import rundir
+from geometry import target_points
 
 OPSET = 16   # GridSample's first opset
 
@@ -60,8 +61,7 @@ def target_shape(attrs, node):
 def affine_grid_nodes(name, theta, shape):
     """theta (N, 6) -> ``name``: the grid (N, 2, H, W) of MXNet's GridGenerator(affine)."""
     h, w = shape
-    y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing='ij')
-    target = np.stack([x.ravel(), y.ravel(), np.ones(h * w)]).astype(np.float32)   # (3, HW)
+    target = np.concatenate([target_points(shape).T, np.ones((1, h * w))]).astype(np.float32)
     return [
         constant(name + '_target', target),
         constant(name + '_theta_shape', np.array([-1, 2, 3], dtype=np.int64)),

@@ -289,6 +289,13 @@ def check_symbol(path):
                        f'input): export the run again, or pass the folder of a finished run')
 
 
+def logits_of(symbol):
+    """``symbol`` without its SoftmaxOutput loss (the symbolic API's), if it has one."""
+    if symbol.name == 'softmax':
+        return symbol.get_children()[0]
+    return symbol
+
+
 def load_export(model, epoch=None):
     """(symbol without a SoftmaxOutput loss, {name: NDArray} weights, symbol file, params
     file) of an export (``model_files``' rules), checked: a readable symbol graph, a
@@ -303,8 +310,7 @@ def load_export(model, epoch=None):
             symbol = mx.sym.load_json(sampler.portable(f.read()))
     except (mx.MXNetError, UnicodeDecodeError) as e:
         raise RunError(f'{symbol_file} is not a readable MXNet symbol ({reason(e)})') from None
-    if symbol.name == 'softmax':
-        symbol = symbol.get_children()[0]
+    symbol = logits_of(symbol)
     try:
         saved = mx.nd.load(params_file)
     except mx.MXNetError as e:

@@ -86,13 +86,6 @@ def identity_params():
             'net_stn_regressor_bias': mx.nd.array(identity_theta('affine'))}
 
 
-def logits_of(symbol):
-    """``symbol`` without its SoftmaxOutput loss, if it has one."""
-    if symbol.name == 'softmax':
-        return symbol.get_children()[0]
-    return symbol
-
-
 def count_params(symbol, data_shape):
     shapes, _, _ = symbol.infer_shape(data=data_shape)
     names = symbol.list_arguments()
@@ -113,7 +106,7 @@ class ModuleModel:
         num, *image_shape = data_shape
         symbol = get_symbol(transform=args.transform, target_shape=image_shape[1:],
                             loc_lr_mult=args.loc_lr_mult)
-        self.logits = logits_of(symbol)
+        self.logits = rundir.logits_of(symbol)
         quiet = logging.getLogger('module')
         quiet.setLevel(logging.ERROR)
         self.mod = mx.mod.Module(symbol, context=ctx, logger=quiet)
