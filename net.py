@@ -293,16 +293,23 @@ def count_params(image_shape, **net_kwargs):
     return trainable_params(net)
 
 
+def parameter_budget(image_shape, mult=1.0):
+    """The experiment's parameter budget for inputs of ``image_shape`` (C, H, W): BUDGETS[H]
+    per input channel, times ``mult``; None for a side BUDGETS has no budget for."""
+    channels, side = image_shape[:2]
+    return round(mult * BUDGETS[side] * channels) if side in BUDGETS else None
+
+
 def fit_width(model, transform, image_shape, budget=None, **net_kwargs):
     """The width whose ``Net(model=model, transform=transform, width=...)`` has the number
     of trainable parameters closest to ``budget`` (default ``BUDGETS[H]`` per input
     channel) for inputs of ``image_shape`` (C, H, W); the parameter count grows with the
     width."""
     if budget is None:
-        if image_shape[1] not in BUDGETS:
+        budget = parameter_budget(image_shape)
+        if budget is None:
             raise ValueError(f'no parameter budget for {image_shape[1]}-pixel inputs '
                              f'(BUDGETS has {sorted(BUDGETS)}): pass budget')
-        budget = BUDGETS[image_shape[1]] * image_shape[0]
 
     def count(width):
         return count_params(image_shape, model=model, transform=transform, width=width,

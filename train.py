@@ -322,8 +322,7 @@ def parser():
 def budget(args, image_shape):
     """The parameter budget fcn/cnn are fitted to: the experiment's (net.BUDGETS, per input
     channel) times --budget-mult."""
-    channels, side = image_shape[:2]
-    return round(args.budget_mult * net.BUDGETS[side] * channels) if side in net.BUDGETS else None
+    return net.parameter_budget(image_shape, args.budget_mult)
 
 
 def resolve_width(args, image_shape):
