@@ -293,6 +293,21 @@ def count_params(image_shape, **net_kwargs):
     return trainable_params(net)
 
 
+def display_name(model='lenet', transform='affine', transformers=1, stn_at=('input',),
+                 per_channel=False):
+    """The network's name in headers and legends: 'STN (affine) + LeNet' (the seed LeNet),
+    '2xST-CNN (tps) at conv1', 'FCN', ..."""
+    name = {'lenet': 'LeNet', 'fcn': 'FCN', 'cnn': 'CNN'}[model]
+    if transform == 'none':
+        return name
+    count = f'{transformers}x' if transformers > 1 else ''
+    if model == 'lenet':
+        return f'{count}STN ({transform}) + LeNet'
+    at = '' if list(stn_at) == ['input'] else f' at {",".join(stn_at)}'
+    at += ', one per channel' if per_channel else ''
+    return f'{count}ST-{name} ({transform}){at}'
+
+
 def parameter_budget(image_shape, mult=1.0):
     """The experiment's parameter budget for inputs of ``image_shape`` (C, H, W): BUDGETS[H]
     per input channel, times ``mult``; None for a side BUDGETS has no budget for."""

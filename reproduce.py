@@ -62,9 +62,9 @@ PAPER = {
     'st-cnn-proj':  {'r': 0.8, 'rts': 0.6, 'p': 0.8, 'e': 1.3},
     'st-cnn-tps':   {'r': 0.7, 'rts': 0.5, 'p': 0.8, 'e': 1.1},
 }
-DATASETS = ['r', 'rts', 'p', 'e', 'tc']
+PAPER_COLUMNS = ['r', 'rts', 'p', 'e', 'tc']   # Table 1's columns, in its order
 TRAIN_IMAGES = mnist.FILES['train-images-idx3-ubyte'][2][0]   # every set's: MNIST's 60,000
-TRANSFORMS = {'aff': 'affine', 'proj': 'projective', 'tps': 'tps'}
+FAMILY_ABBREVIATIONS = {'aff': 'affine', 'proj': 'projective', 'tps': 'tps'}
 
 # Our schedule, and the paper's (150k iterations of batch 256 = 640 epochs of 60,000
 # images, SGD, learning rate 0.01 divided by 10 every 50k iterations); for the recipe
@@ -103,7 +103,7 @@ def cells(readings=False):
     """Every (dataset, model) of Table 1 as 'dataset/model' names, in the paper's order;
     with ``readings``, also the other readings of a column's set (distort.py's 'p-forward',
     ...) under each of the column's models."""
-    names = [f'{d}/{m}' for d in DATASETS for m in PAPER if d in PAPER[m]]
+    names = [f'{d}/{m}' for d in PAPER_COLUMNS for m in PAPER if d in PAPER[m]]
     if readings:
         names += [f'{d}/{m}' for d in distort.DATASETS if column(d) != d
                   for m in PAPER if column(d) in PAPER[m]]
@@ -133,7 +133,8 @@ def train_flags(cell):
     dataset, model = cell.split('/')
     if model.startswith('st-'):
         _, family, transform = model.split('-')
-        return ['--dataset', dataset, '--model', family, '--transform', TRANSFORMS[transform]]
+        return ['--dataset', dataset, '--model', family,
+                '--transform', FAMILY_ABBREVIATIONS[transform]]
     return ['--dataset', dataset, '--model', model, '--transform', 'none']
 
 
@@ -271,7 +272,7 @@ def write_tables(args, failed=None):
     writer.writerows(rows)
     atomic.write_text(os.path.join(out, 'table1.csv'), text.getvalue())
 
-    columns = DATASETS + list(dict.fromkeys(c.split('/')[0] for c in found))
+    columns = PAPER_COLUMNS + list(dict.fromkeys(c.split('/')[0] for c in found))
     flags = ' '.join(run_flags(args))
     waiting = ','.join(str(s) for s in seeds if s not in finished)
     seeds_done = ','.join(map(str, seeds)) + (
@@ -321,8 +322,9 @@ def error_table(rows, columns):
 def model_name(model):
     """The paper's name of a model: 'st-cnn-aff' -> 'ST-CNN affine'."""
     *family, transform = model.split('-')
-    if transform in TRANSFORMS:
-        return '-'.join(family).upper() + ' ' + {'tps': 'TPS'}.get(transform, TRANSFORMS[transform])
+    if transform in FAMILY_ABBREVIATIONS:
+        return ('-'.join(family).upper() + ' '
+                + {'tps': 'TPS'}.get(transform, FAMILY_ABBREVIATIONS[transform]))
     return model.upper()
 
 
@@ -389,7 +391,7 @@ def threads(folder):
         return 1
 
 
-def write_curves(out, chosen, path):
+def write_grid_curves(out, chosen, path):
     """Test error (%) against training images seen, one panel per cell of ``chosen`` and
     one line per finished run of it in ``out`` (every schedule and seed with a result.json,
     as in the tables), into ``path``. Returns {cell: [run names]}, what was drawn."""
@@ -621,7 +623,7 @@ def reproduce(args, chosen):
     print(f'wrote {os.path.join(args.out, "table1.md")} and table1.csv')
     if args.curves:
         try:
-            drawn = write_curves(args.out, chosen, args.curves)
+            drawn = write_grid_curves(args.out, chosen, args.curves)
         except OSError as e:
             raise rundir.RunError(f'--curves {args.curves}: {e.strerror or e}') from None
         print(f'wrote {args.curves}: ' + ('; '.join(f'{cell} ({", ".join(names)})'

@@ -22,7 +22,7 @@ from engine import Schedule, check_loss, epoch_order, optimizer_params, progress
 from net import MEAN, STD
 from stn import identity_theta, sampling_grid
 
-TRANSFORMS = ('affine', 'none')   # what get_symbol builds
+SYMBOLIC_TRANSFORMS = ('affine', 'none')   # what get_symbol builds
 
 
 def get_loc(data, loc_lr_mult=1.0, prefix='net_stn_'):
@@ -49,8 +49,9 @@ def get_symbol(num_classes=10, transform='affine', target_shape=(28, 28), loc_lr
 
     ``target_shape`` is the transformer's output H x W (the input's, to keep the size).
     """
-    if transform not in TRANSFORMS:
-        raise ValueError(f'the symbolic network has transform {" or ".join(TRANSFORMS)}, '
+    if transform not in SYMBOLIC_TRANSFORMS:
+        raise ValueError(f'the symbolic network has transform '
+                         f'{" or ".join(SYMBOLIC_TRANSFORMS)}, '
                          f'not {transform!r}')
     data = mx.sym.var('data')
     x = data
@@ -86,7 +87,7 @@ def identity_params():
             'net_stn_regressor_bias': mx.nd.array(identity_theta('affine'))}
 
 
-def count_params(symbol, data_shape):
+def count_symbol_params(symbol, data_shape):
     shapes, _, _ = symbol.infer_shape(data=data_shape)
     names = symbol.list_arguments()
     return sum(int(np.prod(s)) for n, s in zip(names, shapes) if n not in ('data', 'softmax_label'))
@@ -114,7 +115,7 @@ class ModuleModel:
                       label_shapes=[('softmax_label', (args.batch_size,))])
         self.mod.init_params(mx.init.Xavier(magnitude=2.24), allow_missing=True,
                              arg_params=identity_params() if args.transform != 'none' else None)
-        self.num_params = count_params(symbol, (1, *image_shape))
+        self.num_params = count_symbol_params(symbol, (1, *image_shape))
         batches = num // args.batch_size
         # Our own optimizer object (sym: the __lr_mult__ attributes), so that its rate is readable.
         self.optimizer = mx.optimizer.create(

@@ -337,16 +337,9 @@ def resolve_width(args, image_shape):
 
 
 def describe(args):
-    """'STN (affine) + LeNet', 'ST-CNN (tps)', 'FCN', ..."""
-    name = {'lenet': 'LeNet', 'fcn': 'FCN', 'cnn': 'CNN'}[args.model]
-    if args.transform == 'none':
-        return name
-    count = f'{args.transformers}x' if args.transformers > 1 else ''
-    if args.model == 'lenet':
-        return f'{count}STN ({args.transform}) + LeNet'
-    at = '' if args.stn_at == ['input'] else f' at {",".join(args.stn_at)}'
-    at += ', one per channel' if args.per_channel else ''
-    return f'{count}ST-{name} ({args.transform}){at}'
+    """The run's network by name (``net.display_name``): 'STN (affine) + LeNet', 'FCN', ..."""
+    return net.display_name(args.model, args.transform, args.transformers, args.stn_at,
+                            args.per_channel)
 
 
 def summary(args):

@@ -319,7 +319,7 @@ def write_animation(path, inputs, frames, outlines, epochs, ms_per_frame=500):
 
 # ---- curves.png -----------------------------------------------------------------------
 
-def read_metrics(run_dir):
+def metric_arrays(run_dir):
     """Per-epoch arrays epoch, train_loss, test_loss, test_acc from RUN/metrics.csv."""
     rows = rundir.read_metrics(run_dir)
     if not rows:
@@ -328,8 +328,11 @@ def read_metrics(run_dir):
 
 
 def run_label(run_dir):
+    """'FOLDER (network, dataset)' from the run's config.json, for legends."""
     config = rundir.read_config(run_dir)
-    model = 'LeNet' if config.get('transform') == 'none' else 'STN'
+    model = net.display_name(*(config.get(k, default) for k, default in (
+        ('model', 'lenet'), ('transform', 'affine'), ('transformers', 1),
+        ('stn_at', ['input']), ('per_channel', False))))
     name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
     return f'{name} ({model}, {config.get("dataset", "mnist")})'
 
@@ -344,7 +347,7 @@ def curves_figure(run_dirs):
     """Loss (train dashed, test solid) and test error per epoch, one colour per run folder."""
     fig, (loss_ax, error_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for k, run_dir in enumerate(run_dirs):
-        m, color, label = read_metrics(run_dir), f'C{k}', run_label(run_dir)
+        m, color, label = metric_arrays(run_dir), f'C{k}', run_label(run_dir)
         loss_ax.plot(m['epoch'], m['train_loss'], '--', color=color, label=f'{label} train')
         loss_ax.plot(m['epoch'], m['test_loss'], '-', color=color, label=f'{label} test')
         error = 100 * (1 - m['test_acc'])

@@ -595,3 +595,17 @@ def train_snapshot_of(deep, x):
     model.args = argparse.Namespace(transform='affine', tps_grid=4, transformers=1)
     model.net, model.ctx = deep, mx.cpu()
     return model.regions(x)
+
+
+@pytest.mark.parametrize('config, label', [
+    ({'model': 'cnn', 'transform': 'none', 'dataset': 'rts'}, 'run (CNN, rts)'),
+    ({'model': 'fcn', 'transform': 'tps', 'dataset': 'p'}, 'run (ST-FCN (tps), p)'),
+    ({'model': 'fcn', 'transform': 'affine', 'transformers': 2, 'per_channel': True,
+      'dataset': 'addition'}, 'run (2xST-FCN (affine), one per channel, addition)'),
+    ({'transform': 'none'}, 'run (LeNet, mnist)'),
+    ({}, 'run (STN (affine) + LeNet, mnist)'),
+])
+def test_a_curves_legend_names_the_runs_network_as_train_py_does(tmp_path, config, label):
+    (tmp_path / 'run').mkdir()
+    (tmp_path / 'run' / 'config.json').write_text(json.dumps(config))
+    assert visualize.run_label(str(tmp_path / 'run')) == label
