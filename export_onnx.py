@@ -34,7 +34,7 @@ from onnx import helper
 
 import atomic
 import rundir
-from geometry import target_points
+from stn import projective_constant
 
 OPSET = 16   # GridSample's first opset
 
@@ -61,7 +61,7 @@ def target_shape(attrs, node):
 def affine_grid_nodes(name, theta, shape):
     """theta (N, 6) -> ``name``: the grid (N, 2, H, W) of MXNet's GridGenerator(affine)."""
     h, w = shape
-    target = np.concatenate([target_points(shape).T, np.ones((1, h * w))]).astype(np.float32)
+    target = projective_constant(shape).reshape(3, -1).astype(np.float32)   # (3, HW): x, y, 1
     return [
         constant(name + '_target', target),
         constant(name + '_theta_shape', np.array([-1, 2, 3], dtype=np.int64)),
