@@ -24,17 +24,18 @@ import logging
 import os
 import sys
 
-import compat  # noqa: F401  (before mxnet)
-import mxnet as mx
-import numpy as np
-import onnx
-from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph
-from mxnet.onnx.mx2onnx._op_translations._op_translations_opset12 import get_inputs
-from onnx import helper
+from stngluon import runtime
+runtime.configure()   # OpenMP threads and wait policy, before MXNet loads
+from stngluon import compat  # noqa: E402,F401  (the numpy shim, before mxnet)
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from mxnet.onnx.mx2onnx._export_onnx import MXNetGraph  # noqa: E402
+from mxnet.onnx.mx2onnx._op_translations._op_translations_opset12 import get_inputs  # noqa: E402
+from onnx import helper  # noqa: E402
 
-import atomic
-import rundir
-from stn import projective_constant
+from stn import projective_constant  # noqa: E402
+from stngluon import atomic, rundir  # noqa: E402
 
 OPSET = 16   # GridSample's first opset
 

@@ -53,7 +53,7 @@ The seed LeNet has 21,840 parameters at 28x28, 27,360 with its affine transforme
 The dense layers infer their input size on the first batch, so the same code takes
 28x28, 42x42 or 60x60 digits.
 """
-import compat  # noqa: F401  (before mxnet)
+from stngluon import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
 from mxnet.gluon import nn
 
@@ -291,6 +291,16 @@ def count_params(image_shape, **net_kwargs):
     net.initialize(mx.init.Zero())
     net(mx.nd.zeros((1, *image_shape)))
     return trainable_params(net)
+
+
+def build(config):
+    """The Net of a run's settings (a config.RunConfig; its width fitted where unset)."""
+    config = config.resolved()
+    return Net(model=config.model, transform=config.transform, width=config.width,
+               pool_after_stn=config.pool_after_stn, tps_grid=config.tps_grid,
+               loc_lr_mult=config.loc_lr_mult, num_classes=config.num_classes,
+               transformers=config.transformers, places=config.stn_at,
+               input_norm=config.input_norm, per_channel=config.per_channel)
 
 
 def display_name(model='lenet', transform='affine', transformers=1, stn_at=('input',),

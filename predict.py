@@ -22,9 +22,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-import distort  # data only: no model code
-import mnist
-import rundir
+from stngluon import distort, mnist, rundir, runtime   # data and run folders: no model code
 
 
 class ModelError(RuntimeError):
@@ -41,7 +39,7 @@ def load(model, epoch=None, loader='gluon'):
     (C, H, W). ``loader``: 'gluon', 'module' (MXNet) or 'onnxruntime' (``load_onnx``)."""
     if loader == 'onnxruntime':
         return load_onnx(model)
-    import compat  # noqa: F401  (before mxnet)
+    from stngluon import compat  # noqa: F401  (the numpy shim, before mxnet)
     import mxnet as mx
     from mxnet import gluon
     symbol, weights, symbol_file, params_file = rundir.load_export(model, epoch)
@@ -137,6 +135,7 @@ def describe(shape):
 
 
 def main(argv=None):
+    runtime.configure()   # OpenMP threads and wait policy, before MXNet loads (in load)
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('images', nargs='*', help='PNG/JPEG files to classify')
     p.add_argument('--model', default='result', help='run folder or file prefix of the export')

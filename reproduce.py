@@ -42,10 +42,10 @@ import sys
 import threading
 import time
 
-import atomic
-import distort
-import mnist
-import rundir
+from stngluon import atomic
+from stngluon import distort
+from stngluon import mnist
+from stngluon import rundir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORES = len(os.sched_getaffinity(0))
@@ -548,7 +548,7 @@ def estimate(args, chosen, seconds=6.0):
     grid runs its cells; times the images each cell sees (its epochs x training images)."""
     from concurrent.futures import ThreadPoolExecutor
     environ = dict(os.environ)   # as given, before runtime.py's compat.py adds to it
-    import runtime
+    from stngluon import runtime
     threads = args.threads or max(1, CORES // args.jobs)
     flags = run_flags(args)
     images = int(flags[flags.index('--epochs') + 1]) * (args.train_size or TRAIN_IMAGES)

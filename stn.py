@@ -39,13 +39,13 @@ PREFIX_regressor_fwd_output (``rundir.py`` looks them up by these names).
 """
 from collections import namedtuple
 
-import compat  # noqa: F401  (before mxnet)
+from stngluon import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-import sampler
-from geometry import control_points, target_points, tps_basis, tps_shape
+from stngluon import sampler
+from stngluon.geometry import control_points, target_points, tps_basis, tps_shape
 
 PROJECTIVE_EPS = 1e-3   # smallest |w| the projective grid divides by
 

@@ -25,73 +25,24 @@ those outlines on 16 test digits after every epoch, for visualize.py --animate).
 import argparse
 import contextlib
 import copy
-import io
-import math
+import dataclasses
 import os
 import sys
 import time
 import traceback
 
-import compat  # noqa: F401  (before mxnet)
-import mxnet as mx
-import numpy as np
+from stngluon import runtime
+runtime.configure()   # OpenMP threads and wait policy, before MXNet loads
+from stngluon import compat  # noqa: E402,F401  (the numpy shim, before mxnet)
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
 
-import distort
-import geometry
-import mnist
-import net
-import rundir
-import runtime
-import sampler
-import stn
-from engine import LR_MODES, Diverged, GluonModel, Watchdog, build_net, pool_after_stn
-from net import MODELS
-from symbolic import ModuleModel
-
-# The flags that make a run what it is: --resume takes them from its config.json. Of
-# them, only CHANGEABLE may be given anew on the command line when resuming.
-RUN_FLAGS = ['api', 'dataset', 'data_seed', 'fresh_distortions', 'epochs', 'batch_size', 'lr',
-             'lr_steps', 'lr_factor', 'lr_mode', 'warmup_epochs', 'optimizer', 'momentum',
-             'loc_lr_mult', 'seed', 'train_size', 'model', 'transform', 'tps_grid', 'width',
-             'transformers', 'stn_at', 'input_norm', 'per_channel']
-CHANGEABLE = ['epochs', 'lr']   # extend a run; a smaller rate after a divergence
-# configs written before these flags used their defaults
-ADDED_LATER = ['lr_mode', 'warmup_epochs', 'transformers', 'stn_at', 'input_norm', 'per_channel']
-TRANSFORMS = ('none',) + stn.TRANSFORMS
-
-
-def positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'{text!r} is not a {kind.__name__}')
-        if not value > 0 or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f'{text!r} must be a finite number > 0')
-        return value
-    return parse
-
-
-def epoch_list(text):
-    try:
-        steps = [int(s) for s in text.split(',') if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a comma-separated list of epochs')
-    if any(s < 1 for s in steps) or steps != sorted(steps):
-        raise argparse.ArgumentTypeError(f'{text!r}: epochs must be >= 1 and increasing')
-    return steps
-
-
-def bounded_int(low, high):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'{text!r} is not an int')
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f'{text!r} must be between {low} and {high:,d}')
-        return value
-    return parse
+import net  # noqa: E402
+from stngluon import distort, geometry, mnist, rundir, sampler  # noqa: E402
+from stngluon.config import (CHANGEABLE, ConfigError, RunConfig, add_flags, of_namespace,  # noqa: E402
+                             positive)
+from stngluon.engine import Diverged, GluonModel, Watchdog  # noqa: E402
+from stngluon.symbolic import ModuleModel  # noqa: E402
 
 
 def context(text):
@@ -120,55 +71,20 @@ def contexts(text):
             for k, part in enumerate(text.split(','))]
 
 
-def places(text):
-    """--stn-at: a comma-separated list of net.PLACES, each once, in their order."""
-    parts = text.split(',')
-    if not parts or any(p not in net.PLACES for p in parts) or len(set(parts)) != len(parts):
-        raise argparse.ArgumentTypeError(f'{text!r}: use some of {", ".join(net.PLACES)}, '
-                                         f'comma-separated, each once')
-    return [p for p in net.PLACES if p in parts]
-
-
 def parse_args(argv=None):
-    """The checked flags of ``argv``; exits with a usage message on a bad value."""
+    """(RunConfig, options) of ``argv``: the run's settings, and where and how it runs
+    (--out, --ctx, --kvstore, --resume, ...); exits with a usage message on a bad value."""
     p = parser()
     args = p.parse_args(argv)
-    if not 0 <= args.momentum < 1:
-        p.error(f'argument --momentum: {args.momentum} must be in [0, 1)')
-    if not 0 <= args.warmup_epochs < args.epochs:
-        p.error(f'argument --warmup-epochs: {args.warmup_epochs} must be >= 0 and below --epochs')
-    if args.stn_at != ['input'] and (args.model != 'cnn' or args.transform == 'none'
-                                     or args.transformers > 1):
-        p.error(f'argument --stn-at: {",".join(args.stn_at)} needs --model cnn, a --transform '
-                f'and one transformer per place')
-    if args.transformers > 1 and (args.transform == 'none' or args.api == 'symbol'):
-        p.error(f'argument --transformers: {args.transformers} transformers need --api gluon '
-                f'and a --transform')
-    channels = distort.image_shape(args.dataset)[0]
-    if args.per_channel and not 1 < args.transformers == channels:
-        p.error(f'argument --per-channel: needs --transformers {channels} for --dataset '
-                f'{args.dataset}\'s {channels}-channel images (one transformer per channel)'
-                if channels > 1 else f'argument --per-channel: --dataset {args.dataset} has '
-                f'one channel; one transformer per channel is for --dataset addition')
-    if args.tps_grid < 2:
-        p.error(f'argument --tps-grid: {args.tps_grid} must be >= 2')
-    if args.width is not None and args.model == 'lenet':
-        p.error('argument --width: only for --model fcn or cnn (LeNet\'s sizes are fixed)')
-    if args.budget_mult != 1 and (args.width is not None or args.model == 'lenet'):
-        p.error('argument --budget-mult: sets the width of --model fcn or cnn, so not with '
-                '--width or --model lenet')
-    if args.api == 'symbol' and args.kvstore.startswith('dist'):
-        p.error(f'argument --kvstore: --api symbol trains in one process, not with {args.kvstore}; '
+    config = of_namespace(p, args)
+    opts = argparse.Namespace(**{k: v for k, v in vars(args).items()
+                                 if k not in RunConfig.names()})
+    if config.api == 'symbol' and opts.kvstore.startswith('dist'):
+        p.error(f'argument --kvstore: --api symbol trains in one process, not with {opts.kvstore}; '
                 f'use --api gluon')
-    if args.api == 'symbol' and ',' in args.ctx:
-        p.error(f'argument --ctx: --api symbol trains on one device, not {args.ctx}; use --api gluon')
-    if args.api == 'symbol' and args.input_norm != 'mnist':
-        p.error(f'argument --input-norm: --api symbol standardises with MNIST\'s mean and std, '
-                f'not {args.input_norm}; use --api gluon')
-    if args.api == 'symbol' and (args.model != 'lenet' or args.transform not in ('affine', 'none')):
-        p.error(f'argument --api: symbol builds only --model lenet with --transform affine or '
-                f'none, not --model {args.model} --transform {args.transform}; use --api gluon')
-    return args
+    if config.api == 'symbol' and ',' in opts.ctx:
+        p.error(f'argument --ctx: --api symbol trains on one device, not {opts.ctx}; use --api gluon')
+    return config, opts
 
 
 def given(argv):
@@ -179,124 +95,48 @@ def given(argv):
     return set(vars(p.parse_args(argv)))
 
 
-def as_argv(settings):
-    """Command-line flags that set ``settings`` (a dict of RUN_FLAGS values)."""
-    argv = []
-    for key, value in settings.items():
-        flag = '--' + key.replace('_', '-')
-        if isinstance(value, bool):
-            argv += [flag] if value else []
-        elif isinstance(value, list):
-            argv += [flag, ','.join(map(str, value))]
-        elif value is not None:
-            argv += [flag, str(value)]
-    return argv
-
-
-def resume_args(args, argv):
-    """``args`` for continuing the run in ``args.out``: its settings from config.json,
-    checked like the command line's, with --epochs and --lr (CHANGEABLE) taken from the
-    command line where given there; another run flag given there must match the run's.
-    Returns (args, the epoch of its checkpoint); RunError if it cannot be continued."""
-    start = rundir.checkpoint_epoch(args.out)
-    config = os.path.join(args.out, 'config.json')
+def resumed(config, opts, argv):
+    """The config of the run in ``opts.out`` to continue: its settings from config.json,
+    with --epochs and --lr (CHANGEABLE) taken from the command line (``config``) where
+    given there; another run flag given there must match the run's. Returns (config, the
+    epoch of its checkpoint); RunError if it cannot be continued."""
+    start = rundir.checkpoint_epoch(opts.out)
+    path = os.path.join(opts.out, 'config.json')
     if start is None:
-        raise rundir.RunError(f'--resume: no checkpoint.json in {args.out}; start a new run '
+        raise rundir.RunError(f'--resume: no checkpoint.json in {opts.out}; start a new run '
                               f'without --resume')
-    saved = rundir.read_config(args.out)
-    missing = [k for k in RUN_FLAGS if k not in saved and k not in ADDED_LATER]
-    if missing:
-        raise rundir.RunError(f'{config} is missing or lacks {missing}: restore it, or start '
-                              f'the run anew in another --out')
-    settings = {k: saved[k] for k in RUN_FLAGS if k in saved}
+    saved = rundir.read_config(opts.out)
+    try:
+        run = RunConfig.from_saved(saved, path)
+    except ConfigError as e:
+        raise rundir.RunError(f'{e}: restore it, or start the run anew in another --out') from None
     explicit = given(argv)
-    clash = [f'--{k.replace("_", "-")} {getattr(args, k)} (the run has {settings.get(k)})'
-             for k in RUN_FLAGS if k in explicit and k not in CHANGEABLE
-             and getattr(args, k) != settings.get(k)]
+    clash = [f'--{k.replace("_", "-")} {getattr(config, k)} (the run has {getattr(run, k)})'
+             for k in RunConfig.names() if k in explicit and k not in CHANGEABLE
+             and getattr(config, k) != getattr(run, k)]
     if clash:
         raise rundir.RunError(f'--resume keeps the run\'s settings but for --epochs and --lr: '
                               f'{"; ".join(clash)}. Leave those flags out, or start a new run in '
                               f'another --out')
-    settings.update({k: getattr(args, k) for k in CHANGEABLE if k in explicit})
-    args.onnx = args.onnx or saved.get('onnx') is True   # an output the run asked for
-    errors = io.StringIO()
     try:
-        with contextlib.redirect_stderr(errors):
-            checked = parse_args(as_argv(settings))
-    except SystemExit:
-        raise rundir.RunError(f'{config} holds a setting the command line would reject: '
-                              f'{errors.getvalue().strip().splitlines()[-1]}') from None
-    if checked.epochs < start:
-        raise rundir.RunError(f'{args.out} has trained {start} epochs already; --epochs '
-                              f'{checked.epochs} would not continue it: pass --epochs N > {start} '
+        run = dataclasses.replace(run, **{k: getattr(config, k) for k in CHANGEABLE if k in explicit})
+    except ConfigError as e:
+        raise rundir.RunError(f'{e} (the run in {opts.out})') from None
+    opts.onnx = opts.onnx or saved.get('onnx') is True   # an output the run asked for
+    if run.epochs < start:
+        raise rundir.RunError(f'{opts.out} has trained {start} epochs already; --epochs '
+                              f'{run.epochs} would not continue it: pass --epochs N > {start} '
                               f'to extend it')
-    for key in RUN_FLAGS:
-        setattr(args, key, getattr(checked, key))
-    return args, start
+    return run, start
 
 
 def parser():
+    """train.py's flags: the run's settings (config.add_flags), then where and how it runs."""
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--api', choices=['gluon', 'symbol'], default='gluon',
-                   help='Gluon HybridBlocks, or sym.SpatialTransformer trained with mx.mod.Module')
-    p.add_argument('--dataset', choices=distort.DATASETS, default='mnist',
-                   help='MNIST or one of the paper\'s distorted sets (see distort.py)')
-    p.add_argument('--data-seed', type=bounded_int(0, 2 ** 31 - 1), default=0,
-                   help='seed of the distorted train/test sets (the test set is fixed by it)')
-    p.add_argument('--fresh-distortions', action='store_true',
-                   help='distort the training digits anew every epoch instead of once')
-    p.add_argument('--epochs', type=positive(int), default=20)
-    p.add_argument('--batch-size', type=positive(int), default=64)
-    p.add_argument('--optimizer', choices=['adam', 'sgd'], default='adam')
-    p.add_argument('--lr', type=positive(float), default=0.001, help='initial learning rate')
-    p.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
-    p.add_argument('--lr-mode', choices=LR_MODES, default='step',
-                   help='step: multiply by --lr-factor after each of --lr-steps; cosine: '
-                        'decay to 0 at the last epoch')
-    p.add_argument('--lr-steps', type=epoch_list, default=[12, 16],
-                   help='epochs after which the learning rate is multiplied by --lr-factor')
-    p.add_argument('--lr-factor', type=positive(float), default=0.1)
-    p.add_argument('--warmup-epochs', type=float, default=0,
-                   help='epochs of linear warm-up from 0 to --lr before the schedule')
-    p.add_argument('--loc-lr-mult', type=positive(float), default=0.1,
-                   help='learning-rate multiplier of the localisation net and regressor')
-    p.add_argument('--seed', type=bounded_int(0, rundir.MAX_SEED), default=1)
-    p.add_argument('--model', choices=MODELS, default='lenet',
-                   help='classifier: the seed LeNet, or the paper\'s FCN or CNN (see net.py)')
-    which = p.add_mutually_exclusive_group()
-    which.add_argument('--transform', choices=TRANSFORMS, default='affine',
-                       help='spatial transformer family in front of the classifier')
-    which.add_argument('--no-stn', dest='transform', action='store_const', const='none',
-                       help='no transformer: --transform none')
-    p.add_argument('--transformers', type=positive(int), default=1,
-                   help='transformers side by side, each reading the whole input and '
-                        'warping all its channels, their outputs concatenated (the paper\'s '
-                        '2xST for --dataset addition: 2)')
-    p.add_argument('--per-channel', action='store_true',
-                   help='with --transformers K on K-channel inputs (--dataset addition: 2), '
-                        'transformer k passes on channel k only, warped: one transformer per '
-                        'digit (each still reads every channel)')
-    p.add_argument('--stn-at', type=places, default=['input'],
-                   help='where transformers go, in series: input, conv1 (--model cnn: on the '
-                        'feature map of its first stage, warping every channel), or both '
-                        '(input,conv1)')
-    p.add_argument('--tps-grid', type=positive(int), default=4,
-                   help='--transform tps: N x N control points')
-    p.add_argument('--width', type=positive(int), default=None,
-                   help='fcn: hidden units, cnn: first-layer filters (default: fitted to the '
-                        'experiment\'s parameter budget, net.BUDGETS)')
-    p.add_argument('--budget-mult', type=positive(float), default=1.0,
-                   help='fit fcn/cnn to this multiple of the experiment\'s parameter budget '
-                        '(net.BUDGETS) when --width is not given')
-    p.add_argument('--input-norm', choices=list(net.INPUT_NORMS), default='mnist',
-                   help='what the classifier does to its input: mnist: subtract MNIST\'s pixel '
-                        'mean and divide by its std (0.1307, 0.3081); none: take the [0, 1] '
-                        'pixels as they are')
+    add_flags(p)
     p.add_argument('--summary', action='store_true',
                    help='print the layers and parameter counts of the model and exit')
-    p.add_argument('--train-size', type=positive(int), default=None,
-                   help='train on the first N training images only (quick runs)')
     p.add_argument('--data-dir', default=None,
                    help='folder with the MNIST files (default: $MNIST_DIR, else data/mnist)')
     p.add_argument('--out', default='result', help='folder for everything the run writes')
@@ -319,48 +159,25 @@ def parser():
     return p
 
 
-def budget(args, image_shape):
-    """The parameter budget fcn/cnn are fitted to: the experiment's (net.BUDGETS, per input
-    channel) times --budget-mult."""
-    return net.parameter_budget(image_shape, args.budget_mult)
-
-
-def resolve_width(args, image_shape):
-    """Set an unset ``args.width`` of fcn/cnn to the one that meets the parameter budget."""
-    if args.width is None and args.model != 'lenet':
-        args.width = net.fit_width(args.model, args.transform, image_shape,
-                                   budget=budget(args, image_shape),
-                                   pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid,
-                                   num_classes=distort.num_classes(args.dataset),
-                                   transformers=args.transformers, places=args.stn_at,
-                                   per_channel=args.per_channel)
-
-
-def describe(args):
-    """The run's network by name (``net.display_name``): 'STN (affine) + LeNet', 'FCN', ..."""
-    return net.display_name(args.model, args.transform, args.transformers, args.stn_at,
-                            args.per_channel)
-
-
-def summary(args):
+def summary(config):
     """Print the layers of the run's network with their parameter counts (``Block.summary``)."""
-    image_shape = distort.image_shape(args.dataset)
-    resolve_width(args, image_shape)
-    model = build_net(args)
+    config = config.resolved()
+    model = net.build(config)
     model.initialize(mx.init.Xavier(magnitude=2.24))
-    x = mx.nd.zeros((1, *image_shape))
+    x = mx.nd.zeros((1, *config.image_shape))
     model(x)
-    shown = image_shape[1:] if image_shape[0] == 1 else image_shape
-    print(f'{describe(args)} on {args.dataset} ({"x".join(map(str, shown))} inputs)'
-          + (f', width {args.width}' if args.width else '')
-          + (', 2x2 average pooling after the transformer' if pool_after_stn(args) else ''))
+    shape = config.image_shape
+    shown = shape[1:] if shape[0] == 1 else shape
+    print(f'{config.display_name} on {config.dataset} ({"x".join(map(str, shown))} inputs)'
+          + (f', width {config.width}' if config.width else '')
+          + (', 2x2 average pooling after the transformer' if config.pool_after_stn else ''))
     model.summary(x)
     for name, part in [('transformer (localisation + regressor)', model.stn),
                        ('transformer on the conv1 feature map', model.feature_stn),
                        ('classifier', model.classifier)]:
         if part is not None:
             print(f'{name:40s} {net.trainable_params(part):>9,d}')
-    limit = budget(args, image_shape) if args.model != 'lenet' else None
+    limit = config.budget if config.model != 'lenet' else None
     print(f'{"total trainable":40s} {net.trainable_params(model):>9,d}'
           + (f'   (budget {limit:,d})' if limit else ''))
 
@@ -369,7 +186,7 @@ def snapshot(model, images, out, epoch, warned=None):
     """The transformer's output on a fixed batch and the outlines of the regions it
     samples, kept per epoch for stn_training.gif (runs with a transformer); warns of a
     transformer that has left the input (``lost_transformers``)."""
-    if model.args.transform != 'none':
+    if model.config.transform != 'none':
         outputs, grids = model.regions(images)
         rundir.record_snapshot(out, epoch, images, outputs, grids)
         for message in lost_transformers(grids, epoch, set() if warned is None else warned):
@@ -394,27 +211,27 @@ def lost_transformers(grids, epoch, warned):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.summary:
-        return summary(args)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        sys.exit(f'error: --out {args.out} is a file, not a folder: pass a folder for the run')
-    if not args.kvstore.startswith('dist'):
+    config, opts = parse_args(argv)
+    if opts.summary:
+        return summary(config)
+    if os.path.exists(opts.out) and not os.path.isdir(opts.out):
+        sys.exit(f'error: --out {opts.out} is a file, not a folder: pass a folder for the run')
+    if not opts.kvstore.startswith('dist'):
         if argv is None:   # a command, not a call: the engine and wait policy for this host
             try:
-                execution_settings(args, argv)
+                execution_settings(config, opts, argv)
             except KeyboardInterrupt:
                 sys.exit('\ninterrupted while timing the execution settings; nothing was kept '
                          'or trained: start the run again')
-        return run(args, argv)
+        return run(config, opts, argv)
     # One worker of several (README, "Scaling out"): each waits in the kvstore for all the
     # others, so a watchdog stops it if they stop answering, and a worker that stops early
     # leaves with os._exit: MXNet's own shutdown would wait for the others forever.
-    watchdog = Watchdog(args.dist_timeout, lambda what: stalled(args, what))
+    watchdog = Watchdog(opts.dist_timeout, lambda what: stalled(opts, what))
     try:
         with watchdog.armed('waiting for the scheduler, the servers and the other workers to start'):
-            kvstore = mx.kv.create(args.kvstore)
-        run(args, argv, kvstore, watchdog)
+            kvstore = mx.kv.create(opts.kvstore)
+        run(config, opts, argv, kvstore, watchdog)
         with watchdog.armed('waiting for the other workers to finish'):
             kvstore._barrier()
     except BaseException as e:
@@ -427,30 +244,22 @@ def main(argv=None):
         os._exit(1 if not isinstance(e, SystemExit) or e.code else 0)
 
 
-def execution_settings(args, argv):
+def execution_settings(config, opts, argv):
     """``runtime.settle`` for the run's network (its own settings when resuming): may run
     this script again in place, with the settings measured fastest here."""
-    if args.api != 'gluon':
-        return
-    if args.resume:
+    if opts.resume:
         try:
-            args, _ = resume_args(copy.copy(args), argv)
+            config, _ = resumed(config, copy.copy(opts), argv)
         except (rundir.RunError, OSError):
             return   # run() reports it
-    runtime.settle(*network(args))
-
-
-def network(args):
-    """(name, flags) of the run's network for runtime.py: the name its execution settings
-    are cached under ('ST-CNN (affine) on rts, batch 64') and the flags that train it."""
-    flags = as_argv({k: getattr(args, k) for k in RUN_FLAGS})
-    return f'{describe(args)} on {args.dataset}, batch {args.batch_size}', flags
+    if config.api == 'gluon':
+        runtime.settle(config.network_name, config.flags())
 
 
 def execution():
     """The settings MXNet runs this process with (runtime.py), for config.json and the header."""
     return {'engine': os.environ.get(runtime.ENGINE, runtime.DEFAULT[runtime.ENGINE]),
-            'omp_wait_policy': os.environ.get(runtime.WAIT), 'omp_threads': compat.THREADS,
+            'omp_wait_policy': os.environ.get(runtime.WAIT), 'omp_threads': runtime.threads(),
             'sampler': sampler.name()}
 
 
@@ -463,122 +272,150 @@ def kept_epoch(out):
         return None
 
 
-def stalled(args, what):
+def stalled(opts, what):
     """The watchdog's message when a distributed run stops making progress."""
-    done = kept_epoch(args.out)
-    return (f'error: no progress for {args.dist_timeout:g} s (--dist-timeout) while {what}: a '
-            f'worker, a server or the scheduler of this {args.kvstore} run has stopped or cannot '
+    done = kept_epoch(opts.out)
+    return (f'error: no progress for {opts.dist_timeout:g} s (--dist-timeout) while {what}: a '
+            f'worker, a server or the scheduler of this {opts.kvstore} run has stopped or cannot '
             f'be reached, so this worker stops too. ' + (
-                f'The last complete checkpoint (epoch {done}) is kept in {args.out}: start the '
+                f'The last complete checkpoint (epoch {done}) is kept in {opts.out}: start the '
                 f'scheduler, the servers and the workers again, the workers with --resume'
-                if done is not None else f'No checkpoint was written in {args.out}: start the '
+                if done is not None else f'No checkpoint was written in {opts.out}: start the '
                 f'run again'))
 
 
-def run(args, argv, kvstore='device', watchdog=None):
-    """``train`` in ``args.out``, held by ``rundir.lock`` (by rank 0 alone in a distributed
+def run(config, opts, argv, kvstore='device', watchdog=None):
+    """``train`` in ``opts.out``, held by ``rundir.lock`` (by rank 0 alone in a distributed
     run: the other workers write nothing); a RunError or OSError ends it with one line."""
     try:
         if getattr(kvstore, 'rank', 0) != 0:
-            return train(args, argv, kvstore, watchdog)
-        os.makedirs(args.out, exist_ok=True)
-        with rundir.lock(args.out):
-            rundir.clean(args.out)   # what an interrupted run may have left
-            train(args, argv, kvstore, watchdog)
+            return train(config, opts, argv, kvstore, watchdog)
+        os.makedirs(opts.out, exist_ok=True)
+        with rundir.lock(opts.out):
+            rundir.clean(opts.out)   # what an interrupted run may have left
+            train(config, opts, argv, kvstore, watchdog)
     except rundir.RunError as e:
         sys.exit(f'error: {e}')
     except KeyboardInterrupt:   # before the first epoch (train's loop answers its own)
-        done = kept_epoch(args.out)
+        done = kept_epoch(opts.out)
         sys.exit('\ninterrupted before training began; ' + (
-            f'the checkpoint of epoch {done} is in {args.out}: continue with python train.py '
-            f'--out {args.out} --resume' if done is not None else 'nothing was trained: start '
+            f'the checkpoint of epoch {done} is in {opts.out}: continue with python train.py '
+            f'--out {opts.out} --resume' if done is not None else 'nothing was trained: start '
             'the run again'))
     except OSError as e:   # a bad --out, a full disk, a read-only folder
-        done = kept_epoch(args.out)
-        sys.exit(f'error: {e.filename or args.out}: {e.strerror or e}. Nothing half-written was '
-                 f'left in {args.out}' + (
+        done = kept_epoch(opts.out)
+        sys.exit(f'error: {e.filename or opts.out}: {e.strerror or e}. Nothing half-written was '
+                 f'left in {opts.out}' + (
                      f'; its last complete checkpoint (epoch {done}) is kept: fix the cause and '
-                     f'continue with python train.py --out {args.out} --resume' if done is not None
+                     f'continue with python train.py --out {opts.out} --resume' if done is not None
                      else '; fix the cause and start the run again'))
 
 
-def train(args, argv, kvstore='device', watchdog=None):
-    """The run of ``args`` in ``args.out`` (held by ``rundir.lock``). ``kvstore``: a dist
+def load_data(config, opts):
+    """The run's data (distort.Dataset) and its training images and labels (the first
+    ``config.train_size`` of them)."""
+    try:
+        data = distort.load_dataset(config.dataset, opts.data_dir, config.data_seed)
+    except mnist.MNISTError as e:
+        raise rundir.RunError(e) from None
+    train_x, train_y = data.train_x[:config.train_size], data.train_y[:config.train_size]
+    if config.api == 'symbol' and config.batch_size > len(train_x):
+        raise rundir.RunError(f'--batch-size {config.batch_size} is larger than the {len(train_x)} '
+                              f'training images: --api symbol trains on whole batches only (its '
+                              f'NDArrayIter drops the last partial one). Pass a smaller --batch-size')
+    return data, train_x, train_y
+
+
+def restore(model, out, epoch):
+    """Load the checkpoint of ``epoch`` in ``out`` into ``model``; RunError if it is gone
+    or damaged."""
+    stem = rundir.checkpoint_stem(out, epoch)
+    for path in (stem + '.params', stem + '.states'):
+        if not os.path.isfile(path):
+            raise rundir.RunError(f'{path} not found, though checkpoint.json names it: restore '
+                                  f'it, or start the run anew in another --out')
+    try:
+        model.load(stem)
+    except Exception as e:   # MXNet, pickle and numpy each have their own errors here
+        raise rundir.RunError(f'{stem}.params / .states cannot be loaded ({rundir.reason(e)}): '
+                              f'the checkpoint is damaged; restore it, or start the run anew '
+                              f'in another --out') from None
+
+
+def record_start(config, opts, model, train_x):
+    """config.json of a new run (its settings and what they came to on this host)."""
+    rundir.write_config(opts.out, dict(
+        config.as_dict(), **{k: v for k, v in vars(opts).items() if k != 'resume'},
+        resume=False, num_params=model.num_params, train_images=len(train_x),
+        pool_after_stn=config.pool_after_stn, image_shape=train_x.shape[1:],
+        mxnet=mx.__version__, omp_threads=runtime.threads(), execution=execution(),
+        distortion=dict(distort.check_params(config.dataset, {}), version=distort.VERSION)))
+
+
+def finish(config, opts, model, test_x, test_y):
+    """The export after the last epoch, model.onnx where asked for, and compare.jpg."""
+    prefix = rundir.export(opts.out, config.epochs, model.export)
+    print(f'exported {prefix}-symbol.json and {prefix}-{config.epochs:04d}.params')
+    if opts.onnx or os.path.exists(os.path.join(opts.out, rundir.ONNX)):   # never stale
+        import export_onnx   # onnx, only when asked for
+        try:
+            print(f'wrote {export_onnx.export(opts.out)}')
+        except export_onnx.ConversionError as e:
+            raise rundir.RunError(e) from None
+    if config.transform != 'none':
+        import visualize   # matplotlib, only for the picture at the end
+        print(f'wrote {visualize.compare_run(opts.out, test_x[:64], test_y[:64])}')
+
+
+def train(config, opts, argv, kvstore='device', watchdog=None):
+    """The run of ``config`` in ``opts.out`` (held by ``rundir.lock``). ``kvstore``: a dist
     KVStore when this process is one worker of several; only rank 0 writes the run folder
     and evaluates, every worker trains its share of each global batch, with ``watchdog``
     (an engine.Watchdog) armed while it does."""
-    writer = getattr(kvstore, 'rank', 0) == 0
-    start_epoch = 0
-    if args.resume:
-        args, start_epoch = resume_args(args, argv)
-        print(f'resuming {args.out} after epoch {start_epoch} of {args.epochs}')
-
-    ctx = contexts(args.ctx)
-    try:
-        data = distort.load_dataset(args.dataset, args.data_dir, args.data_seed)
-    except mnist.MNISTError as e:
-        raise rundir.RunError(e) from None
-    train_x, train_y, test_x, test_y = data.train_x, data.train_y, data.test_x, data.test_y
-    if args.train_size:
-        train_x, train_y = train_x[:args.train_size], train_y[:args.train_size]
-    if args.api == 'symbol' and args.batch_size > len(train_x):
-        raise rundir.RunError(f'--batch-size {args.batch_size} is larger than the {len(train_x)} '
-                              f'training images: --api symbol trains on whole batches only (its '
-                              f'NDArrayIter drops the last partial one). Pass a smaller --batch-size')
-
-    resolve_width(args, train_x.shape[1:])
-    mx.random.seed(args.seed)
-    np.random.seed(args.seed)
-    model = (GluonModel(args, train_x.shape, ctx, start_epoch, kvstore) if args.api == 'gluon'
-             else ModuleModel(args, train_x.shape, ctx[0], start_epoch))
+    writer, start_epoch = getattr(kvstore, 'rank', 0) == 0, 0
+    if opts.resume:
+        config, start_epoch = resumed(config, opts, argv)
+        print(f'resuming {opts.out} after epoch {start_epoch} of {config.epochs}')
+    data, train_x, train_y = load_data(config, opts)
+    test_x, test_y = data.test_x, data.test_y
+    config = config.resolved()
+    ctx = contexts(opts.ctx)
+    mx.random.seed(config.seed)
+    np.random.seed(config.seed)
+    model = (GluonModel(config, train_x.shape, ctx, start_epoch, kvstore) if config.api == 'gluon'
+             else ModuleModel(config, train_x.shape, ctx[0], start_epoch))
     armed = watchdog.armed if watchdog else lambda what: contextlib.nullcontext()
     if watchdog:
         model.beat = watchdog.beat
     warned = set()   # the transformers already reported lost (lost_transformers)
-    if args.resume:
-        stem = rundir.checkpoint_stem(args.out, start_epoch)
-        for path in (stem + '.params', stem + '.states'):
-            if not os.path.isfile(path):
-                raise rundir.RunError(f'{path} not found, though checkpoint.json names it: restore '
-                                      f'it, or start the run anew in another --out')
-        try:
-            model.load(stem)
-        except Exception as e:   # MXNet, pickle and numpy each have their own errors here
-            raise rundir.RunError(f'{stem}.params / .states cannot be loaded ({rundir.reason(e)}): '
-                                  f'the checkpoint is damaged; restore it, or start the run anew '
-                                  f'in another --out') from None
-        rows = rundir.read_metrics(args.out, start_epoch)
-        if writer:
-            rundir.write_config(args.out, dict(rundir.read_config(args.out), epochs=args.epochs,
-                                               lr=args.lr, onnx=args.onnx))   # what --resume
-                                                                               # may change
+    if opts.resume:
+        restore(model, opts.out, start_epoch)
+        rows = rundir.read_metrics(opts.out, start_epoch)
+        if writer:   # what --resume may change
+            rundir.write_config(opts.out, dict(rundir.read_config(opts.out), epochs=config.epochs,
+                                               lr=config.lr, onnx=opts.onnx))
     elif writer:
         rows = []
-        rundir.write_config(args.out, dict(
-            vars(args), num_params=model.num_params, train_images=len(train_x),
-            pool_after_stn=pool_after_stn(args), image_shape=train_x.shape[1:],
-            mxnet=mx.__version__, omp_threads=compat.THREADS, execution=execution(),
-            distortion=dict(distort.check_params(args.dataset, {}), version=distort.VERSION)))
-        rundir.save_epoch(args.out, 0, rows, model.save_params, model.save_states)  # for Ctrl-C
-        snapshot(model, test_x[:16], args.out, 0, warned)
+        record_start(config, opts, model, train_x)
+        rundir.save_epoch(opts.out, 0, rows, model.save_params, model.save_states)  # for Ctrl-C
+        snapshot(model, test_x[:16], opts.out, 0, warned)
 
     workers = getattr(kvstore, 'num_workers', 1)
-    print(f'{describe(args)} ({args.api} API), '
-          f'{model.num_params} parameters, '
-          f'{args.dataset}: {len(train_x)} training / {len(test_x)} test images '
+    print(f'{config.display_name} ({config.api} API), {model.num_params} parameters, '
+          f'{config.dataset}: {len(train_x)} training / {len(test_x)} test images '
           f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {",".join(map(str, ctx))}'
           + (f', worker {kvstore.rank} of {workers}' if workers > 1 else '')
           + ', {engine}, OpenMP {omp_threads} threads {omp_wait_policy}, {sampler}'.format(
               **execution()))
     if writer:
         print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')
-    epoch, resume = start_epoch, f'python train.py --out {args.out} --resume'
+    epoch, resume = start_epoch, f'python train.py --out {opts.out} --resume'
     try:
-        for epoch in range(start_epoch + 1, args.epochs + 1):
+        for epoch in range(start_epoch + 1, config.epochs + 1):
             start = time.time()
-            if args.fresh_distortions:
-                train_x = distort.fresh_training_set(args.dataset, data.digits[:args.train_size],
-                                                     args.data_seed, epoch)
+            if config.fresh_distortions:
+                train_x = distort.fresh_training_set(config.dataset, data.digits[:config.train_size],
+                                                     config.data_seed, epoch)
             with armed(f'training epoch {epoch}'):
                 train_loss, imgs_per_s = model.fit_epoch(epoch, train_x, train_y)
             if not writer:
@@ -586,38 +423,27 @@ def train(args, argv, kvstore='device', watchdog=None):
             with armed(f'evaluating epoch {epoch} (its last update)'):
                 test_loss, test_acc = model.evaluate(test_x, test_y)
             lr = model.learning_rate
-            rows.append(dict(dataset=args.dataset, epoch=epoch, train_loss=f'{train_loss:.5f}',
+            rows.append(dict(dataset=config.dataset, epoch=epoch, train_loss=f'{train_loss:.5f}',
                              test_loss=f'{test_loss:.5f}', test_acc=f'{test_acc:.4f}', lr=f'{lr:g}',
                              imgs_per_s=f'{imgs_per_s:.0f}', epoch_s=f'{time.time() - start:.1f}'))
             print(f'{epoch:5d}  {train_loss:10.4f}  {test_loss:9.4f}  {100 * test_acc:7.2f}%  '
                   f'{lr:6g}  {imgs_per_s:6.0f}  {time.time() - start:7.1f}', flush=True)
-            rundir.save_epoch(args.out, epoch, rows, model.save_params, model.save_states)
-            snapshot(model, test_x[:16], args.out, epoch, warned)
+            rundir.save_epoch(opts.out, epoch, rows, model.save_params, model.save_states)
+            snapshot(model, test_x[:16], opts.out, epoch, warned)
         if workers > 1:   # every worker applied the same updates: the same weights
             print(f'worker {kvstore.rank} of {workers} ends with weights {model.fingerprint()}',
                   flush=True)
-        if not writer:
-            return
-        prefix = rundir.export(args.out, args.epochs, model.export)
-        print(f'exported {prefix}-symbol.json and {prefix}-{args.epochs:04d}.params')
-        if args.onnx or os.path.exists(os.path.join(args.out, rundir.ONNX)):   # never stale
-            import export_onnx   # onnx, only when asked for
-            try:
-                print(f'wrote {export_onnx.export(args.out)}')
-            except export_onnx.ConversionError as e:
-                raise rundir.RunError(e) from None
-        if args.transform != 'none':
-            import visualize   # matplotlib, only for the picture at the end
-            print(f'wrote {visualize.compare_run(args.out, test_x[:64], test_y[:64])}')
+        if writer:
+            finish(config, opts, model, test_x, test_y)
     except KeyboardInterrupt:
-        done = rundir.checkpoint_epoch(args.out)
-        what = 'while exporting' if done == args.epochs else f'in epoch {epoch}'
-        sys.exit(f'\ninterrupted {what}; the checkpoint of epoch {done} is in {args.out}: '
+        done = rundir.checkpoint_epoch(opts.out)
+        what = 'while exporting' if done == config.epochs else f'in epoch {epoch}'
+        sys.exit(f'\ninterrupted {what}; the checkpoint of epoch {done} is in {opts.out}: '
                  f'continue with {resume}')
     except Diverged as e:
         sys.exit(f'error: {e}. Stopped; the last good checkpoint (epoch '
-                 f'{rundir.checkpoint_epoch(args.out)}) is kept in {args.out}: continue with a '
-                 f'smaller rate, {resume} --lr {args.lr / 10:g}, or lower --loc-lr-mult in a new run')
+                 f'{rundir.checkpoint_epoch(opts.out)}) is kept in {opts.out}: continue with a '
+                 f'smaller rate, {resume} --lr {config.lr / 10:g}, or lower --loc-lr-mult in a new run')
 
 
 if __name__ == '__main__':

@@ -29,7 +29,9 @@ import re
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
-import compat  # noqa: E402,F401  (before mxnet)
+from stngluon import runtime  # noqa: E402
+runtime.configure()   # OpenMP threads and wait policy, before MXNet loads
+from stngluon import compat  # noqa: E402,F401  (the numpy shim, before mxnet)
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Polygon, Rectangle  # noqa: E402
@@ -37,13 +39,13 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from mxnet import gluon  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import distort  # noqa: E402
-import mnist  # noqa: E402
+from stngluon import distort  # noqa: E402
+from stngluon import mnist  # noqa: E402
 import net  # noqa: E402
-import rundir  # noqa: E402
+from stngluon import rundir  # noqa: E402
 import stn  # noqa: E402
-from geometry import outline, outlines_of  # noqa: E402
-from rundir import GRID_CONSTANTS, GRIDS, THETA, TRANSFORMED, RunError  # noqa: E402
+from stngluon.geometry import outline, outlines_of  # noqa: E402
+from stngluon.rundir import GRID_CONSTANTS, GRIDS, THETA, TRANSFORMED, RunError  # noqa: E402
 
 BOX_COLORS = ('#ffb000', '#00c8ff', '#ff50ff', '#80ff80')   # one per transformer
 

@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-import bench_train
+from benchmarks import bench_train, workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_benchmark_prints_a_row_per_workload_and_thread_count():
-    result = subprocess.run([sys.executable, 'bench_train.py', '--workloads', 'default',
+    result = subprocess.run([sys.executable, 'benchmarks/bench_train.py', '--workloads', 'default',
                              '--threads', '1', '--repeats', '1', '--warmup', '1', '--steps', '2',
                              '--no-torch'], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -35,16 +35,16 @@ def test_an_unknown_workload_is_a_usage_error(capsys):
 @pytest.mark.parametrize('workload', bench_train.TABLE1_KINDS)
 def test_the_pytorch_twins_have_our_parameter_counts(workload):
     pytest.importorskip('torch')
-    import engine
+    from stngluon import engine
     import mxnet as mx
-    args = bench_train.args_of(bench_train.WORKLOADS[workload])
+    args = workloads.config_of(workloads.WORKLOADS[workload])
     model, side = bench_train.torch_net(args)
     ours = engine.GluonModel(args, (10, 1, side, side), mx.cpu()).num_params
     assert sum(p.numel() for p in model.parameters()) == ours
 
 
 def test_the_settings_benchmark_times_both_engines_with_each_wait_policy_and_one_thread():
-    import bench_settings
+    from benchmarks import bench_settings
     table = bench_settings.settings(4)
     assert {(s['MXNET_ENGINE_TYPE'], s['OMP_WAIT_POLICY'], s['OMP_NUM_THREADS'])
             for s in table.values()} == {

@@ -7,7 +7,7 @@ from mxnet import autograd
 import numpy as np
 import pytest
 
-import colocalise
+from scripts import colocalise
 from net import Net
 
 

@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-import distort
-import geometry
+from stngluon import distort
+from stngluon import geometry
 
 
 def blobs(n, seed=0):

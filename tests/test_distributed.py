@@ -15,9 +15,9 @@ import numpy as np
 import psutil
 import pytest
 
-import launch
+from scripts import launch
 import predict
-import rundir
+from stngluon import rundir
 from conftest import metrics
 from test_mnist import REAL_DIR, needs_mnist
 
@@ -68,7 +68,7 @@ def launched(command, workers=2, timeout=300):
     """launch.py running ``command``, marked so that the test can find every process it
     started; returns (exit code, stderr, processes left behind)."""
     mark = uuid.uuid4().hex
-    done = subprocess.run([sys.executable, 'launch.py', '-n', str(workers), *command], cwd=ROOT,
+    done = subprocess.run([sys.executable, 'scripts/launch.py', '-n', str(workers), *command], cwd=ROOT,
                           timeout=timeout, capture_output=True, text=True,
                           env=dict(os.environ, OMP_NUM_THREADS='1', STN_TEST_MARK=mark))
     time.sleep(0.5)
@@ -163,17 +163,19 @@ def test_two_workers_on_loopback_train_what_one_process_trains_and_rank_0_writes
     assert_same_weights(mx.nd.load(str(out / 'model-0001.params')),
                         one_process(tmp_path / 'one', *flags))
     probabilities, _ = predict.load(str(out))
-    import distort
+    from stngluon import distort
     data = distort.load_dataset('mnist', REAL_DIR)
     accuracy = (probabilities(data.test_x).argmax(1) == data.test_y).mean()
     assert f'{accuracy:.4f}' == metrics(out)[-1]['test_acc']
 
 
-EVERY_WORKER_STARTS_FROM_RANK_0 = """import compat, mxnet as mx
-import engine, train
+EVERY_WORKER_STARTS_FROM_RANK_0 = """from stngluon import runtime; runtime.configure()
+from stngluon import compat, engine
+from stngluon.config import RunConfig
+import mxnet as mx
 kv = mx.kv.create('dist_sync')
 mx.random.seed(kv.rank)   # each worker draws other initial weights
-model = engine.GluonModel(train.parse_args(['--model', 'fcn', '--width', '8']), (40, 1, 28, 28),
+model = engine.GluonModel(RunConfig(model='fcn', width=8), (40, 1, 28, 28),
                           [mx.cpu()], kvstore=kv)
 print(f'worker {kv.rank} starts from {model.fingerprint()}', flush=True)   # one write
 kv._barrier()
@@ -246,7 +248,9 @@ def test_a_killed_worker_stops_the_run_within_the_timeout_and_resume_finishes_it
                     f'{(tmp_path / "whole" / "metrics.csv").read_text()}\n{log}')
 
 
-FAILING_WORKER = """import compat, mxnet as mx, os, time
+FAILING_WORKER = """from stngluon import runtime; runtime.configure()
+from stngluon import compat
+import mxnet as mx, os, time
 kv = mx.kv.create('dist_sync')
 if kv.rank == 1:
     os._exit(3)

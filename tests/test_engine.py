@@ -6,13 +6,13 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-import engine
-import symbolic
-import train
+from stngluon import engine
+from stngluon import symbolic
+from stngluon.config import RunConfig
 
 
 def schedule(*flags, batches=10):
-    return engine.Schedule(train.parse_args(list(flags)), batches)
+    return engine.Schedule(RunConfig.from_flags(list(flags)), batches)
 
 
 def test_the_step_schedule_divides_the_rate_after_each_step_epoch_and_not_before():
@@ -42,7 +42,7 @@ def test_the_step_schedule_after_a_warm_up_keeps_its_steps_at_the_same_epochs():
                          ids=['step', 'cosine-warmup'])
 def test_both_apis_train_with_the_rates_of_one_schedule_and_report_the_last_one(flags):
     # 96 images in batches of 32: three updates an epoch in either API.
-    args = train.parse_args(['--epochs', '3', '--batch-size', '32', '--lr', '0.01', *flags])
+    args = RunConfig.from_flags(['--epochs', '3', '--batch-size', '32', '--lr', '0.01', *flags])
     rng = np.random.RandomState(0)
     x, y = rng.rand(96, 1, 28, 28).astype(np.float32), rng.randint(0, 10, 96)
     expected = engine.Schedule(args, 3)
@@ -56,7 +56,7 @@ def test_both_apis_train_with_the_rates_of_one_schedule_and_report_the_last_one(
     assert len(set(np.round(rates, 8))) == 3   # the rate really changed from epoch to epoch
 
 
-@pytest.mark.parametrize('order', ['engine, torch', 'torch, engine'])
+@pytest.mark.parametrize('order', ['stngluon.engine, torch', 'torch, stngluon.engine'])
 def test_training_imports_beside_a_pytorch_2_that_gluoncv_would_refuse(tmp_path, order):
     import os
     import subprocess
@@ -73,14 +73,13 @@ def test_training_imports_beside_a_pytorch_2_that_gluoncv_would_refuse(tmp_path,
 
 def test_two_devices_train_the_weights_one_device_trains_from_the_same_global_batches():
     # The FCN has no dropout, so the two runs draw nothing at random after the same init.
-    args = train.parse_args(['--model', 'fcn', '--width', '32', '--batch-size', '32',
-                             '--epochs', '2', '--kvstore', 'local'])
+    config = RunConfig(model='fcn', width=32, batch_size=32, epochs=2)
     rng = np.random.RandomState(0)
     x, y = rng.rand(100, 1, 28, 28).astype(np.float32), rng.randint(0, 10, 100).astype(np.int32)
     weights = []
     for devices in ([mx.cpu(0)], [mx.cpu(0), mx.cpu(1)]):
         mx.random.seed(1)
-        model = engine.GluonModel(args, x.shape, devices)
+        model = engine.GluonModel(config, x.shape, devices, kvstore='local')
         model.fit_epoch(1, x, y)   # 3 batches of 32 and one of 4, each split across the devices
         weights.append({n: p.data(devices[-1]).asnumpy()
                         for n, p in model.net.collect_params().items()})
@@ -95,7 +94,7 @@ def test_two_devices_train_the_weights_one_device_trains_from_the_same_global_ba
 
 WATCHED = '''
 import sys, time
-from engine import Watchdog
+from stngluon.engine import Watchdog
 dog = Watchdog(0.5, lambda what: f'stalled while {what}', poll=0.05)
 with dog.armed('training'):
     for _ in range(int(sys.argv[1])):   # steps of 0.1 s, each beating
@@ -115,7 +114,7 @@ def test_the_watchdog_ends_the_process_when_the_beats_stop_and_not_while_they_co
     start = time.time()
     done = subprocess.run([sys.executable, '-c', WATCHED, str(steps), str(silence)], timeout=60,
                           capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.abspath(engine.__file__)))
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__))))
     if finishes:   # 1.5 s of training with beats every 0.1 s outlasts the 0.5 s timeout
         assert done.returncode == 0 and 'finished' in done.stdout
     else:

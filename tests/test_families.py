@@ -7,7 +7,7 @@ import pytest
 from mxnet import autograd, gluon, nd
 
 import stn
-from geometry import control_points
+from stngluon.geometry import control_points
 from stn import SpatialTransformer, affine_grid, affine_sample, grid_constant, guard, identity_theta
 
 FAMILIES = ['affine', 'attention', 'projective', 'tps']

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-import mnist
+from stngluon import mnist
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'mnist')
 REAL_DIR = os.environ.get('MNIST_DIR') or (SHARED if os.path.isdir(SHARED) else None)

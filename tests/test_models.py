@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from mxnet import gluon
 
-import engine
+from stngluon import engine
 import net
 import stn as stn_module
 import train
+from stngluon.config import RunConfig
 from net import Net
 from test_mnist import REAL_DIR, needs_mnist
 
@@ -181,12 +182,12 @@ def test_one_transformer_per_channel_needs_as_many_channels_as_transformers(caps
     with pytest.raises(ValueError, match='per_channel needs transformers side by side'):
         Net(model='fcn', per_channel=True)
     flags = ['--model', 'cnn', '--per-channel']
-    args = train.parse_args(['--dataset', 'addition', '--transformers', '2', *flags])
-    assert train.describe(args) == '2xST-CNN (affine), one per channel'
+    args = RunConfig.from_flags(['--dataset', 'addition', '--transformers', '2', *flags])
+    assert args.display_name == '2xST-CNN (affine), one per channel'
     for bad, message in [(['--dataset', 'addition', '--transformers', '3'], 'needs --transformers 2'),
                          (['--dataset', 'rts', '--transformers', '2'], 'rts has one channel')]:
         with pytest.raises(SystemExit):
-            train.parse_args([*bad, *flags])
+            RunConfig.from_flags([*bad, *flags])
         assert message in capsys.readouterr().err
 
 
@@ -207,7 +208,7 @@ def test_transformers_in_parallel_need_a_family_and_the_gluon_api(capsys):
         Net(model='fcn', transformers=0)
     for flags in (['--no-stn'], ['--api', 'symbol']):
         with pytest.raises(SystemExit):
-            train.parse_args(['--transformers', '2', *flags])
+            RunConfig.from_flags(['--transformers', '2', *flags])
         assert '--transformers: 2 transformers need --api gluon and a --transform' in \
             capsys.readouterr().err
 
@@ -268,10 +269,10 @@ def test_a_transformer_goes_only_where_a_model_has_room_for_it(kwargs, message):
 ])
 def test_stn_at_is_checked(flags, message, capsys):
     with pytest.raises(SystemExit):
-        train.parse_args(flags)
+        RunConfig.from_flags(flags)
     assert message in capsys.readouterr().err
-    args = train.parse_args(['--model', 'cnn', '--stn-at', 'conv1,input'])
-    assert args.stn_at == ['input', 'conv1'] and engine.build_net(args).feature_stn is not None
+    args = RunConfig.from_flags(['--model', 'cnn', '--stn-at', 'conv1,input'])
+    assert args.stn_at == ['input', 'conv1'] and net.build(args).feature_stn is not None
 
 
 @pytest.mark.parametrize('model, transform', [('fcn', 'none'), ('cnn', 'affine')])
@@ -293,10 +294,10 @@ def test_the_classifier_standardises_with_mnists_mean_and_std_unless_input_norm_
 
 
 def test_input_norm_reaches_the_net_and_needs_the_gluon_api(capsys):
-    assert engine.build_net(train.parse_args(['--model', 'fcn', '--input-norm', 'none'])).std == 1
-    assert engine.build_net(train.parse_args(['--model', 'fcn'])).std == net.STD
+    assert net.build(RunConfig.from_flags(['--model', 'fcn', '--input-norm', 'none'])).std == 1
+    assert net.build(RunConfig.from_flags(['--model', 'fcn'])).std == net.STD
     with pytest.raises(SystemExit):
-        train.parse_args(['--api', 'symbol', '--input-norm', 'none'])
+        RunConfig.from_flags(['--api', 'symbol', '--input-norm', 'none'])
     assert '--input-norm: --api symbol standardises with MNIST' in capsys.readouterr().err
 
 
@@ -352,20 +353,20 @@ def test_fit_width_brings_a_model_to_its_experiments_budget(model, transform):
 # ---- train.py ------------------------------------------------------------------------------
 
 def test_the_default_run_is_the_seed_lenet_with_an_affine_transformer():
-    args = train.parse_args([])
+    args = RunConfig.from_flags([])
     assert (args.model, args.transform, args.width) == ('lenet', 'affine', None)
 
 
 @pytest.mark.parametrize('flags', [['--no-stn'], ['--transform', 'none']])
 def test_no_stn_is_a_synonym_of_transform_none(flags):
-    args = train.parse_args(flags)
+    args = RunConfig.from_flags(flags)
     assert args.transform == 'none' and not hasattr(args, 'no_stn')
 
 
 def test_the_symbol_api_still_takes_the_seed_network_with_or_without_a_transformer():
     for flags in [['--api', 'symbol'], ['--api', 'symbol', '--no-stn'],
                   ['--api', 'symbol', '--transform', 'none']]:
-        train.parse_args(flags)
+        RunConfig.from_flags(flags)
 
 
 @pytest.mark.parametrize('dataset, model, pooled', [('rts', 'cnn', True), ('tc', 'fcn', True),
@@ -373,10 +374,10 @@ def test_the_symbol_api_still_takes_the_seed_network_with_or_without_a_transform
                                                     ('rts', 'lenet', False), ('p', 'cnn', False)])
 def test_only_fcn_and_cnn_pool_after_the_transformer_and_only_on_the_large_canvases(dataset, model,
                                                                                     pooled):
-    args = train.parse_args(['--dataset', dataset, '--model', model])
-    assert engine.pool_after_stn(args) == pooled
-    args = train.parse_args(['--dataset', dataset, '--model', model, '--no-stn'])
-    assert not engine.pool_after_stn(args)
+    args = RunConfig.from_flags(['--dataset', dataset, '--model', model])
+    assert args.pool_after_stn == pooled
+    args = RunConfig.from_flags(['--dataset', dataset, '--model', model, '--no-stn'])
+    assert not args.pool_after_stn
 
 
 def test_summary_prints_the_layers_and_counts_and_trains_nothing(tmp_path, capsys):

@@ -15,9 +15,9 @@ from mxnet.gluon import nn
 
 import export_onnx
 import predict
-import rundir
+from stngluon import rundir
 import stn
-import symbolic
+from stngluon import symbolic
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,7 +187,7 @@ def test_a_trained_run_scores_the_same_in_onnx_runtime_without_importing_mxnet(t
 
 
 def test_the_inference_benchmark_prints_a_row_per_batch_size(tmp_path, capsys):
-    import bench_onnx
+    from benchmarks import bench_onnx
     prefix, _ = gluon_export(tmp_path, 'affine')
     export_onnx.export(prefix)
     bench_onnx.main(['--model', str(tmp_path), '--batch-sizes', '1,3', '--repeats', '1',

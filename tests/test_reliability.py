@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-import engine
-import rundir
+from stngluon import engine
+from stngluon import rundir
 import train
 from conftest import metrics
 from test_mnist import REAL_DIR, needs_mnist
@@ -25,7 +25,8 @@ SAME = ['epoch', 'train_loss', 'test_loss', 'test_acc', 'lr']
 KILLER = '''
 import os, sys
 sys.path.insert(0, {root!r})
-import atomic, train
+from stngluon import atomic
+import train
 target, epoch = sys.argv[1], int(sys.argv[2])
 write_text = atomic.write_text
 def killing_write_text(path, text):

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from distributed import get_worker
 
-import launch
+from scripts import launch
 import reproduce
 from test_mnist import REAL_DIR, needs_mnist
 
@@ -412,8 +412,8 @@ def test_result_json_holds_the_command_that_reruns_the_whole_cell(tmp_path, fake
     assert fake_train[0][-1] == '--resume'
     command = shlex.split(json.load(open(folder / 'result.json'))['command'])
     assert command[:2] == ['python', 'train.py'] and '--resume' not in command
-    args = train.parse_args(command[2:])   # a 1-epoch cell has no learning-rate step left
-    assert (args.epochs, args.lr_steps, args.seed, args.out) == (1, [], 1, str(folder))
+    config, opts = train.parse_args(command[2:])   # a 1-epoch cell has no learning-rate step left
+    assert (config.epochs, config.lr_steps, config.seed, opts.out) == (1, [], 1, str(folder))
 
 
 def finished_cell(out, **result):
@@ -464,7 +464,7 @@ def test_an_out_or_curves_that_cannot_be_written_is_refused_before_any_training(
 
 
 def test_a_second_grid_on_the_same_out_is_refused_and_reports_no_cell(tmp_path, fake_train):
-    import rundir
+    from stngluon import rundir
     with rundir.lock(str(tmp_path)):   # the first grid, still training
         with pytest.raises(SystemExit) as error:
             reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path)])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from mxnet import gluon
 
-import rundir
+from stngluon import rundir
 import stn
-import symbolic
+from stngluon import symbolic
 from net import Net
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

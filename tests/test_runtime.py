@@ -8,10 +8,8 @@ import sys
 
 import pytest
 
-import compat
-import rundir
-import runtime
-import sampler
+from stngluon import rundir, runtime, sampler
+from stngluon.config import RunConfig
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +21,8 @@ def cache(tmp_path, monkeypatch):
     """A cache file of the test's own, and an environment that sets neither setting."""
     path = tmp_path / 'settings.json'
     monkeypatch.setenv('STN_SETTINGS_CACHE', str(path))
-    monkeypatch.setattr(compat, 'GIVEN', {})
+    for name in (runtime.ENGINE, runtime.WAIT, runtime.DEFAULTED):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv('DMLC_ROLE', raising=False)
     return path
 
@@ -66,19 +65,20 @@ def test_another_host_or_mxnet_version_or_thread_count_measures_again(cache, mon
 
 
 def test_the_environment_wins_and_nothing_is_measured(cache, monkeypatch):
-    monkeypatch.setattr(compat, 'GIVEN', {runtime.WAIT: 'ACTIVE'})
+    monkeypatch.setenv(runtime.WAIT, 'ACTIVE')
     timer = Timer()
     assert runtime.choose('net', timer) == {} and timer.calls == [] and not cache.exists()
 
 
-def test_a_wait_policy_set_by_compat_is_not_given_to_child_processes():
-    """A script that imported compat.py (which sets OMP_WAIT_POLICY for MXNet) starts
-    train.py: the child still makes its own choice; one the user set stays given."""
-    code = ('import os, subprocess, sys, compat; print(subprocess.run([sys.executable, "-c", '
-            '"import compat; print(sorted(compat.GIVEN))"], capture_output=True, text=True, '
-            'check=True).stdout.strip())')
+def test_a_wait_policy_set_by_configure_is_not_given_to_child_processes():
+    """A script that called runtime.configure() (which sets OMP_WAIT_POLICY for MXNet)
+    starts train.py: the child still makes its own choice; one the user set stays given."""
+    code = ('import os, subprocess, sys; from stngluon import runtime; runtime.configure(); '
+            'print(subprocess.run([sys.executable, "-c", "from stngluon import runtime; '
+            'runtime.configure(); print(sorted(runtime.given()))"], capture_output=True, '
+            'text=True, check=True).stdout.strip())')
     env = {k: v for k, v in os.environ.items() if k not in (runtime.WAIT, runtime.ENGINE,
-                                                              compat.DEFAULTED)}
+                                                              runtime.DEFAULTED)}
     child = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
                            text=True, check=True).stdout.strip()
     assert child == '[]'
@@ -109,9 +109,8 @@ def test_nothing_timed_is_mxnets_defaults_and_not_kept(cache):
 
 
 def test_the_loop_rate_is_measured_on_the_runs_network():
-    import train
-    args = train.parse_args(['--model', 'fcn', '--width', '8', '--batch-size', '16'])
-    assert runtime.loop_rate(args, 0.05) > 0
+    config = RunConfig(model='fcn', width=8, batch_size=16)
+    assert runtime.loop_rate(config, 0.05) > 0
 
 
 @needs_mnist
@@ -129,7 +128,7 @@ def test_train_py_runs_with_the_cached_choice_and_records_it(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert 'timing' not in done.stdout   # read, not measured
-    assert f'NaiveEngine, OpenMP {compat.THREADS} threads PASSIVE' in done.stdout
+    assert f'NaiveEngine, OpenMP {runtime.threads()} threads PASSIVE' in done.stdout
     assert rundir.read_config(str(out))['execution'] == {
-        'engine': 'NaiveEngine', 'omp_wait_policy': 'PASSIVE', 'omp_threads': compat.THREADS,
+        'engine': 'NaiveEngine', 'omp_wait_policy': 'PASSIVE', 'omp_threads': runtime.threads(),
         'sampler': sampler.name()}

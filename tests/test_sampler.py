@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-import compat  # noqa: F401
+from stngluon import compat, runtime  # noqa: F401
 import mxnet as mx
 
-import rundir
-import sampler
+from stngluon import rundir
+from stngluon import sampler
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +68,7 @@ def test_it_computes_the_same_bits_as_BilinearSampler_forward_and_backward(threa
 
 def test_a_transformer_runs_the_threaded_sampler_on_two_threads(threaded):
     import stn
-    if compat.THREADS < 2:
+    if runtime.threads() < 2:
         pytest.skip('one OpenMP thread here: the built-in sampler is used')
     block = stn.SpatialTransformer(transform='affine', target_shape=(28, 28))
     block.initialize()
@@ -81,7 +81,7 @@ def test_a_transformer_runs_the_threaded_sampler_on_two_threads(threaded):
 
 
 def test_it_is_not_used_where_the_library_is_missing_or_on_one_thread(tmp_path):
-    code = ('import sampler, stn, mxnet as mx; b = stn.SpatialTransformer(transform="affine"); '
+    code = ('from stngluon import sampler; import stn, mxnet as mx; b = stn.SpatialTransformer(transform="affine"); '
             'b.initialize(); b(mx.nd.ones((2, 1, 28, 28))); print(sampler.name())')
     assert in_child(code, STN_SAMPLER_LIBRARY=str(tmp_path / 'missing.so'),
                     OMP_NUM_THREADS='2') == 'BilinearSampler'
@@ -105,17 +105,16 @@ def test_without_a_compiler_building_is_a_clear_error_and_writes_nothing(tmp_pat
 
 def test_an_exported_model_needs_only_mxnets_operators(threaded, tmp_path):
     """GluonModel.export writes BilinearSampler: the model loads where the library is not."""
-    import engine
-    import train
-    args = train.parse_args([])
-    model = engine.GluonModel(args, (64, 1, 28, 28), mx.cpu())
+    from stngluon import engine
+    from stngluon.config import RunConfig
+    model = engine.GluonModel(RunConfig(), (64, 1, 28, 28), mx.cpu())
     x = mx.nd.array(np.random.RandomState(0).rand(4, 1, 28, 28))
     expected = model.net(x).asnumpy()
     model.export(str(tmp_path / 'model'), 1)
     graph = json.load(open(tmp_path / 'model-symbol.json'))
     assert sampler.OP not in {node['op'] for node in graph['nodes']}
     np.save(tmp_path / 'x.npy', x.asnumpy())
-    code = (f'import numpy as np, compat, mxnet as mx; '
+    code = (f'from stngluon import compat; import numpy as np, mxnet as mx; '
             f'net = mx.gluon.SymbolBlock.imports({str(tmp_path / "model-symbol.json")!r}, '
             f'["data"], {str(tmp_path / "model-0001.params")!r}); '
             f'print(net(mx.nd.array(np.load({str(tmp_path / "x.npy")!r}))).asnumpy().tolist())')

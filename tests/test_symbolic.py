@@ -6,7 +6,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-import symbolic
+from stngluon import symbolic
 from net import Net
 from stn import IDENTITY
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-import rundir
+from stngluon import rundir
 import train
 from conftest import QUICK, metrics
 from test_mnist import REAL_DIR, needs_mnist
@@ -55,9 +55,9 @@ def test_the_cli_rejects_bad_values(flags, message, capsys):
 
 
 def test_defaults_are_the_documented_recipe():
-    args = train.parse_args([])
-    assert (args.epochs, args.batch_size, args.optimizer, args.lr) == (20, 64, 'adam', 0.001)
-    assert (args.lr_steps, args.loc_lr_mult, args.out) == ([12, 16], 0.1, 'result')
+    config, opts = train.parse_args([])
+    assert (config.epochs, config.batch_size, config.optimizer, config.lr) == (20, 64, 'adam', 0.001)
+    assert (config.lr_steps, config.loc_lr_mult, opts.out) == ([12, 16], 0.1, 'result')
 
 
 

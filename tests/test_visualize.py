@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import rundir
+from stngluon import rundir
 import stn
-import symbolic
+from stngluon import symbolic
 import train
 import visualize
-from geometry import outline, outlines_of, share_on_input
+from stngluon.geometry import outline, outlines_of, share_on_input
 import net as net_module
 from net import Net
 from stn import IDENTITY
@@ -438,7 +438,7 @@ def test_train_snapshots_a_tps_net_and_animate_draws_its_curved_outlines(tmp_pat
     holder = argparse.Namespace(stn=net)   # a net with a transformer on the input
 
     class Model:   # what train.snapshot needs of train.GluonModel
-        args = argparse.Namespace(transform='tps', tps_grid=3, transformers=1)
+        config = argparse.Namespace(transform='tps', tps_grid=3, transformers=1)
         net = holder
 
         def regions(self, x):
@@ -590,9 +590,9 @@ def test_the_pictures_show_where_a_feature_map_transformer_reads_on_the_input(tm
 
 def train_snapshot_of(deep, x):
     """engine.GluonModel.regions for the net ``deep``, as train.snapshot records them."""
-    import engine
+    from stngluon import engine
     model = engine.GluonModel.__new__(engine.GluonModel)
-    model.args = argparse.Namespace(transform='affine', tps_grid=4, transformers=1)
+    model.config = argparse.Namespace(transform='affine', tps_grid=4, transformers=1)
     model.net, model.ctx = deep, mx.cpu()
     return model.regions(x)
 

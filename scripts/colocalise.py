@@ -43,18 +43,18 @@ import math
 import os
 import sys
 
-import compat  # noqa: F401  (before mxnet)
-import mxnet as mx
-import numpy as np
-from mxnet import autograd, gluon
-from mxnet.gluon import nn
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
+from stngluon import runtime  # noqa: E402
+runtime.configure()   # OpenMP threads and wait policy, before MXNet loads
+from stngluon import compat  # noqa: E402,F401  (the numpy shim, before mxnet)
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from mxnet import autograd, gluon  # noqa: E402
+from mxnet.gluon import nn  # noqa: E402
 
-import atomic
-import distort
-import mnist
-import rundir
-from stn import SpatialTransformer, affine_sample, attention_theta
-from train import positive
+from stn import SpatialTransformer, affine_sample, attention_theta  # noqa: E402
+from stngluon import atomic, distort, mnist, rundir  # noqa: E402
+from stngluon.config import positive  # noqa: E402
 
 CANVAS, DIGIT, PATCH = 84, 28, 6
 ENCODER_LAYERS = ('net_cnn_pool0_fwd_output', 'net_cnn_pool1_fwd_output', 'net_cnn_dense0_fwd_output')
@@ -439,7 +439,7 @@ def main(argv=None):
         _, _, test_x, test_y = mnist.load_mnist(args.data_dir)
     except (rundir.RunError, mnist.MNISTError) as e:
         raise SystemExit(f'error: {e}')
-    command = ' '.join(['python', 'colocalise.py'] + list(sys.argv[1:] if argv is None else argv))
+    command = ' '.join(['python', 'scripts/colocalise.py'] + list(sys.argv[1:] if argv is None else argv))
     try:
         os.makedirs(args.out, exist_ok=True)
         with rundir.lock(args.out):

@@ -1,14 +1,16 @@
 """Benchmark: how fast each distorted MNIST set is generated (images/s), no caching.
 
-    python bench_distort.py [--count 70000] [--data-dir DIR]
+    python benchmarks/bench_distort.py [--count 70000] [--data-dir DIR]
 """
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
 
-import distort
-import mnist
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
+from stngluon import distort, mnist  # noqa: E402
 
 
 def main():

@@ -2,7 +2,7 @@
 
 A trained model is an object with this small interface, which train.py's loop uses:
 
-    model = GluonModel(args, data_shape, ctx, begin_epoch)   # or symbolic.ModuleModel
+    model = GluonModel(config, data_shape, ctx, begin_epoch)   # or symbolic.ModuleModel
     model.fit_epoch(epoch, x, y) -> (mean training loss, training images/s)
     model.evaluate(x, y)         -> (mean cross-entropy, accuracy) over every example
     model.learning_rate          the rate of the last update
@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-import compat  # noqa: F401  (before mxnet)
+from stngluon import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
@@ -40,34 +40,33 @@ finally:
     else:
         sys.modules['torch'] = _torch
 
-import distort
 import net
-import sampler
 import stn
+from stngluon import sampler
 
 LR_MODES = ('step', 'cosine')
 
 
 class Schedule(mx.lr_scheduler.LRScheduler):
     """The learning rate of every update, for ``batches`` updates per epoch: a linear
-    warm-up from 0 over ``args.warmup_epochs``, then ``args.lr_mode`` 'step' (``args.lr``
-    multiplied by ``args.lr_factor`` after each epoch of ``args.lr_steps``) or 'cosine'
-    (from ``args.lr`` to 0 at the end of ``args.epochs``). Built from GluonCV's
+    warm-up from 0 over ``config.warmup_epochs``, then ``config.lr_mode`` 'step' (``config.lr``
+    multiplied by ``config.lr_factor`` after each epoch of ``config.lr_steps``) or 'cosine'
+    (from ``config.lr`` to 0 at the end of ``config.epochs``). Built from GluonCV's
     ``LRScheduler`` and ``LRSequential``; an MXNet ``LRScheduler``, so ``gluon.Trainer``
     and ``mx.mod.Module`` both take it. MXNet's optimizers ask for the rate of update
     number n = 1, 2, ...; n - 1 updates came before it, so a step after epoch e applies
     from the first update of epoch e + 1 on.
     """
 
-    def __init__(self, args, batches):
-        super().__init__(base_lr=args.lr)
-        warmup = round(args.warmup_epochs * batches)
-        rest = max(2, args.epochs * batches - warmup)
-        parts = [LRScheduler('linear', base_lr=0, target_lr=args.lr, niters=max(2, warmup))] \
+    def __init__(self, config, batches):
+        super().__init__(base_lr=config.lr)
+        warmup = round(config.warmup_epochs * batches)
+        rest = max(2, config.epochs * batches - warmup)
+        parts = [LRScheduler('linear', base_lr=0, target_lr=config.lr, niters=max(2, warmup))] \
             if warmup else []
-        parts.append(LRScheduler(args.lr_mode, base_lr=args.lr, target_lr=0, niters=rest,
-                                 step_iter=[s * batches - warmup for s in args.lr_steps],
-                                 step_factor=args.lr_factor))
+        parts.append(LRScheduler(config.lr_mode, base_lr=config.lr, target_lr=0, niters=rest,
+                                 step_iter=[s * batches - warmup for s in config.lr_steps],
+                                 step_factor=config.lr_factor))
         self.sequence = LRSequential(parts)
         self.batches = batches
 
@@ -96,10 +95,10 @@ def check_loss(mean, epoch, step):
                        f'above {DIVERGED:.1f} (ten times the loss of guessing)')
 
 
-def epoch_order(args, epoch, n):
+def epoch_order(config, epoch, n):
     """The shuffle of ``epoch``, and the dropout seed with it: a resumed run repeats both."""
-    mx.random.seed(args.seed * 1000 + epoch)
-    return np.random.RandomState(args.seed * 1000 + epoch).permutation(n)
+    mx.random.seed(config.seed * 1000 + epoch)
+    return np.random.RandomState(config.seed * 1000 + epoch).permutation(n)
 
 
 def progress_bar(epoch, batches, show=True):
@@ -144,45 +143,40 @@ class Watchdog:
                 os._exit(1)
 
 
-def optimizer_params(args, schedule):
+def optimizer_params(config, schedule):
     """Keyword arguments of ``mx.optimizer.create`` for the run's --optimizer."""
-    params = {'learning_rate': args.lr, 'lr_scheduler': schedule}
-    if args.optimizer == 'sgd':
-        params['momentum'] = args.momentum
+    params = {'learning_rate': config.lr, 'lr_scheduler': schedule}
+    if config.optimizer == 'sgd':
+        params['momentum'] = config.momentum
     return params
 
 
-def pool_after_stn(args):
-    """The paper's 2x2 average pooling after the transformer: FCN and CNN on RTS, TC and
-    addition (42x42 and 60x60 inputs)."""
-    return args.dataset in ('rts', 'tc', 'addition') and args.model in ('fcn', 'cnn') and args.transform != 'none'
-
-
-def build_net(args):
-    """The net.Net of the run's flags (``args.width`` resolved)."""
-    return net.Net(model=args.model, transform=args.transform, width=args.width,
-                   pool_after_stn=pool_after_stn(args), tps_grid=args.tps_grid,
-                   loc_lr_mult=args.loc_lr_mult, num_classes=distort.num_classes(args.dataset),
-                   transformers=getattr(args, 'transformers', 1),
-                   places=getattr(args, 'stn_at', ['input']),
-                   input_norm=getattr(args, 'input_norm', 'mnist'),
-                   per_channel=getattr(args, 'per_channel', False))
+@contextlib.contextmanager
+def old_checkpoints():
+    """Lets the optimizer states of checkpoints written before this module moved into the
+    package (which pickled its Schedule as ``engine.Schedule``) load."""
+    added = sys.modules.setdefault('engine', sys.modules[__name__]) is sys.modules[__name__]
+    try:
+        yield
+    finally:
+        if added:
+            del sys.modules['engine']
 
 
 class GluonModel:
     """net.Net trained with gluon.Trainer on batches sliced from the in-memory arrays."""
 
-    def __init__(self, args, data_shape, ctx, begin_epoch=0, kvstore=None):
+    def __init__(self, config, data_shape, ctx, begin_epoch=0, kvstore=None):
         """``ctx``: a context, or a list of them to train data-parallel on (every batch split
         across them with ``split_and_load``, gradients summed by the Trainer's kvstore,
-        ``kvstore``, default ``args.kvstore``: a name, or a dist KVStore, when each worker
+        ``kvstore``, default 'device': a name, or a dist KVStore, when each worker
         process trains its share of every global batch); evaluation and the pictures use
         the first context."""
-        self.args = args
+        self.config = config
         self.contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
         self.ctx = self.contexts[0]
         num, *image_shape = data_shape
-        self.net = build_net(args)
+        self.net = net.build(config)
         self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=self.contexts)
         self.net.hybridize(static_alloc=True, static_shape=True)
         # Deferred init, so that shapes are known. In train mode: an inference-mode forward
@@ -191,14 +185,14 @@ class GluonModel:
         # server aborts); the kvstore is initialised below, before any inference-mode forward.
         with autograd.train_mode():
             self.net(mx.nd.zeros((2, *image_shape), ctx=self.ctx))
-        self.schedule = Schedule(args, math.ceil(num / args.batch_size))
-        kvstore = kvstore if kvstore is not None else getattr(args, 'kvstore', 'device')
+        self.schedule = Schedule(config, math.ceil(num / config.batch_size))
+        kvstore = kvstore if kvstore is not None else 'device'
         self.rank, self.workers = (kvstore.rank, kvstore.num_workers) \
             if isinstance(kvstore, mx.kvstore.KVStore) else (0, 1)
         # update_on_kvstore=False: every worker applies the same update to the summed
         # gradients, so every worker holds the weights and its optimizer state to checkpoint.
-        self.trainer = gluon.Trainer(self.net.collect_params(), args.optimizer,
-                                     optimizer_params(args, self.schedule), kvstore=kvstore,
+        self.trainer = gluon.Trainer(self.net.collect_params(), config.optimizer,
+                                     optimizer_params(config, self.schedule), kvstore=kvstore,
                                      update_on_kvstore=False if self.workers > 1 else None)
         if self.workers > 1:
             self.start_from_rank_0()
@@ -239,7 +233,7 @@ class GluonModel:
 
     def fit_epoch(self, epoch, x, y):
         """One pass over (x, y) in shuffled mini-batches; returns (mean loss, images/s)."""
-        args, ctx = self.args, self.ctx
+        config, ctx = self.config, self.ctx
         loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
         start = time.time()
         # The whole set goes to the device once (again only when it changes, as with
@@ -247,11 +241,11 @@ class GluonModel:
         if self.on_device is None or self.on_device[0] is not x:
             self.on_device = x, mx.nd.array(x, ctx=ctx), mx.nd.array(y, ctx=ctx)
         _, x_nd, y_nd = self.on_device
-        order = mx.nd.array(epoch_order(args, epoch, len(x)), ctx=ctx, dtype='int64')
+        order = mx.nd.array(epoch_order(config, epoch, len(x)), ctx=ctx, dtype='int64')
         total, seen = mx.nd.zeros(1, ctx=ctx), 0
-        progress = progress_bar(epoch, math.ceil(len(x) / args.batch_size), show=self.rank == 0)
-        for step, i in enumerate(range(0, len(x), args.batch_size), 1):
-            idx = order[i:i + args.batch_size]
+        progress = progress_bar(epoch, math.ceil(len(x) / config.batch_size), show=self.rank == 0)
+        for step, i in enumerate(range(0, len(x), config.batch_size), 1):
+            idx = order[i:i + config.batch_size]
             batch = len(idx)   # the global batch: the gradients' sum is divided by it
             share = [batch * k // self.workers for k in (self.rank, self.rank + 1)]
             idx = idx[share[0]:share[1]]   # this worker's share (all of it with one worker)
@@ -270,7 +264,7 @@ class GluonModel:
             self.trainer.step(batch)
             self.beat()
             progress.update()
-            if seen and (step % 50 == 0 or i + args.batch_size >= len(x)):
+            if seen and (step % 50 == 0 or i + config.batch_size >= len(x)):
                 check_loss(total.asscalar() / seen, epoch, step)
                 progress.set_postfix(loss=f'{total.asscalar() / seen:.4f}')
         progress.close()
@@ -294,15 +288,15 @@ class GluonModel:
         (N, K*C, H', W'), grids (N, 2K, H', W')) numpy, one output and sampling grid per
         transformer: the input transformer(s) (side by side ones in order), then one on the
         feature map, shown as the input sampled where it reads (``net.feature_region``)."""
-        args, x = self.args, mx.nd.array(images, ctx=self.ctx)
+        config, x = self.config, mx.nd.array(images, ctx=self.ctx)
         model, outputs, grids = self.net, [], []
         h, shape = x, tuple(images.shape[2:])
         if model.stn is not None:
             h, theta = model.stn(x)
             shape = tuple(h.shape[2:])
             outputs.append(h)
-            for t in np.split(theta.asnumpy(), getattr(args, 'transformers', 1), axis=1):
-                grids.append(mx.nd.array(stn.sampling_grid(t, args.transform, shape, args.tps_grid),
+            for t in np.split(theta.asnumpy(), config.transformers, axis=1):
+                grids.append(mx.nd.array(stn.sampling_grid(t, config.transform, shape, config.tps_grid),
                                          ctx=self.ctx))
             h = model.pool(h) if model.pool is not None else h
         if model.feature_stn is not None:
@@ -310,8 +304,8 @@ class GluonModel:
             _, theta = model.feature_stn(features)
             side = model.feature_stn.target_shape
             a, b = net.feature_to_input(side[0], model.pool is not None, shape[0])
-            feature_grid = mx.nd.array(stn.sampling_grid(theta.asnumpy(), args.transform, side,
-                                                         args.tps_grid), ctx=self.ctx)
+            feature_grid = mx.nd.array(stn.sampling_grid(theta.asnumpy(), config.transform, side,
+                                                         config.tps_grid), ctx=self.ctx)
             region = net.feature_region(mx.nd, feature_grid, grids[0] if grids else None,
                                         shape, a, b)
             outputs.append(mx.nd.BilinearSampler(x, region))
@@ -333,7 +327,8 @@ class GluonModel:
 
     def load(self, stem):
         self.net.load_parameters(stem + '.params', ctx=self.contexts)
-        self.trainer.load_states(stem + '.states')   # the optimizer, with its update count
+        with old_checkpoints():
+            self.trainer.load_states(stem + '.states')   # the optimizer, with its update count
         self.trainer.optimizer.lr_scheduler = self.schedule   # this run's schedule
 
     def export(self, prefix, epoch):

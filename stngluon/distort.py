@@ -30,9 +30,8 @@ from collections import namedtuple
 
 import numpy as np
 
-import atomic
-import mnist
-from geometry import control_points, target_points, tps_basis
+from stngluon import ROOT, atomic, mnist
+from stngluon.geometry import control_points, target_points, tps_basis
 
 VERSION = 3   # 3: P's corner noise 3.5 px (2: 5 px, now p-5px); 2: P reads the input
               # through a moved-corner quadrilateral (1 warped it)
@@ -67,7 +66,7 @@ CHANNELS = {'addition': 2}       # digits per image (the others: 1)
 CLASSES = {'addition': 19}       # labels 0..18 (the others: 10)
 DATASETS = list(DEFAULTS)   # a new set: its parameters here, its function in GENERATORS and
                             # a new number in STREAM
-CACHE_DIR = os.path.join(mnist.HERE, 'data', 'distorted')
+CACHE_DIR = os.path.join(ROOT, 'data', 'distorted')
 CHUNK = 10000  # images warped per BilinearSampler call
 CHOICES = {'warp': ('backward', 'forward'), 'frame': ('image', 'box')}   # the non-numeric ones
 
@@ -130,7 +129,7 @@ def sample(images, grid_of, size):
     ``grid_of(chunk)`` gives the (n, 2, P) input coordinates (x, y; normalised) of the
     P = size * size output pixels for the images in slice ``chunk``.
     """
-    import compat  # noqa: F401  (before mxnet; imported here: reading a cached set needs none)
+    from stngluon import compat  # noqa: F401  (before mxnet; imported here: reading a cached set needs none)
     import mxnet as mx
     out = np.empty((len(images), 1, size, size), np.float32)
     for i in range(0, len(images), CHUNK):

@@ -20,10 +20,9 @@ import urllib.request
 
 import numpy as np
 
-import atomic
+from stngluon import ROOT, atomic
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_DIR = os.path.join(HERE, 'data', 'mnist')
+DEFAULT_DIR = os.path.join(ROOT, 'data', 'mnist')
 
 MIRRORS = [
     'https://ossci-datasets.s3.amazonaws.com/mnist/',

@@ -1,8 +1,8 @@
 """Benchmark: training images/s of train.py's networks, beside the identical PyTorch networks.
 
-    python bench_train.py                        # every Table 1 model kind, 1 and 2 threads
-    python bench_train.py --side-by-side         # and one single-threaded process per core
-    python bench_train.py --workloads default,rts-st-cnn-affine --threads 2 --repeats 5
+    python benchmarks/bench_train.py                        # every Table 1 model kind, 1 and 2 threads
+    python benchmarks/bench_train.py --side-by-side         # and one single-threaded process per core
+    python benchmarks/bench_train.py --workloads default,rts-st-cnn-affine --threads 2 --repeats 5
 
 Every measurement runs in a fresh process. stn-gluon runs at its defaults: OMP_NUM_THREADS
 set to the thread count under test, and the engine and wait policy that train.py would
@@ -26,90 +26,17 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-# The environment as given: the children get it, not what compat.py (imported with
-# runtime.py) adds to this process's, so that train.py's choice is theirs to make.
-ENVIRON = dict(os.environ)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
+from benchmarks.workloads import (ENVIRON, ROOT, TABLE1_KINDS, WORKLOADS, config_of,  # noqa: E402
+                                  host, peak_mb, resolved, time_steps)
 
-# name -> train.py flags: one per Table 1 model kind, then larger batches
-WORKLOADS = {
-    'default': [],
-    'rts-fcn': ['--dataset', 'rts', '--model', 'fcn', '--no-stn'],
-    'rts-st-fcn-affine': ['--dataset', 'rts', '--model', 'fcn', '--transform', 'affine'],
-    'rts-cnn': ['--dataset', 'rts', '--model', 'cnn', '--no-stn'],
-    **{f'rts-st-cnn-{family}': ['--dataset', 'rts', '--model', 'cnn', '--transform', family]
-       for family in ('affine', 'attention', 'projective', 'tps')},
-    'tc-cnn': ['--dataset', 'tc', '--model', 'cnn', '--no-stn'],
-    **{f'rts-st-cnn-{family}-b256': ['--dataset', 'rts', '--model', 'cnn', '--transform', family,
-                                     '--batch-size', '256']
-       for family in ('affine', 'attention', 'projective', 'tps')},
-}
-TABLE1_KINDS = [w for w in WORKLOADS if not w.endswith('-b256')]
-
-
-def peak_mb():
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def args_of(flags):
-    """train.py's args for ``flags``; the width fitted unless --width is among them."""
-    import distort
-    import train
-    args = train.parse_args(flags)
-    train.resolve_width(args, distort.image_shape(args.dataset))
-    return args
-
-
-def time_steps(step, batch, warmup, steps, sync):
-    for _ in range(warmup):
-        step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return steps * batch / (time.perf_counter() - start)
-
-
-def measure_mxnet(flags, warmup, steps):
-    import compat  # noqa: F401
-    import mxnet as mx
-    import numpy as np
-    from mxnet import autograd, gluon
-
-    import distort
-    import engine
-    import sampler
-    args = args_of(flags)
-    shape = (args.batch_size, *distort.image_shape(args.dataset))
-    model = engine.GluonModel(args, (args.batch_size * 10, *shape[1:]), mx.cpu())
-    rng = np.random.RandomState(0)
-    data, label = mx.nd.array(rng.rand(*shape)), mx.nd.array(rng.randint(0, 10, shape[0]))
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-
-    def step():
-        with autograd.record():
-            loss = loss_fn(model.net(data), label)
-        loss.backward()
-        model.trainer.step(shape[0])
-    rate = time_steps(step, shape[0], warmup, steps, mx.nd.waitall)
-    # train.py's own loop (engine.GluonModel.fit_epoch: the set sent to the device, batches
-    # taken there, the loss summed and checked) over as many images, as train.py reports it.
-    x = rng.rand(steps * shape[0], *shape[1:]).astype(np.float32)
-    y = rng.randint(0, 10, len(x)).astype(np.int32)
-    model.fit_epoch(1, x[:warmup * shape[0]], y[:warmup * shape[0]])
-    _, loop = model.fit_epoch(2, x, y)
-    return {'imgs_per_s': rate, 'loop_imgs_per_s': loop, 'params': model.num_params,
-            'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}', 'sampler': sampler.name()}
 
 
 def torch_net(args):
-    """The PyTorch twin of engine.build_net(args) for lenet and cnn, any transform."""
+    """The PyTorch twin of net.build(args) (a RunConfig) for lenet and cnn, any transform."""
     import torch
     from torch import nn
 
-    import engine
     import net as mxnet_net
     import stn
 
@@ -178,7 +105,7 @@ def torch_net(args):
             super().__init__()
             self.stn = Transformer(localisation, args.transform, side) \
                 if args.transform != 'none' else None
-            self.pool = nn.AvgPool2d(2) if engine.pool_after_stn(args) else None
+            self.pool = nn.AvgPool2d(2) if args.pool_after_stn else None
             self.classifier = classifier
 
         def forward(self, x):
@@ -197,19 +124,10 @@ def torch_net(args):
     return model, side
 
 
-def with_width(workloads):
-    """{workload: its train.py flags, with --width when one was fitted}."""
-    flags = {}
-    for workload in workloads:
-        width = args_of(WORKLOADS[workload]).width
-        flags[workload] = WORKLOADS[workload] + (['--width', str(width)] if width else [])
-    return flags
-
-
 def measure_torch(flags, warmup, steps, wait_policy=None):
-    args = args_of(flags)   # train.py first: GluonCV must be imported before torch (engine.py)
-    # compat.py (imported just now) sets OMP_WAIT_POLICY for MXNet; PyTorch gets what the
-    # environment had (``wait_policy``), its own default unless the user set one.
+    args = config_of(flags)
+    # PyTorch gets the wait policy the environment had (``wait_policy``), its own default
+    # unless the user set one.
     if wait_policy is None:
         os.environ.pop('OMP_WAIT_POLICY', None)
     else:
@@ -237,20 +155,9 @@ def measure_torch(flags, warmup, steps, wait_policy=None):
             'peak_mb': peak_mb(), 'version': f'PyTorch {torch.__version__}'}
 
 
-def resolved(workloads):
-    """{workload: its train.py flags with the fitted --width}, worked out in a process of its
-    own: measuring processes must run no MXNet operator but their own (an idle OpenMP
-    thread of MXNet's spins, compat.py, and would slow whatever else that process runs)."""
-    code = (f'import sys, json; sys.path.insert(0, {HERE!r}); import bench_train as b; '
-            f'print(json.dumps(b.with_width({workloads!r})))')
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                            check=True, env=dict(ENVIRON, OMP_NUM_THREADS='1'))
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def label(settings):
     """'Naive ACTIVE', 'Threaded PASSIVE', or 'environment'."""
-    import runtime
+    from stngluon import runtime
     if not settings:
         return 'environment'
     return (settings[runtime.ENGINE].replace('EnginePerDevice', '').replace('Engine', '')
@@ -260,12 +167,13 @@ def label(settings):
 def child(framework, flags, threads, warmup, steps, settings=None):
     """One measurement in a fresh process (stn-gluon's with ``settings``, a dict of
     environment variables); its JSON result, or None if it failed."""
-    import runtime
+    from stngluon import runtime
     env = dict(ENVIRON, OMP_NUM_THREADS=str(threads))
     if framework == 'mxnet' and settings:
         env.update(settings, **{runtime.CHOSEN: '1'})
     extra = f', {ENVIRON.get("OMP_WAIT_POLICY")!r}' if framework == 'torch' else ''
-    code = (f'import sys, json; sys.path.insert(0, {HERE!r}); import bench_train as b; '
+    module = 'workloads' if framework == 'mxnet' else 'bench_train'
+    code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from benchmarks import {module} as b; '
             f'print(json.dumps(b.measure_{framework}({flags!r}, {warmup}, {steps}{extra})))')
     result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                             timeout=900)
@@ -284,32 +192,6 @@ def side_by_side(flags, cores, warmup, steps, settings):
         runs = list(pool.map(lambda _: child('mxnet', flags, 1, warmup, steps, settings),
                              range(cores)))
     return None if None in runs else sum(r['imgs_per_s'] for r in runs)
-
-
-def host():
-    """The machine, for the header: CPU model, the instruction sets that matter to these
-    kernels, usable cores, and the execution settings the environment sets (each row
-    names the engine and wait policy its stn-gluon processes ran with)."""
-    model, flags = 'unknown CPU', set()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                key, _, value = line.partition(':')
-                if key.strip() == 'model name' and model == 'unknown CPU':
-                    model = value.strip()
-                elif key.strip() == 'flags' and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    isa = [name for name, flag in (('AVX2', 'avx2'), ('AVX-512', 'avx512f'),
-                                   ('AVX-512 bf16', 'avx512_bf16'), ('AMX', 'amx_tile'))
-           if flag in flags] or ['no AVX2']
-    cores = len(os.sched_getaffinity(0))
-    settings = ', '.join(f'{k}={ENVIRON.get(k, default)}' for k, default in (
-        ('MXNET_ENGINE_TYPE', 'per row (runtime.py)'),
-        ('OMP_WAIT_POLICY', 'per row (runtime.py)'),
-        ('OMP_NUM_THREADS', 'per row')))
-    return f'{model} ({", ".join(isa)}), {cores} usable cores of {os.cpu_count()}; {settings}'
 
 
 def torch_available():
@@ -339,7 +221,7 @@ def main(argv=None):
     if args.side_by_side and cores not in threads:
         threads.append(cores)
     frameworks = ['mxnet'] + ([] if args.no_torch or not torch_available() else ['torch'])
-    import runtime
+    from stngluon import runtime
     print(f'host: {host()}', flush=True)
     flags = resolved(workloads)
     print('the execution settings train.py chooses (timed once per host and network, cached)...',

@@ -13,12 +13,13 @@ import logging
 import time
 import warnings
 
-import compat  # noqa: F401  (before mxnet)
+from stngluon import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
 import numpy as np
 
-import rundir
-from engine import Schedule, check_loss, epoch_order, optimizer_params, progress_bar
+from stngluon import rundir
+from stngluon.engine import (Schedule, check_loss, epoch_order, old_checkpoints, optimizer_params,
+                             progress_bar)
 from net import MEAN, STD
 from stn import identity_theta, sampling_grid
 
@@ -101,27 +102,27 @@ class ModuleModel:
     log line are the Gluon path's. The last partial batch of an epoch is dropped.
     """
 
-    def __init__(self, args, data_shape, ctx, begin_epoch=0):
+    def __init__(self, config, data_shape, ctx, begin_epoch=0):
         """``begin_epoch``: epochs already done (the schedule counts updates from there)."""
-        self.args = args
+        self.config = config
         num, *image_shape = data_shape
-        symbol = get_symbol(transform=args.transform, target_shape=image_shape[1:],
-                            loc_lr_mult=args.loc_lr_mult)
+        symbol = get_symbol(transform=config.transform, target_shape=image_shape[1:],
+                            loc_lr_mult=config.loc_lr_mult)
         self.logits = rundir.logits_of(symbol)
         quiet = logging.getLogger('module')
         quiet.setLevel(logging.ERROR)
         self.mod = mx.mod.Module(symbol, context=ctx, logger=quiet)
-        self.mod.bind(data_shapes=[('data', (args.batch_size, *image_shape))],
-                      label_shapes=[('softmax_label', (args.batch_size,))])
+        self.mod.bind(data_shapes=[('data', (config.batch_size, *image_shape))],
+                      label_shapes=[('softmax_label', (config.batch_size,))])
         self.mod.init_params(mx.init.Xavier(magnitude=2.24), allow_missing=True,
-                             arg_params=identity_params() if args.transform != 'none' else None)
+                             arg_params=identity_params() if config.transform != 'none' else None)
         self.num_params = count_symbol_params(symbol, (1, *image_shape))
-        batches = num // args.batch_size
+        batches = num // config.batch_size
         # Our own optimizer object (sym: the __lr_mult__ attributes), so that its rate is readable.
         self.optimizer = mx.optimizer.create(
-            args.optimizer, sym=symbol, rescale_grad=1 / args.batch_size,
+            config.optimizer, sym=symbol, rescale_grad=1 / config.batch_size,
             begin_num_update=begin_epoch * batches,
-            **optimizer_params(args, Schedule(args, batches)))
+            **optimizer_params(config, Schedule(config, batches)))
         self.mod.init_optimizer(optimizer=self.optimizer)
 
     @property
@@ -129,10 +130,10 @@ class ModuleModel:
         return self.optimizer.learning_rate
 
     def fit_epoch(self, epoch, x, y):
-        args = self.args
-        order = epoch_order(args, epoch, len(x))
-        batches = len(x) // args.batch_size
-        data = mx.io.NDArrayIter(x[order], y[order], args.batch_size, shuffle=False,
+        config = self.config
+        order = epoch_order(config, epoch, len(x))
+        batches = len(x) // config.batch_size
+        data = mx.io.NDArrayIter(x[order], y[order], config.batch_size, shuffle=False,
                                  last_batch_handle='discard', label_name='softmax_label')
         loss = mx.metric.CrossEntropy()
         progress = progress_bar(epoch, batches)
@@ -150,7 +151,7 @@ class ModuleModel:
             self.mod.fit(data, eval_metric=loss, begin_epoch=epoch - 1, num_epoch=epoch,
                          batch_end_callback=after_batch)
         progress.close()
-        return loss.get()[1], batches * args.batch_size / (time.time() - start)
+        return loss.get()[1], batches * config.batch_size / (time.time() - start)
 
     def evaluate(self, x, y, batch_size=1000):
         """Mean cross-entropy and accuracy over every example of (x, y)."""
@@ -178,7 +179,8 @@ class ModuleModel:
 
     def load(self, stem):
         self.mod.load_params(stem + '.params')
-        self.mod.load_optimizer_states(stem + '.states')
+        with old_checkpoints():
+            self.mod.load_optimizer_states(stem + '.states')
 
     def export(self, prefix, epoch):
         """The logits symbol (no SoftmaxOutput) and the weights, laid out like a Gluon export."""

@@ -3,7 +3,7 @@
     python bench_settings.py                # 2 repeats, the default and RTS ST-CNN networks
     python bench_settings.py --repeats 3
 
-Each measurement is ``bench_train.measure_mxnet`` in a fresh process with the setting's
+Each measurement is ``workloads.measure_mxnet`` in a fresh process with the setting's
 MXNET_ENGINE_TYPE, OMP_WAIT_POLICY and OMP_NUM_THREADS, in three situations: every core
 idle, one core (``taskset``), and every core with another process spinning on the last
 one. runtime.py chooses among the same settings per host; this shows why no fixed one
@@ -16,9 +16,8 @@ import statistics
 import subprocess
 import sys
 
-import bench_train
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
+from benchmarks import workloads  # noqa: E402
 
 
 def settings(cores):
@@ -34,7 +33,7 @@ def settings(cores):
 
 
 def measure(flags, env, cpus, steps):
-    code = (f'import sys, json; sys.path.insert(0, {HERE!r}); import bench_train as b; '
+    code = (f'import sys, json; sys.path.insert(0, {workloads.ROOT!r}); from benchmarks import workloads as b; '
             f'print(json.dumps(b.measure_mxnet({flags!r}, 10, {steps})))')
     done = subprocess.run(['taskset', '-c', cpus, sys.executable, '-c', code],
                           env=dict(os.environ, **env), capture_output=True, text=True)
@@ -54,9 +53,9 @@ def main(argv=None):
     every, last = ','.join(map(str, cpus)), str(cpus[-1])
     situations = {f'{len(cpus)} cores idle': (every, False), '1 core (taskset)': (str(cpus[0]), False),
                   f'{len(cpus)} cores, one busy': (every, True)}
-    workloads = bench_train.resolved(args.workloads.split(','))
+    workloads = workloads.resolved(args.workloads.split(','))
     table, results = settings(len(cpus)), {}
-    print(f'host: {bench_train.host()}', flush=True)
+    print(f'host: {workloads.host()}', flush=True)
     for _ in range(args.repeats):
         for workload, flags in workloads.items():
             for situation, (where, busy) in situations.items():

@@ -1,13 +1,13 @@
 """Start a data-parallel run on this machine: one ps-lite scheduler, the servers and N
 workers, all on 127.0.0.1, and stop them all together.
 
-    python launch.py -n 2 python train.py --kvstore dist_sync --out result/dist
-    python launch.py -n 2 python train.py --kvstore dist_sync --out result/dist --resume
+    python scripts/launch.py -n 2 python train.py --kvstore dist_sync --out result/dist
+    python scripts/launch.py -n 2 python train.py --kvstore dist_sync --out result/dist --resume
 
 Every process gets MXNet's ps-lite variables (DMLC_ROLE, DMLC_PS_ROOT_URI,
 DMLC_PS_ROOT_PORT, DMLC_NUM_SERVER, DMLC_NUM_WORKER) and, unless OMP_NUM_THREADS is set,
 an equal share of the cores. The workers run the command; a scheduler or server is
-``python -c 'import compat, mxnet'`` (importing MXNet with DMLC_ROLE=server or scheduler
+``python -c '... import mxnet'`` (importing MXNet with DMLC_ROLE=server or scheduler
 runs that node). When every worker has finished, the scheduler and servers finish too.
 When a worker fails or is killed, or a server or the scheduler dies, the launcher stops
 every other process at once and exits with the failing one's code: rank 0 has kept the
@@ -26,8 +26,9 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-NODE = [sys.executable, '-c', 'import compat, mxnet']   # a scheduler or a server
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
+NODE = [sys.executable, '-c', 'from stngluon import runtime; runtime.configure(); '
+        'from stngluon import compat; import mxnet']   # a scheduler or a server
 MAX_PROCESSES = 64   # workers or servers: all on this machine
 LINGER = 15   # seconds the scheduler and servers may take to finish after the last worker
 
@@ -48,7 +49,7 @@ def launch(command, workers, servers=1, port=None, poll=0.2):
     env.setdefault('OMP_NUM_THREADS', str(max(1, len(os.sched_getaffinity(0)) // workers)))
 
     def start(role, argv):   # each in its own process group, so that stopping it stops all
-        return subprocess.Popen(argv, cwd=HERE if argv is NODE else None,
+        return subprocess.Popen(argv, cwd=ROOT if argv is NODE else None,
                                 env=dict(env, DMLC_ROLE=role), start_new_session=True)
 
     nodes, running, failed = [], [], None
@@ -102,7 +103,7 @@ def launch(command, workers, servers=1, port=None, poll=0.2):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                usage='python launch.py -n WORKERS [-s SERVERS] [--port P] '
+                                usage='python scripts/launch.py -n WORKERS [-s SERVERS] [--port P] '
                                       'COMMAND...')
     p.add_argument('-n', '--workers', type=int, required=True, help='worker processes')
     p.add_argument('-s', '--servers', type=int, default=1, help='server processes')

@@ -22,15 +22,50 @@ import subprocess
 import sys
 import time
 
-import atomic
-import compat
+from stngluon import ROOT, atomic
 
 ENGINE, WAIT = 'MXNET_ENGINE_TYPE', 'OMP_WAIT_POLICY'
 CANDIDATES = [{ENGINE: engine, WAIT: wait} for engine in ('ThreadedEnginePerDevice', 'NaiveEngine')
               for wait in ('ACTIVE', 'PASSIVE')]
 DEFAULT = CANDIDATES[0]   # where nothing is measured: MXNet's engine, spinning threads
 CHOSEN = 'STN_SETTINGS_CHOSEN'   # set in a process that runs with its chosen settings
-HERE = os.path.dirname(os.path.abspath(__file__))
+# A wait policy set by ``configure``, not by the user, is listed in STN_DEFAULTED, which
+# child processes inherit with it: for them it is not given either, and their choice stays theirs.
+DEFAULTED = 'STN_DEFAULTED'
+
+
+def configure():
+    """Every script calls this first, before MXNet loads (OpenMP reads its variables then):
+    one OpenMP thread per core this process may use (the PyPI MXNet runs its operators on
+    one thread unless told otherwise; all the cores train fastest, docs/speed.md), and the
+    spinning wait policy (DEFAULT) where the environment sets none. OMP_NUM_THREADS and
+    OMP_WAIT_POLICY in the environment win. Results repeat exactly for a given thread count
+    and differ slightly between thread counts (sums are taken in another order);
+    config.json records the count a run used. Returns that count."""
+    if WAIT not in os.environ:
+        os.environ[WAIT] = DEFAULT[WAIT]
+        os.environ[DEFAULTED] = ','.join(sorted(_defaulted() | {WAIT}))
+    os.environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0))))
+    return threads()
+
+
+def threads():
+    """The OpenMP threads MXNet's operators run on in this process (OMP_NUM_THREADS)."""
+    try:
+        return int(os.environ.get('OMP_NUM_THREADS', '1'))
+    except ValueError:
+        raise SystemExit(f'error: OMP_NUM_THREADS={os.environ["OMP_NUM_THREADS"]!r} is not a '
+                         f'whole number of threads: unset it (one per core) or set it to one') \
+            from None
+
+
+def _defaulted():
+    return set(filter(None, os.environ.get(DEFAULTED, '').split(',')))
+
+
+def given():
+    """The execution settings the user's environment sets (``configure``'s default left out)."""
+    return {k: os.environ[k] for k in (ENGINE, WAIT) if k in os.environ and k not in _defaulted()}
 
 
 def cache_path():
@@ -73,7 +108,7 @@ def choose(network, measure, log=print):
     """The settings (a dict of ENGINE and WAIT) for training ``network`` (a name of its kind)
     here: {} when the environment sets either, else the cached choice for this host and
     network, else the fastest candidate by ``measure(settings) -> images/s`` (cached)."""
-    if compat.GIVEN:
+    if given():
         return {}
     candidates = CANDIDATES if 'DMLC_ROLE' not in os.environ else \
         [c for c in CANDIDATES if c[ENGINE] != 'NaiveEngine']
@@ -104,10 +139,9 @@ def measure_in_child(flags, seconds=1.5, threads=None):
     fresh process with the candidate settings (0 if that process fails), on ``threads``
     OpenMP threads if given."""
     def measure(settings):
-        code = (f'import sys; sys.path.insert(0, {HERE!r}); import distort, runtime, train; '
-                f'a = train.parse_args({flags!r}); '
-                f'train.resolve_width(a, distort.image_shape(a.dataset)); '
-                f'print(runtime.loop_rate(a, {seconds}))')
+        code = (f'import sys; sys.path.insert(0, {ROOT!r}); from stngluon import runtime; '
+                f'runtime.configure(); from stngluon.config import RunConfig; '
+                f'print(runtime.loop_rate(RunConfig.from_flags({flags!r}).resolved(), {seconds}))')
         env = dict(os.environ, **settings, **{CHOSEN: '1'})
         if threads is not None:
             env['OMP_NUM_THREADS'] = str(threads)
@@ -124,9 +158,10 @@ def chosen_for(flags, threads, environ=None):
     """The settings train.py would run ``flags``' network with on ``threads`` OpenMP threads
     here (``choose``: cached, or timed now), asked of a fresh process with ``environ``
     (default os.environ) so that this one loads no MXNet with other settings."""
-    code = (f'import sys, json; sys.path.insert(0, {HERE!r}); import runtime, train; '
-            f'name, flags = train.network(train.parse_args({flags!r})); '
-            f'print(json.dumps(runtime.choose(name, runtime.measure_in_child(flags), '
+    code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from stngluon import runtime; '
+            f'runtime.configure(); from stngluon.config import RunConfig; '
+            f'c = RunConfig.from_flags({flags!r}); '
+            f'print(json.dumps(runtime.choose(c.network_name, runtime.measure_in_child(c.flags()), '
             f'log=lambda *_: None)))')
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           env=dict(environ or os.environ, OMP_NUM_THREADS=str(threads)))
@@ -139,12 +174,12 @@ def chosen_for(flags, threads, environ=None):
 def loop_rate(args, seconds):
     """Images/s of ``engine.GluonModel.fit_epoch`` on random images of the run's shape
     (``args`` with its width resolved), after a warm-up, over about ``seconds``."""
-    import compat  # noqa: F401  (before mxnet)
+    from stngluon import compat  # noqa: F401  (before mxnet)
     import mxnet as mx
     import numpy as np
 
-    import distort
-    import engine
+    from stngluon import distort
+    from stngluon import engine
     shape = distort.image_shape(args.dataset)
     model = engine.GluonModel(args, (args.batch_size * 8, *shape), mx.cpu())
     rng = np.random.RandomState(0)

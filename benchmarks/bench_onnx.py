@@ -1,6 +1,6 @@
 """Benchmark: inference images/s of a run's network in MXNet and in ONNX Runtime.
 
-    python export_onnx.py --model result && python bench_onnx.py --model result
+    python export_onnx.py --model result && python benchmarks/bench_onnx.py --model result
 
 Both read the same export (MXNet: ``gluon.SymbolBlock.imports``, hybridized; ONNX
 Runtime: RUN_DIR/model.onnx, its CPU provider), on the same random batches; the two
@@ -11,16 +11,19 @@ Runtime). With --dataset it first prints both runtimes' test accuracy.
 import argparse
 import os
 import statistics
+import sys
 import time
 import warnings
 
-import compat  # noqa: F401  (before mxnet)
-import mxnet as mx
-import numpy as np
-import onnxruntime
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
+from stngluon import runtime  # noqa: E402
+runtime.configure()   # OpenMP threads and wait policy, before MXNet loads
+from stngluon import compat  # noqa: E402,F401  (the numpy shim, before mxnet)
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime  # noqa: E402
 
-import distort
-import rundir
+from stngluon import distort, rundir  # noqa: E402
 
 
 def images_per_s(run, x, seconds):
@@ -42,7 +45,7 @@ def main(argv=None):
     p.add_argument('--dataset', default=None, help='also print the test accuracy on this set')
     p.add_argument('--data-dir', default=None)
     args = p.parse_args(argv)
-    threads = compat.THREADS
+    threads = runtime.threads()
     symbol, weights, symbol_file, params_file = rundir.load_export(args.model)
     shape = rundir.input_shape(symbol, weights, os.path.dirname(symbol_file))
     with warnings.catch_warnings():   # "Cannot decide type for ... data": it is float32

@@ -2,7 +2,7 @@
 operator with the batch shared out among OpenMP threads (ops/bilinear_sampler.cc).
 
 MXNet 1.9.1's CPU ``BilinearSampler`` is a single-threaded loop over the images. The
-library built from ops/bilinear_sampler.cc (``make ops``, or ``python sampler.py``; g++
+library built from ops/bilinear_sampler.cc (``make ops``, or ``python -m stngluon.sampler``; g++
 and the headers the mxnet wheel ships) registers ``stn_bilinear_sampler``: the same loop
 and arithmetic for each image, so the same bits, with one image per thread at a time.
 ``use_threaded()`` says whether ``stn.sample`` takes it: where the library is built for
@@ -18,11 +18,9 @@ import os
 import subprocess
 import sys
 
-import atomic
-import compat
+from stngluon import ROOT, atomic, runtime
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join(HERE, 'ops', 'bilinear_sampler.cc')
+SOURCE = os.path.join(ROOT, 'ops', 'bilinear_sampler.cc')
 OP = 'stn_bilinear_sampler'
 _loaded = None   # None: not tried yet; else whether the library is loaded
 
@@ -33,7 +31,7 @@ def library_path():
     if os.environ.get('STN_SAMPLER_LIBRARY'):
         return os.path.abspath(os.environ['STN_SAMPLER_LIBRARY'])
     from importlib.metadata import version
-    return os.path.join(HERE, 'build', f'libstn_sampler-mxnet{version("mxnet")}.so')
+    return os.path.join(ROOT, 'build', f'libstn_sampler-mxnet{version("mxnet")}.so')
 
 
 def build(path=None, compiler='g++'):
@@ -85,7 +83,7 @@ def load():
 
 def use_threaded():
     """Whether ``stn.sample`` takes the threaded sampler (see the module docstring)."""
-    if os.environ.get('STN_SAMPLER', 'auto') == 'builtin' or compat.THREADS < 2:
+    if os.environ.get('STN_SAMPLER', 'auto') == 'builtin' or runtime.threads() < 2:
         return False
     return load()
 

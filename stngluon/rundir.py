@@ -30,8 +30,8 @@ import zipfile
 
 import numpy as np
 
-import atomic
-from geometry import outlines_of
+from stngluon import atomic
+from stngluon.geometry import outlines_of
 
 MAX_SEED = 999_999   # train.py's --seed: the per-epoch seed is seed * 1000 + epoch, below 2**32
 METRICS = ['dataset', 'epoch', 'train_loss', 'test_loss', 'test_acc', 'lr', 'imgs_per_s', 'epoch_s']
@@ -300,9 +300,9 @@ def load_export(model, epoch=None):
     """(symbol without a SoftmaxOutput loss, {name: NDArray} weights, symbol file, params
     file) of an export (``model_files``' rules), checked: a readable symbol graph, a
     readable parameter file, and every weight the symbol needs present. RunError otherwise."""
-    import compat  # noqa: F401  (before mxnet; imported here: reproduce.py needs no MXNet)
+    from stngluon import compat  # noqa: F401  (before mxnet; imported here: reproduce.py needs no MXNet)
     import mxnet as mx
-    import sampler
+    from stngluon import sampler
     symbol_file, params_file, _, _ = model_files(model, epoch)
     check_symbol(symbol_file)
     try:

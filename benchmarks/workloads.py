@@ -1,0 +1,129 @@
+"""The benchmarks' workloads (train.py's networks by name) and the MXNet side of a
+measurement: bench_train.py and bench_settings.py time these, each in fresh processes."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
+# The environment as given: the children get it, not what compat.py (imported with
+# runtime.py) adds to this process's, so that train.py's choice is theirs to make.
+ENVIRON = dict(os.environ)
+
+# name -> train.py flags: one per Table 1 model kind, then larger batches
+WORKLOADS = {
+    'default': [],
+    'rts-fcn': ['--dataset', 'rts', '--model', 'fcn', '--no-stn'],
+    'rts-st-fcn-affine': ['--dataset', 'rts', '--model', 'fcn', '--transform', 'affine'],
+    'rts-cnn': ['--dataset', 'rts', '--model', 'cnn', '--no-stn'],
+    **{f'rts-st-cnn-{family}': ['--dataset', 'rts', '--model', 'cnn', '--transform', family]
+       for family in ('affine', 'attention', 'projective', 'tps')},
+    'tc-cnn': ['--dataset', 'tc', '--model', 'cnn', '--no-stn'],
+    **{f'rts-st-cnn-{family}-b256': ['--dataset', 'rts', '--model', 'cnn', '--transform', family,
+                                     '--batch-size', '256']
+       for family in ('affine', 'attention', 'projective', 'tps')},
+}
+TABLE1_KINDS = [w for w in WORKLOADS if not w.endswith('-b256')]
+
+
+def peak_mb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def config_of(flags):
+    """The RunConfig of train.py's run flags ``flags``, its width fitted unless given."""
+    from stngluon.config import RunConfig
+    return RunConfig.from_flags(flags).resolved()
+
+
+def time_steps(step, batch, warmup, steps, sync):
+    for _ in range(warmup):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def measure_mxnet(flags, warmup, steps):
+    from stngluon import runtime
+    runtime.configure()   # before MXNet loads
+    from stngluon import compat  # noqa: F401  (the numpy shim, before mxnet)
+    import mxnet as mx
+    import numpy as np
+    from mxnet import autograd, gluon
+
+    from stngluon import distort
+    from stngluon import engine
+    from stngluon import sampler
+    args = config_of(flags)
+    shape = (args.batch_size, *distort.image_shape(args.dataset))
+    model = engine.GluonModel(args, (args.batch_size * 10, *shape[1:]), mx.cpu())
+    rng = np.random.RandomState(0)
+    data, label = mx.nd.array(rng.rand(*shape)), mx.nd.array(rng.randint(0, 10, shape[0]))
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def step():
+        with autograd.record():
+            loss = loss_fn(model.net(data), label)
+        loss.backward()
+        model.trainer.step(shape[0])
+    rate = time_steps(step, shape[0], warmup, steps, mx.nd.waitall)
+    # train.py's own loop (engine.GluonModel.fit_epoch: the set sent to the device, batches
+    # taken there, the loss summed and checked) over as many images, as train.py reports it.
+    x = rng.rand(steps * shape[0], *shape[1:]).astype(np.float32)
+    y = rng.randint(0, 10, len(x)).astype(np.int32)
+    model.fit_epoch(1, x[:warmup * shape[0]], y[:warmup * shape[0]])
+    _, loop = model.fit_epoch(2, x, y)
+    return {'imgs_per_s': rate, 'loop_imgs_per_s': loop, 'params': model.num_params,
+            'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}', 'sampler': sampler.name()}
+
+
+def with_width(workloads):
+    """{workload: its train.py flags, with --width when one was fitted}."""
+    flags = {}
+    for workload in workloads:
+        width = config_of(WORKLOADS[workload]).width
+        flags[workload] = WORKLOADS[workload] + (['--width', str(width)] if width else [])
+    return flags
+
+
+def resolved(workloads):
+    """{workload: its train.py flags with the fitted --width}, worked out in a process of its
+    own: measuring processes must run no MXNet operator but their own (an idle OpenMP
+    thread of MXNet's spins, compat.py, and would slow whatever else that process runs)."""
+    code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from benchmarks import workloads as b; '
+            f'print(json.dumps(b.with_width({workloads!r})))')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            check=True, env=dict(ENVIRON, OMP_NUM_THREADS='1'))
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def host():
+    """The machine, for the header: CPU model, the instruction sets that matter to these
+    kernels, usable cores, and the execution settings the environment sets (each row
+    names the engine and wait policy its stn-gluon processes ran with)."""
+    model, flags = 'unknown CPU', set()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name' and model == 'unknown CPU':
+                    model = value.strip()
+                elif key.strip() == 'flags' and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = [name for name, flag in (('AVX2', 'avx2'), ('AVX-512', 'avx512f'),
+                                   ('AVX-512 bf16', 'avx512_bf16'), ('AMX', 'amx_tile'))
+           if flag in flags] or ['no AVX2']
+    cores = len(os.sched_getaffinity(0))
+    settings = ', '.join(f'{k}={ENVIRON.get(k, default)}' for k, default in (
+        ('MXNET_ENGINE_TYPE', 'per row (runtime.py)'),
+        ('OMP_WAIT_POLICY', 'per row (runtime.py)'),
+        ('OMP_NUM_THREADS', 'per row')))
+    return f'{model} ({", ".join(isa)}), {cores} usable cores of {os.cpu_count()}; {settings}'
