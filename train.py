@@ -357,14 +357,14 @@ def finish(config, opts, model, test_x, test_y):
     prefix = rundir.export(opts.out, config.epochs, model.export)
     print(f'exported {prefix}-symbol.json and {prefix}-{config.epochs:04d}.params')
     if opts.onnx or os.path.exists(os.path.join(opts.out, rundir.ONNX)):   # never stale
-        import export_onnx   # onnx, only when asked for
+        from stngluon import onnx_export   # onnx, only when asked for
         try:
-            print(f'wrote {export_onnx.export(opts.out)}')
-        except export_onnx.ConversionError as e:
+            print(f'wrote {onnx_export.export(opts.out)}')
+        except onnx_export.ConversionError as e:
             raise rundir.RunError(e) from None
     if config.transform != 'none':
-        import visualize   # matplotlib, only for the picture at the end
-        print(f'wrote {visualize.compare_run(opts.out, test_x[:64], test_y[:64])}')
+        from stngluon import pictures   # matplotlib, only for the picture at the end
+        print(f'wrote {pictures.compare_run(opts.out, test_x[:64], test_y[:64])}')
 
 
 def train(config, opts, argv, kvstore='device', watchdog=None):

@@ -63,11 +63,11 @@ def main(argv=None):
         data = distort.load_dataset(args.dataset, args.data_dir)
         x, y = data.test_x, data.test_y
         classes = {}
-        for runtime, run in runs.items():
-            classes[runtime] = np.concatenate([run(x[i:i + 1000]).argmax(1)
-                                               for i in range(0, len(x), 1000)])
-            correct = int((classes[runtime] == y).sum())
-            print(f'{runtime:13s} {args.dataset} test accuracy {correct / len(y):.4f} '
+        for framework, run in runs.items():
+            classes[framework] = np.concatenate([run(x[i:i + 1000]).argmax(1)
+                                                  for i in range(0, len(x), 1000)])
+            correct = int((classes[framework] == y).sum())
+            print(f'{framework:13s} {args.dataset} test accuracy {correct / len(y):.4f} '
                   f'({correct}/{len(y)})')
         same = int((classes['MXNet'] == classes['ONNX Runtime']).sum())
         print(f'the same class for {same} of {len(y)} test images')
@@ -78,8 +78,8 @@ def main(argv=None):
         x = rng.rand(batch, *shape).astype(np.float32)
         measured = {k: [] for k in runs}
         for _ in range(args.repeats):
-            for runtime, run in runs.items():
-                measured[runtime].append(images_per_s(run, x, args.seconds))
+            for framework, run in runs.items():
+                measured[framework].append(images_per_s(run, x, args.seconds))
         ours, theirs = (statistics.median(measured[k]) for k in runs)
         print(f'{batch:6d} {ours:10,.0f} {theirs:13,.0f} {theirs / ours:6.2f}')
 

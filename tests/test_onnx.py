@@ -13,7 +13,7 @@ import pytest
 from mxnet import gluon
 from mxnet.gluon import nn
 
-import export_onnx
+from stngluon import onnx_export
 import predict
 from stngluon import rundir
 import stn
@@ -95,7 +95,7 @@ def symbol_export(tmp_path):
                          + [('symbol', 'affine')])
 def test_onnx_runtime_gives_the_mxnet_logits_and_transformer_output(tmp_path, api, family):
     prefix, expected = gluon_export(tmp_path, family) if api == 'gluon' else symbol_export(tmp_path)
-    path = export_onnx.export(prefix)
+    path = onnx_export.export(prefix)
     assert path == str(tmp_path / rundir.ONNX)
     onnx.checker.check_model(onnx.load(path), full_check=True)
     session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
@@ -121,7 +121,7 @@ def test_parallel_transformers_export_their_outputs_side_by_side(tmp_path):
     x = rng.rand(5, 2, 42, 42).astype(np.float32)
     logits, (transformed, _) = two(mx.nd.array(x)).asnumpy(), two.stn(mx.nd.array(x))
     two.export(str(tmp_path / 'model'))
-    session = onnxruntime.InferenceSession(export_onnx.export(str(tmp_path / 'model')))
+    session = onnxruntime.InferenceSession(onnx_export.export(str(tmp_path / 'model')))
     got_logits, got_transformed = session.run(None, {'data': x})
     assert got_logits.shape == (5, 19) and got_transformed.shape == (5, 4, 42, 42)
     np.testing.assert_allclose(got_transformed, transformed.asnumpy(), atol=1e-4, rtol=0)
@@ -136,7 +136,7 @@ def test_a_network_without_a_transformer_exports_its_logits_only(tmp_path):
     x = np.random.RandomState(0).rand(3, 1, 28, 28).astype(np.float32)
     logits = block(mx.nd.array(x)).asnumpy()
     block.export(str(tmp_path / 'model'))
-    session = onnxruntime.InferenceSession(export_onnx.export(str(tmp_path / 'model')))
+    session = onnxruntime.InferenceSession(onnx_export.export(str(tmp_path / 'model')))
     assert [o.name for o in session.get_outputs()] == ['logits']
     np.testing.assert_allclose(session.run(None, {'data': x})[0], logits, atol=1e-4, rtol=0)
 
@@ -147,9 +147,9 @@ def test_an_operator_without_a_converter_is_named_in_a_clear_error(tmp_path):
     symbol.save(str(tmp_path / 'model-symbol.json'))
     mx.nd.save(str(tmp_path / 'model-0000.params'),
                {'arg:fc_weight': mx.nd.ones((10, 784)), 'arg:fc_bias': mx.nd.zeros(10)})
-    with pytest.raises(export_onnx.ConversionError, match=r'model-symbol.json holds operators that '
+    with pytest.raises(onnx_export.ConversionError, match=r'model-symbol.json holds operators that '
                                                           r'cannot be converted to ONNX: erf'):
-        export_onnx.export(str(tmp_path / 'model'))
+        onnx_export.export(str(tmp_path / 'model'))
     assert not (tmp_path / rundir.ONNX).exists()
     done = subprocess.run([sys.executable, 'export_onnx.py', '--model', str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -189,7 +189,7 @@ def test_a_trained_run_scores_the_same_in_onnx_runtime_without_importing_mxnet(t
 def test_the_inference_benchmark_prints_a_row_per_batch_size(tmp_path, capsys):
     from benchmarks import bench_onnx
     prefix, _ = gluon_export(tmp_path, 'affine')
-    export_onnx.export(prefix)
+    onnx_export.export(prefix)
     bench_onnx.main(['--model', str(tmp_path), '--batch-sizes', '1,3', '--repeats', '1',
                      '--seconds', '0.05'])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
@@ -235,7 +235,7 @@ def two_channel_run(tmp_path, record=True):
 @pytest.mark.parametrize('record', [True, False])
 def test_the_input_shape_is_the_recorded_one_and_no_guess_is_printed(tmp_path, capsys, record):
     run = two_channel_run(tmp_path, record)
-    export_onnx.export(run)
+    onnx_export.export(run)
     assert predict.load(run)[1] == predict.load(run, loader='onnxruntime')[1] == (2, 42, 42)
     assert capsys.readouterr().out == ''
 
@@ -244,7 +244,7 @@ def test_image_files_for_a_two_channel_model_and_a_set_of_another_shape_are_one_
         tmp_path, capsys):
     from PIL import Image
     run = two_channel_run(tmp_path)
-    export_onnx.export(run)
+    onnx_export.export(run)
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / 'digit.png')
     for runtime in ('mxnet', 'onnxruntime'):
         with pytest.raises(SystemExit) as error:

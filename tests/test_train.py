@@ -218,7 +218,7 @@ def test_fresh_distortions_draw_a_new_training_set_every_epoch(tmp_path, distort
 @needs_mnist
 def test_extending_a_finished_run_draws_and_predicts_with_the_new_weights(tmp_path):
     import predict
-    import visualize
+    from stngluon import pictures
     from mxnet import gluon
     import mxnet as mx
     flags = ['--data-dir', REAL_DIR, '--out', str(tmp_path), '--train-size', '1000']
@@ -235,7 +235,7 @@ def test_extending_a_finished_run_draws_and_predicts_with_the_new_weights(tmp_pa
         return net(x).asnumpy()
     new, old = logits(2), logits(1)
     assert abs(new - old).max() > 1e-3
-    np.testing.assert_allclose(visualize.load_model(str(tmp_path))(x)[2].asnumpy(), new, atol=1e-5)
+    np.testing.assert_allclose(pictures.load_model(str(tmp_path))(x)[2].asnumpy(), new, atol=1e-5)
     probabilities, _ = predict.load(str(tmp_path))
     np.testing.assert_allclose(probabilities(x.asnumpy()), mx.nd.softmax(mx.nd.array(new)).asnumpy(),
                                atol=1e-5)

@@ -15,6 +15,7 @@ import stn
 from stngluon import symbolic
 import train
 import visualize
+from stngluon import pictures
 from stngluon.geometry import outline, outlines_of, share_on_input
 import net as net_module
 from net import Net
@@ -138,7 +139,7 @@ def test_sampling_grid_is_the_grid_inside_the_exported_block(tmp_path, family):
     theta = moved(stn.identity_theta(family, 3))
     run = exported_run(tmp_path, transform=family, bias=theta, tps_grid=3)
     symbol = mx.sym.load(os.path.join(run, 'model-symbol.json')).get_internals()
-    grid = [symbol[name] for name in visualize.GRIDS if name in symbol.list_outputs()][0]
+    grid = [symbol[name] for name in rundir.GRIDS if name in symbol.list_outputs()][0]
     block = mx.gluon.SymbolBlock(grid, mx.sym.var('data'))
     block.collect_params().load(os.path.join(run, 'model-0003.params'), ignore_extra=True)
     inside = block(mx.nd.array(digits(2))).asnumpy()
@@ -231,7 +232,7 @@ def test_a_tps_with_displaced_control_points_has_a_curved_outline():
 
 def test_make_grid_tiles_images_row_by_row_between_padding():
     images = np.arange(3, dtype=np.float32).reshape(3, 1, 1, 1) + 1
-    grid = visualize.make_grid(images, nrow=2, pad=1, pad_value=0)
+    grid = pictures.make_grid(images, nrow=2, pad=1, pad_value=0)
     np.testing.assert_array_equal(grid, [[0, 0, 0, 0, 0],
                                          [0, 1, 0, 2, 0],
                                          [0, 0, 0, 0, 0],
@@ -250,11 +251,11 @@ def test_with_an_identity_transformer_the_two_panels_are_identical_and_the_outli
     net, images = fresh_net(transform=family), digits(16)
     transformed, theta = net.stn(mx.nd.array(images))
     grid = stn.sampling_grid(theta.asnumpy(), family, (28, 28))
-    fig = visualize.compare_figure(images, transformed.asnumpy(), outline(grid, 28, 28))
+    fig = pictures.compare_figure(images, transformed.asnumpy(), outline(grid, 28, 28))
     left, right = fig.axes
     np.testing.assert_allclose(right.images[0].get_array(), left.images[0].get_array(), atol=1e-5)
     drawn = np.array([patch.get_xy()[:-1] for patch in left.patches])   # closed: first repeats
-    origins = visualize.tile_origins(16, 28, 28)[:, None]
+    origins = pictures.tile_origins(16, 28, 28)[:, None]
     np.testing.assert_allclose(drawn, origins + border(28, 28), atol=1e-4)
 
 
@@ -262,21 +263,21 @@ def test_each_outline_is_clipped_to_its_own_tile_and_the_identity_border_stays_i
     images = digits(2)
     lines = identity_outlines(2)
     lines[0] = (lines[0] - 13.5) * 3 + 13.5   # three times the image: reaches into the next tile
-    fig = visualize.compare_figure(images, images, lines, nrow=2)
+    fig = pictures.compare_figure(images, images, lines, nrow=2)
     left = fig.axes[0]
-    for patch, (x, y) in zip(left.patches, visualize.tile_origins(2, 28, 28, nrow=2)):
+    for patch, (x, y) in zip(left.patches, pictures.tile_origins(2, 28, 28, nrow=2)):
         box = patch.get_clip_box().get_points()
         tile = left.transData.transform([[x - 0.5, y - 0.5], [x + 27.5, y + 27.5]])
         np.testing.assert_allclose(box, [tile.min(0), tile.max(0)], atol=1e-6)
         assert patch.get_clip_on()
     # Rendered: the identity border of tile 2 is drawn, the big outline of tile 1 is not in it.
     picture = visualize.render(fig).astype(float)
-    x, y = visualize.tile_origins(2, 28, 28, nrow=2)[1]
+    x, y = pictures.tile_origins(2, 28, 28, nrow=2)[1]
     (x0, y0), (x1, y1) = left.transData.transform([[x - 0.5, y - 0.5], [x + 27.5, y + 27.5]])
     height = picture.shape[0]
     rows = slice(int(round(height - max(y0, y1))), int(round(height - min(y0, y1))))
     tile2 = picture[rows, int(round(min(x0, x1))):int(round(max(x0, x1)))]
-    orange = np.array(matplotlib.colors.to_rgb(visualize.BOX_COLORS[0])) * 255
+    orange = np.array(matplotlib.colors.to_rgb(pictures.BOX_COLORS[0])) * 255
     near = np.abs(tile2 - orange).max(-1) < 60
     edge = int(np.ceil(tile2.shape[1] / 28))   # the border runs half a pixel inside the tile
     assert near[:, :edge].any() and near[:, -edge:].any() and near[:edge].any() \
@@ -287,7 +288,7 @@ def test_each_outline_is_clipped_to_its_own_tile_and_the_identity_border_stays_i
 
 def test_the_panels_show_pixels_as_they_are_on_a_black_background():
     images = digits(4)
-    fig = visualize.compare_figure(images, images, identity_outlines(4))
+    fig = pictures.compare_figure(images, images, identity_outlines(4))
     shown = fig.axes[0].images[0]
     assert shown.get_clim() == (0, 1)
     np.testing.assert_array_equal(shown.get_array()[2:30, 2:30], images[0, 0])
@@ -295,7 +296,7 @@ def test_the_panels_show_pixels_as_they_are_on_a_black_background():
 
 def test_wrong_predictions_are_labelled_in_red():
     images = digits(3)
-    fig = visualize.compare_figure(images, images, identity_outlines(3),
+    fig = pictures.compare_figure(images, images, identity_outlines(3),
                                    predicted=np.array([1, 2, 3]), labels=np.array([1, 5, 3]))
     texts = fig.axes[1].texts
     assert [t.get_text() for t in texts] == ['1', '2', '3']
@@ -303,7 +304,7 @@ def test_wrong_predictions_are_labelled_in_red():
 
 
 def test_compare_run_writes_a_1000_by_540_jpeg_from_the_export(tmp_path):
-    path = visualize.compare_run(exported_run(tmp_path), digits(64), labels=np.zeros(64, int))
+    path = pictures.compare_run(exported_run(tmp_path), digits(64), labels=np.zeros(64, int))
     assert path == str(tmp_path / 'compare.jpg')
     assert Image.open(path).size == (1000, 540)
 
@@ -314,7 +315,7 @@ def test_compare_run_writes_a_1000_by_540_jpeg_from_the_export(tmp_path):
 def test_the_exported_symbol_alone_gives_the_transformers_output_grid_and_logits(tmp_path, family):
     run = exported_run(tmp_path, size=42, transform=family)
     os.remove(os.path.join(run, 'config.json'))        # the two exported files suffice
-    model = visualize.load_model(run, (1, 42, 42))
+    model = pictures.load_model(run, (1, 42, 42))
     assert isinstance(model, mx.gluon.SymbolBlock)
     images = digits(5, size=42)
     transformed, grid, logits = model(mx.nd.array(images))
@@ -327,7 +328,7 @@ def test_the_exported_symbol_alone_gives_the_transformers_output_grid_and_logits
 @pytest.mark.parametrize('family', FAMILIES)
 def test_the_exported_grid_of_a_moved_transformer_is_the_one_it_samples(tmp_path, family):
     theta = moved(stn.identity_theta(family))
-    model = visualize.load_model(exported_run(tmp_path, transform=family, bias=theta))
+    model = pictures.load_model(exported_run(tmp_path, transform=family, bias=theta))
     x = mx.nd.array(digits(3))
     transformed, grid, _ = model(x)
     np.testing.assert_allclose(grid.asnumpy(), stn.sampling_grid(np.tile(theta, (3, 1)), family,
@@ -340,15 +341,15 @@ def test_a_symbolic_api_export_without_a_grid_node_gets_the_affine_grid_of_its_t
     theta = np.array([0.8, 0.1, 0.2, -0.1, 0.9, -0.1], np.float32)
     run = symbolic_run(tmp_path, theta)
     names = mx.sym.load(os.path.join(run, 'model-symbol.json')).get_internals().list_outputs()
-    assert not set(visualize.GRIDS) & set(names)
+    assert not set(rundir.GRIDS) & set(names)
     x = mx.nd.array(digits(3))
-    transformed, grid, logits = visualize.load_model(run, (1, 28, 28))(x)
+    transformed, grid, logits = pictures.load_model(run, (1, 28, 28))(x)
     np.testing.assert_allclose(grid.asnumpy(), stn.sampling_grid(np.tile(theta, (3, 1)), 'affine',
                                                                  (28, 28)), atol=1e-6)
     np.testing.assert_allclose(mx.nd.BilinearSampler(x, grid).asnumpy(), transformed.asnumpy(),
                                atol=1e-5)
     assert logits.shape == (3, 10)
-    visualize.compare_run(run, digits(64))
+    pictures.compare_run(run, digits(64))
     assert Image.open(os.path.join(run, 'compare.jpg')).size == (1000, 540)
 
 
@@ -506,7 +507,7 @@ def test_the_pictures_of_parallel_transformers_show_each_ones_region_and_output(
     left = [0.5, 0, -0.5, 0, 0.5, 0]     # transformer 1 zooms on the left half
     right = [0.5, 0, 0.5, 0, 0.5, 0]     # transformer 2 on the right half
     run = parallel_run(tmp_path, [left, right])
-    model = visualize.load_model(run, (2, 42, 42))
+    model = pictures.load_model(run, (2, 42, 42))
     x = np.zeros((3, 2, 42, 42), np.float32)
     x[:, 0, 15:25, 2:18] = 1                        # digit 1 (red) on the left,
     x[:, 1, 15:25, 24:40] = 1                       # digit 2 (green) on the right
@@ -519,12 +520,12 @@ def test_the_pictures_of_parallel_transformers_show_each_ones_region_and_output(
     lines = outlines_of(grid, 42, 42)
     assert lines.shape[:2] == (2, 3)
     assert lines[0][..., 0].max() <= 20.5 <= lines[1][..., 0].min()   # left and right halves
-    fig = visualize.compare_figure(x, transformed, lines)
+    fig = pictures.compare_figure(x, transformed, lines)
     assert len(fig.axes) == 3                                      # inputs + one per transformer
     colors = {matplotlib.colors.to_hex(p.get_edgecolor()) for p in fig.axes[0].patches}
-    assert colors == {visualize.BOX_COLORS[0], visualize.BOX_COLORS[1]}
+    assert colors == {pictures.BOX_COLORS[0], pictures.BOX_COLORS[1]}
     assert fig.axes[0].images[0].get_array().shape[-1] == 3        # two channels as colours
-    path = visualize.compare_run(run, x)
+    path = pictures.compare_run(run, x)
     assert Image.open(path).size == (1500, 540)
 
 
@@ -535,12 +536,12 @@ def test_the_pictures_of_one_transformer_per_channel_show_each_its_own_digit_in_
     x = np.zeros((3, 2, 42, 42), np.float32)
     x[:, 0, 15:25, 2:18] = 1
     x[:, 1, 15:25, 24:40] = 1
-    path = visualize.compare_run(run, x)
+    path = pictures.compare_run(run, x)
     assert Image.open(path).size == (1500, 540)
-    model = visualize.load_model(run, (2, 42, 42))
+    model = pictures.load_model(run, (2, 42, 42))
     transformed, grid, _ = (a.asnumpy() for a in model(mx.nd.array(x)))
     own = transformed[:, [0, 3]]                    # what the classifier gets: (N, 2, H, W)
-    fig = visualize.compare_figure(x, own, outlines_of(grid, 42, 42))
+    fig = pictures.compare_figure(x, own, outlines_of(grid, 42, 42))
     first, second = (ax.images[0].get_array() for ax in fig.axes[1:])
     ink = lambda panel, channel: (panel[..., channel] > 0.9).any()    # noqa: E731 (pads: 0.5)
     assert ink(first, 0) and not ink(first, 1)       # red: digit 1 alone
@@ -570,7 +571,7 @@ def test_the_pictures_show_where_a_feature_map_transformer_reads_on_the_input(tm
     deep.stn.regressor.bias.set_data(mx.nd.array([0.5, 0, 0.5, 0, 0.5, 0.5]))   # bottom right
     deep.export(str(tmp_path / 'model'), epoch=1)
     write_config(tmp_path, 42, 1, transform='affine')
-    model = visualize.load_model(str(tmp_path), (1, 42, 42))
+    model = pictures.load_model(str(tmp_path), (1, 42, 42))
     x = digits(3, size=42)
     transformed, grid, _ = (a.asnumpy() for a in model(mx.nd.array(x)))
     assert transformed.shape == (3, 2, 42, 42) and grid.shape == (3, 4, 42, 42)
