@@ -41,11 +41,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections import namedtuple
 
-from stngluon import atomic
-from stngluon import distort
-from stngluon import mnist
-from stngluon import rundir
+from stngluon import atomic, distort, mnist, rundir
+from stngluon.config import as_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORES = len(os.sched_getaffinity(0))
@@ -69,34 +68,101 @@ FAMILY_ABBREVIATIONS = {'aff': 'affine', 'proj': 'projective', 'tps': 'tps'}
 # Our schedule, and the paper's (150k iterations of batch 256 = 640 epochs of 60,000
 # images, SGD, learning rate 0.01 divided by 10 every 50k iterations); for the recipe
 # pilots, ours with a cosine decay after half an epoch of warm-up, and the paper's
-# optimizer (SGD with momentum, batch 256) over our length.
+# optimizer (SGD with momentum, batch 256) over our length. Each is train.py's settings
+# (config.RunConfig fields), in the order the tables print them.
 SCHEDULES = {
-    'ours': ['--optimizer', 'adam', '--lr', '0.001', '--batch-size', '64',
-             '--epochs', '5', '--lr-steps', '3,4'],
-    'paper': ['--optimizer', 'sgd', '--lr', '0.01', '--momentum', '0.9', '--batch-size', '256',
-              '--epochs', '640', '--lr-steps', '213,427'],
-    'cosine': ['--optimizer', 'adam', '--lr', '0.001', '--batch-size', '64',
-               '--epochs', '5', '--lr-mode', 'cosine', '--warmup-epochs', '0.5'],
-    'sgd': ['--optimizer', 'sgd', '--lr', '0.01', '--momentum', '0.9', '--batch-size', '256',
-            '--epochs', '5', '--lr-steps', '3,4'],
+    'ours': dict(optimizer='adam', lr=0.001, batch_size=64, epochs=5, lr_steps=[3, 4]),
+    'paper': dict(optimizer='sgd', lr=0.01, momentum=0.9, batch_size=256, epochs=640,
+                  lr_steps=[213, 427]),
+    'cosine': dict(optimizer='adam', lr=0.001, batch_size=64, epochs=5, lr_mode='cosine',
+                   warmup_epochs=0.5),
+    'sgd': dict(optimizer='sgd', lr=0.01, momentum=0.9, batch_size=256, epochs=5, lr_steps=[3, 4]),
 }
 
 
-def schedule_flags(schedule, epochs=None):
-    """train.py's optimiser flags for ``schedule``; ``epochs`` shortens or lengthens it, with
-    the learning-rate steps kept at the same fractions of the run (those that fall on or
+def positive_int(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number >= 1')
+    return int(text)
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f'{text!r} must be a finite number > 0')
+    return value
+
+
+# What the command line may change of a schedule (besides --epochs and --fresh-distortions):
+# the setting, its tag in folder names ('ours-b256' with --batch-size 256), its type and help.
+CHANGES = {
+    'batch_size': ('b', positive_int, "the schedule's batch size, if not its own"),
+    'lr': ('lr', positive_float, "the schedule's base learning rate, if not its own"),
+    'loc_lr_mult': ('loc', positive_float, "train.py's localisation learning-rate multiplier, "
+                                           "if not 0.1"),
+    'budget_mult': ('budget', positive_float, "train.py's multiple of each experiment's parameter "
+                                              "budget (the FCN and CNN widths), if not 1"),
+    'input_norm': ('norm', str, "train.py's --input-norm (none), if not mnist"),
+    'train_size': ('n', positive_int, 'train every cell on the first N training images (quick '
+                                      'checks)'),
+}
+
+
+class Cell(namedtuple('Cell', 'dataset model')):
+    """A cell of the grid, named 'DATASET/MODEL' ('rts/st-cnn-tps'): a distorted set (a
+    column of Table 1, or another reading of one: 'p-forward') and a model (a row)."""
+
+    @classmethod
+    def named(cls, name):
+        return cls(*name.split('/'))
+
+    @property
+    def column(self):
+        return column(self.dataset)
+
+    @property
+    def paper_error(self):
+        return PAPER[self.model][self.column]
+
+    @property
+    def baseline(self):
+        """The model without its transformer: 'cnn' for 'st-cnn-aff' (None for a baseline)."""
+        return self.model.split('-')[1] if self.model.startswith('st-') else None
+
+    @property
+    def settings(self):
+        """train.py's dataset, model and transform."""
+        if self.baseline:
+            return dict(dataset=self.dataset, model=self.baseline,
+                        transform=FAMILY_ABBREVIATIONS[self.model.split('-')[2]])
+        return dict(dataset=self.dataset, model=self.model, transform='none')
+
+
+def schedule(name, epochs=None):
+    """The settings of schedule ``name``; ``epochs`` shortens or lengthens it, with the
+    learning-rate steps kept at the same fractions of the run (those that fall on or
     after the last epoch dropped)."""
-    flags = list(SCHEDULES[schedule])
-    if epochs is None:
-        return flags
-    at = flags.index('--epochs') + 1
-    scale = epochs / int(flags[at])
-    flags[at] = str(epochs)
-    if '--lr-steps' in flags:
-        at = flags.index('--lr-steps') + 1
-        steps = sorted({max(1, round(int(s) * scale)) for s in flags[at].split(',')})
-        flags[at] = ','.join(str(s) for s in steps if s < epochs)
-    return flags
+    settings = dict(SCHEDULES[name])
+    if epochs is not None:
+        scale = epochs / settings['epochs']
+        settings['epochs'] = epochs
+        if 'lr_steps' in settings:
+            steps = sorted({max(1, round(s * scale)) for s in settings['lr_steps']})
+            settings['lr_steps'] = [s for s in steps if s < epochs]
+    return settings
+
+
+def recipe(args):
+    """The schedule's settings with the command line's changes: a changed setting's value
+    replaces the schedule's (batch_size 256 instead of its 64), new ones follow."""
+    settings = schedule(args.schedule, args.epochs)
+    if args.fresh_distortions:
+        settings['fresh_distortions'] = True
+    settings.update({k: getattr(args, k) for k in CHANGES if getattr(args, k, None) is not None})
+    return settings
 
 
 def cells(readings=False):
@@ -115,44 +181,26 @@ def column(dataset):
     return dataset.split('-')[0]
 
 
-def paper_error(cell):
-    dataset, model = cell.split('/')
-    return PAPER[model][column(dataset)]
-
-
 def choose(patterns):
     """The cells matched by any of ``patterns``; a set's other readings only by a pattern
     whose dataset part is not '*' (so '*' and '*/cnn' stay on the grid)."""
     return [c for c in cells(readings=True) if any(
-        fnmatch.fnmatch(c, pat) and (column(c.split('/')[0]) == c.split('/')[0]
+        fnmatch.fnmatch(c, pat) and (Cell.named(c).column == Cell.named(c).dataset
                                      or pat.split('/')[0] != '*') for pat in patterns)]
-
-
-def train_flags(cell):
-    """train.py's --dataset/--model/--transform for a cell such as 'rts/st-cnn-tps'."""
-    dataset, model = cell.split('/')
-    if model.startswith('st-'):
-        _, family, transform = model.split('-')
-        return ['--dataset', dataset, '--model', family,
-                '--transform', FAMILY_ABBREVIATIONS[transform]]
-    return ['--dataset', dataset, '--model', model, '--transform', 'none']
 
 
 def label(args):
     """The schedule's name in folders and tables: 'ours', 'ours-20ep' with --epochs 20,
-    'ours-fresh' with --fresh-distortions, 'ours-b256' with --batch-size 256, 'ours-lr0.003'
-    with --lr 0.003, 'ours-loc1'
-    with --loc-lr-mult 1, 'ours-budget2' with --budget-mult 2, 'ours-normnone' with
-    --input-norm none, 'ours-n2000' with --train-size 2000."""
+    'ours-fresh' with --fresh-distortions, then a tag per changed setting (CHANGES):
+    'ours-b256' with --batch-size 256, 'ours-lr0.003', 'ours-loc1', 'ours-budget2',
+    'ours-normnone', 'ours-n2000'."""
     name = args.schedule if args.epochs is None else f'{args.schedule}-{args.epochs}ep'
     name += '-fresh' if args.fresh_distortions else ''
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    name += f'-b{given["batch_size"]}' if 'batch_size' in given else ''
-    name += f'-lr{given["lr"]:g}' if 'lr' in given else ''
-    name += f'-loc{given["loc_lr_mult"]:g}' if 'loc_lr_mult' in given else ''
-    name += f'-budget{given["budget_mult"]:g}' if 'budget_mult' in given else ''
-    name += f'-norm{given["input_norm"]}' if 'input_norm' in given else ''
-    return name + (f'-n{given["train_size"]}' if 'train_size' in given else '')
+    for key, (tag, _, _) in CHANGES.items():
+        value = getattr(args, key, None)
+        if value is not None:
+            name += f'-{tag}{value:g}' if isinstance(value, float) else f'-{tag}{value}'
+    return name
 
 
 def run_dir(args, cell, seed):
@@ -171,44 +219,13 @@ def die_with_parent():
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
 
 
-def recipe_flags(args):
-    """train.py's flags for what the command line changes of the schedule (after its own)."""
-    flags = ['--fresh-distortions'] if args.fresh_distortions else []
-    if args.batch_size is not None:
-        flags += ['--batch-size', str(args.batch_size)]
-    if args.lr is not None:
-        flags += ['--lr', f'{args.lr:g}']
-    if args.loc_lr_mult is not None:
-        flags += ['--loc-lr-mult', f'{args.loc_lr_mult:g}']
-    if args.budget_mult is not None:
-        flags += ['--budget-mult', f'{args.budget_mult:g}']
-    if getattr(args, 'input_norm', None) is not None:
-        flags += ['--input-norm', args.input_norm]
-    if args.train_size is not None:
-        flags += ['--train-size', str(args.train_size)]
-    return flags
-
-
-def run_flags(args):
-    """train.py's flags for the schedule with the command line's changes: a changed flag's
-    value replaces the schedule's ('--batch-size 256' instead of its '64'), new flags follow."""
-    flags, extra = schedule_flags(args.schedule, args.epochs), recipe_flags(args)
-    while extra:
-        name, valued = extra[0], len(extra) > 1 and not extra[1].startswith('--')
-        if valued and name in flags:
-            flags[flags.index(name) + 1] = extra[1]
-        else:
-            flags += extra[:1 + valued]
-        extra = extra[1 + valued:]
-    return flags
-
-
 def run_cell(cell, seed, args):
     """Train one cell to the end (continuing an interrupted run) and save its result.json.
     Runs on a Dask worker; raises CellFailed if train.py fails."""
     folder = run_dir(args, cell, seed)
-    command = [sys.executable, os.path.join(HERE, 'train.py'), *train_flags(cell),
-               *run_flags(args), '--seed', str(seed), '--out', folder, '--ctx', args.ctx]
+    command = [sys.executable, os.path.join(HERE, 'train.py'),
+               *as_flags({**Cell.named(cell).settings, **recipe(args), 'seed': seed}),
+               '--out', folder, '--ctx', args.ctx]
     if args.data_dir:
         command += ['--data-dir', args.data_dir]
     rerun = shlex.join(['python', 'train.py'] + command[2:])   # result.json: the whole run
@@ -259,9 +276,9 @@ def write_tables(args, failed=None):
                             for r in results)
         errors = [r['test_error'] for r in results]
         finished.update(r['seed'] for r in results)
-        dataset, model = cell.split('/')
         rows.append({
-            'dataset': dataset, 'model': model, 'paper_error': paper_error(cell),
+            'dataset': Cell.named(cell).dataset, 'model': Cell.named(cell).model,
+            'paper_error': Cell.named(cell).paper_error,
             'our_error': round(statistics.mean(errors), 2) if errors else '',
             'spread': round(statistics.stdev(errors), 2) if len(errors) > 1 else '',
             'seeds': len(errors), 'minutes': round(sum(r['train_seconds'] for r in results) / 60, 1)
@@ -272,8 +289,8 @@ def write_tables(args, failed=None):
     writer.writerows(rows)
     atomic.write_text(os.path.join(out, 'table1.csv'), text.getvalue())
 
-    columns = PAPER_COLUMNS + list(dict.fromkeys(c.split('/')[0] for c in found))
-    flags = ' '.join(run_flags(args))
+    columns = PAPER_COLUMNS + list(dict.fromkeys(Cell.named(c).dataset for c in found))
+    flags = ' '.join(as_flags(recipe(args)))
     waiting = ','.join(str(s) for s in seeds if s not in finished)
     seeds_done = ','.join(map(str, seeds)) + (
         f' (no cell has finished seed {waiting} yet)' if waiting else '')
@@ -340,8 +357,8 @@ def goal_lines(rows):
         return round(r['our_error'] - r['paper_error'], 2)
     close = [r for r in st_cnn if abs(gap(r)) <= 0.3]
     not_above = [r for r in st_cnn if gap(r) <= 0.3]
-    pairs = [(r, done[d, m.split('-')[1]]) for (d, m), r in done.items()
-             if m.startswith('st-') and (d, m.split('-')[1]) in done]
+    pairs = [(r, done[d, Cell(d, m).baseline]) for (d, m), r in done.items()
+             if (d, Cell(d, m).baseline) in done]
     below = [(st, base) for st, base in pairs if st['our_error'] < base['our_error']]
     seeded = [(st, base) for st, base in pairs if st['spread'] != '' or base['spread'] != '']
     clear = [(st, base) for st, base in seeded if base['our_error'] - st['our_error']
@@ -420,9 +437,9 @@ def write_grid_curves(out, chosen, path):
     for ax, (cell, lines) in zip(axes.flat, runs.items()):
         for name, seen, error in lines:
             ax.plot(seen, error, marker='.', label=name)
-        ax.axhline(paper_error(cell), color='k', linestyle='--', label='paper')
-        dataset, model = cell.split('/')
-        ax.set(title=f'{dataset.upper()} {model_name(model)}', yscale='log',
+        ax.axhline(Cell.named(cell).paper_error, color='k', linestyle='--', label='paper')
+        ax.set(title=f'{Cell.named(cell).dataset.upper()} {model_name(Cell.named(cell).model)}',
+               yscale='log',
                xlabel='training images seen (millions)', ylabel='test error (%)')
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
@@ -444,22 +461,6 @@ def seed_list(text):
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f'{text!r} names a seed twice: each seed is one run')
     return seeds
-
-
-def positive_int(text):
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number >= 1')
-    return int(text)
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f'{text!r} must be a finite number > 0')
-    return value
 
 
 def scheduler_address(text):
@@ -495,26 +496,16 @@ def main(argv=None):
     p.add_argument('--readme', metavar='MD',
                    help='also rewrite the table between the "<!-- table1: start -->" and '
                         '"<!-- table1: end -->" lines of this file (the README)')
-    p.add_argument('--batch-size', type=positive_int, default=None,
-                   help="the schedule's batch size, if not its own (folders SCHEDULE-bN)")
-    p.add_argument('--lr', type=positive_float, default=None,
-                   help="the schedule's base learning rate, if not its own (folders SCHEDULE-lrX)")
-    p.add_argument('--loc-lr-mult', type=positive_float, default=None,
-                   help="train.py's localisation learning-rate multiplier, if not 0.1 "
-                        "(folders SCHEDULE-locM)")
-    p.add_argument('--budget-mult', type=positive_float, default=None,
-                   help="train.py's multiple of each experiment's parameter budget (the FCN "
-                        "and CNN widths), if not 1 (folders SCHEDULE-budgetM)")
-    p.add_argument('--input-norm', choices=['none'], default=None,
-                   help="train.py's --input-norm, if not mnist (folders SCHEDULE-normnone)")
     p.add_argument('--curves', default=None, metavar='PNG',
                    help='also draw test error against images seen for every run of the chosen '
                         'cells found in --out (one line per schedule) into this file')
-    p.add_argument('--train-size', type=positive_int, default=None,
-                   help='train every cell on the first N training images (quick checks)')
+    for key, (tag, kind, text) in CHANGES.items():
+        p.add_argument('--' + key.replace('_', '-'), type=kind, default=None,
+                       choices=['none'] if key == 'input_norm' else None,
+                       help=f'{text} (folders SCHEDULE-{tag}VALUE)')
     p.add_argument('--jobs', type=positive_int, default=CORES,
                    help='cells trained at once: the local Dask cluster\'s workers (default: one '
-                        'per core; bench_train.py --side-by-side: 1.15x the images/s of one cell '
+                        'per core; benchmarks/bench_train.py --side-by-side: 1.15x the images/s of one cell '
                         'on all cores for the RTS ST-CNN, 1.01x to 1.47x across the workloads)')
     p.add_argument('--threads', type=positive_int, default=None,
                    help='OpenMP threads per cell (default: the cores divided among the jobs; '
@@ -550,20 +541,20 @@ def estimate(args, chosen, seconds=6.0):
     environ = dict(os.environ)   # as given, before runtime.py's compat.py adds to it
     from stngluon import runtime
     threads = args.threads or max(1, CORES // args.jobs)
-    flags = run_flags(args)
-    images = int(flags[flags.index('--epochs') + 1]) * (args.train_size or TRAIN_IMAGES)
+    settings = recipe(args)
+    images = settings['epochs'] * (args.train_size or TRAIN_IMAGES)
     networks = {}   # (input shape, model flags) -> its cells
     for cell in chosen:
-        dataset = cell.split('/')[0]
-        networks.setdefault((distort.image_shape(dataset), tuple(train_flags(cell)[2:])),
+        model = as_flags({k: v for k, v in Cell.named(cell).settings.items() if k != 'dataset'})
+        networks.setdefault((distort.image_shape(Cell.named(cell).dataset), tuple(model)),
                             []).append(cell)
     print(f'{len(chosen)} cells x {len(args.seeds)} seeds, {images:,d} training images each '
           f'({label(args)}), {args.jobs} at a time on {threads} thread(s) each; timing each '
           f'network for {seconds:g} s:')
     print(f'{"network":44s} {"cells":>5s} {"images/s":>9s} {"h per cell":>10s}')
     cell_hours = 0.0
-    for (shape, _), members in networks.items():
-        cell_flags = train_flags(members[0]) + flags
+    for (shape, model), members in networks.items():
+        cell_flags = as_flags({**Cell.named(members[0]).settings, **settings})
         settings = runtime.chosen_for(cell_flags, threads, environ)
         measure = runtime.measure_in_child(cell_flags, seconds, threads)
         with ThreadPoolExecutor(args.jobs) as pool:
@@ -573,7 +564,7 @@ def estimate(args, chosen, seconds=6.0):
         rate = statistics.median(rates)
         hours = images / rate / 3600
         cell_hours += hours * len(members) * len(args.seeds)
-        name = f'{" ".join(train_flags(members[0])[2:])} at {shape[1]}x{shape[2]}'
+        name = f'{" ".join(model)} at {shape[1]}x{shape[2]}'
         print(f'{name:44s} {len(members):5d} {rate:9,.0f} {hours:10.2f}', flush=True)
     core_hours = cell_hours * threads
     print(f'the grid: {cell_hours / args.jobs:.1f} hours on this machine, '
@@ -717,7 +708,7 @@ def submit(todo, args, cluster, where):
             try:
                 result = future.result()
                 outcome = (f'{result["test_error"]:.2f}% test error (paper '
-                           f'{paper_error(cell)}%), {result["train_seconds"] / 60:.1f} min')
+                           f'{Cell.named(cell).paper_error}%), {result["train_seconds"] / 60:.1f} min')
             except CellFailed as e:
                 failed[cell, seed] = outcome = str(e)
             except KilledWorker:

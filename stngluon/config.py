@@ -128,17 +128,7 @@ class RunConfig:
 
     def flags(self):
         """train.py's command-line flags for these settings."""
-        argv = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            flag = '--' + f.name.replace('_', '-')
-            if isinstance(value, bool):
-                argv += [flag] if value else []
-            elif isinstance(value, list):
-                argv += [flag, ','.join(map(str, value))]
-            elif value is not None:
-                argv += [flag, str(value)]
-        return argv
+        return as_flags(self.as_dict())
 
     @classmethod
     def from_flags(cls, argv):
@@ -164,6 +154,23 @@ class RunConfig:
         except (ConfigError, TypeError) as e:
             raise ConfigError(f'{where} holds a setting the command line would reject: {e}') \
                 from None
+
+
+def as_flags(settings):
+    """train.py's flags for ``settings`` ({RunConfig field: value}, in their order): a list
+    as 1,2, a number in its shortest exact form, None and False left out."""
+    argv = []
+    for key, value in settings.items():
+        flag = '--' + key.replace('_', '-')
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        elif isinstance(value, list):
+            argv += [flag, ','.join(map(str, value))]
+        elif isinstance(value, float):
+            argv += [flag, f'{value:g}' if float(f'{value:g}') == value else repr(value)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
 
 
 def add_flags(p):

@@ -215,7 +215,9 @@ def feature_region_of(internals, input_grid, image_shape, run_dir):
     data = (1, *image_shape)
     side = feature_grid.infer_shape(data=data)[1][0][2]
     shape = input_grid[0].infer_shape(data=data)[1][0][2:] if input_grid else image_shape[1:]
-    pooled = bool(input_grid) and net.feature_side(shape[0], False) != side
+    recorded = rundir.read_config(run_dir).get('pool_after_stn')   # config.json's, if there
+    pooled = bool(input_grid) and (recorded if isinstance(recorded, bool)   # (only after an
+                                   else net.feature_side(shape[0], False) != side)   # input ST)
     a, b = net.feature_to_input(side, pooled, shape[0])
     return net.feature_region(mx.sym, feature_grid, input_grid[0] if input_grid else None,
                               tuple(shape), a, b)

@@ -26,19 +26,33 @@ def test_the_grid_is_table_1_plus_the_four_tc_cells():
     assert 'rts/st-cnn-tps' in cells and 'tc/st-cnn-tps' not in cells
 
 
-@pytest.mark.parametrize('cell, flags', [
-    ('r/fcn', ['--dataset', 'r', '--model', 'fcn', '--transform', 'none']),
-    ('rts/st-cnn-proj', ['--dataset', 'rts', '--model', 'cnn', '--transform', 'projective']),
-    ('e/st-fcn-tps', ['--dataset', 'e', '--model', 'fcn', '--transform', 'tps']),
+@pytest.mark.parametrize('cell, settings', [
+    ('r/fcn', dict(dataset='r', model='fcn', transform='none')),
+    ('rts/st-cnn-proj', dict(dataset='rts', model='cnn', transform='projective')),
+    ('e/st-fcn-tps', dict(dataset='e', model='fcn', transform='tps')),
+    ('p-forward/st-cnn-aff', dict(dataset='p-forward', model='cnn', transform='affine')),
 ])
-def test_each_cell_names_its_dataset_model_and_transform(cell, flags):
-    assert reproduce.train_flags(cell) == flags
+def test_each_cell_names_its_dataset_model_and_transform(cell, settings):
+    assert reproduce.Cell.named(cell).settings == settings
+
+
+def test_a_cell_knows_its_column_its_baseline_and_the_papers_error():
+    cell = reproduce.Cell.named('p-forward/st-cnn-aff')
+    assert (cell.column, cell.baseline, cell.paper_error) == ('p', 'cnn', 0.8)
+    assert reproduce.Cell.named('tc/fcn').baseline is None
+
+
+def test_every_schedule_and_change_is_a_setting_train_py_takes():
+    from stngluon.config import RunConfig
+    for name in reproduce.SCHEDULES:
+        RunConfig(**reproduce.schedule(name))   # a TypeError or ConfigError if not
+    assert set(reproduce.CHANGES) <= set(RunConfig.names())
 
 
 def test_the_paper_schedule_is_150k_iterations_of_batch_256_with_two_tenfold_drops():
-    flags = dict(zip(reproduce.SCHEDULES['paper'][::2], reproduce.SCHEDULES['paper'][1::2]))
-    assert int(flags['--epochs']) * 60000 / int(flags['--batch-size']) == pytest.approx(150000, rel=0.01)
-    steps = [int(s) * 60000 / 256 for s in flags['--lr-steps'].split(',')]
+    paper = reproduce.SCHEDULES['paper']
+    assert paper['epochs'] * 60000 / paper['batch_size'] == pytest.approx(150000, rel=0.01)
+    steps = [s * 60000 / 256 for s in paper['lr_steps']]
     assert steps == pytest.approx([50000, 100000], rel=0.01)
 
 
@@ -146,11 +160,10 @@ def test_a_pattern_that_matches_no_cell_is_a_usage_error(tmp_path, capsys):
     assert error.value.code == 2 and 'matches none of' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('epochs, steps', [(None, '3,4'), (10, '6,8'), (20, '12,16'), (2, '1')])
+@pytest.mark.parametrize('epochs, steps', [(None, [3, 4]), (10, [6, 8]), (20, [12, 16]), (2, [1])])
 def test_epochs_stretch_our_schedule_with_its_steps_at_the_same_fractions(epochs, steps):
-    flags = reproduce.schedule_flags('ours', epochs)
-    assert flags[flags.index('--lr-steps') + 1] == steps
-    assert flags[flags.index('--epochs') + 1] == str(epochs or 5)
+    settings = reproduce.schedule('ours', epochs)
+    assert (settings['lr_steps'], settings['epochs']) == (steps, epochs or 5)
 
 
 def test_a_stretched_schedule_runs_in_folders_of_its_own(tmp_path, fake_train):
