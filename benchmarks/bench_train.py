@@ -32,98 +32,6 @@ from benchmarks.workloads import (ENVIRON, ROOT, TABLE1_KINDS, WORKLOADS, config
 
 
 
-def torch_net(args):
-    """The PyTorch twin of net.build(args) (a RunConfig) for lenet and cnn, any transform."""
-    import torch
-    from torch import nn
-
-    import net as mxnet_net
-    import stn
-
-    class Transformer(nn.Module):
-        def __init__(self, localisation, family, side):
-            super().__init__()
-            self.family, self.side = family, side
-            self.localisation = localisation
-            size = stn.theta_size(family, args.tps_grid)
-            self.regressor = nn.LazyLinear(size)
-            constant = stn.grid_constant(family, (side, side), args.tps_grid)
-            self.register_buffer('constant', None if constant is None else
-                                 torch.tensor(constant).reshape(len(constant), -1))
-            self.identity = torch.tensor(stn.identity_theta(family, args.tps_grid))
-
-        def grid(self, theta):
-            n, s = len(theta), self.side
-            if self.family in ('affine', 'attention'):
-                if self.family == 'attention':
-                    scale, tx, ty = theta.unbind(1)
-                    zero = torch.zeros_like(scale)
-                    theta = torch.stack([scale, zero, tx, zero, scale, ty], 1)
-                return nn.functional.affine_grid(theta.view(n, 2, 3), (n, 1, s, s),
-                                                 align_corners=True)
-            if self.family == 'projective':
-                h = torch.cat([theta, torch.ones(n, 1)], 1).view(n, 3, 3)
-                uvw = h @ self.constant                                     # (N, 3, P)
-                w = uvw[:, 2:]
-                w = torch.where(w >= 0, w.clamp(min=stn.PROJECTIVE_EPS), w.clamp(max=-stn.PROJECTIVE_EPS))
-                xy = uvw[:, :2] / w
-            else:
-                xy = theta.view(n, 2, -1) @ self.constant                   # (N, 2, P)
-            return xy.view(n, 2, s, s).permute(0, 2, 3, 1)
-
-        def forward(self, x):
-            theta = self.regressor(self.localisation(x))
-            grid = self.grid(theta)
-            return nn.functional.grid_sample(x, grid, align_corners=True, padding_mode='zeros')
-
-    relu = nn.ReLU
-    side = {'rts': 42, 'tc': 60}.get(args.dataset, 28)
-    if args.model == 'lenet':
-        classifier = nn.Sequential(
-            nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), relu(), nn.Conv2d(10, 20, 5), nn.Dropout2d(0.5),
-            nn.MaxPool2d(2), relu(), nn.Flatten(), nn.LazyLinear(50), relu(), nn.Dropout(0.5),
-            nn.LazyLinear(10))
-        localisation = nn.Sequential(nn.Conv2d(1, 8, 7), nn.MaxPool2d(2), relu(), nn.Conv2d(8, 10, 5),
-                                     nn.MaxPool2d(2), relu(), nn.Flatten(), nn.LazyLinear(32), relu())
-    elif args.model == 'fcn':
-        w = args.width
-        classifier = nn.Sequential(nn.Flatten(), nn.LazyLinear(w), relu(), nn.LazyLinear(w), relu(),
-                                   nn.LazyLinear(10))
-        localisation = nn.Sequential(nn.Flatten(), *[m for _ in range(3)
-                                                     for m in (nn.LazyLinear(32), relu())])
-    else:
-        w = args.width
-        classifier = nn.Sequential(nn.Conv2d(1, w, 9), relu(), nn.MaxPool2d(2),
-                                   nn.Conv2d(w, 2 * w, 7, padding=2), relu(), nn.MaxPool2d(2),
-                                   nn.Flatten(), nn.LazyLinear(10))
-        localisation = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(1, 20, 5), relu(), nn.MaxPool2d(2),
-                                     nn.Conv2d(20, 20, 5), relu(), nn.Flatten(), nn.LazyLinear(20),
-                                     relu())
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stn = Transformer(localisation, args.transform, side) \
-                if args.transform != 'none' else None
-            self.pool = nn.AvgPool2d(2) if args.pool_after_stn else None
-            self.classifier = classifier
-
-        def forward(self, x):
-            if self.stn is not None:
-                x = self.stn(x)
-                if self.pool is not None:
-                    x = self.pool(x)
-            return self.classifier((x - mxnet_net.MEAN) / mxnet_net.STD)
-
-    model = Net()
-    model(torch.zeros(2, 1, side, side))   # materialise the lazy layers
-    if model.stn is not None:
-        with torch.no_grad():
-            model.stn.regressor.weight.zero_()
-            model.stn.regressor.bias.copy_(model.stn.identity)
-    return model, side
-
-
 def measure_torch(flags, warmup, steps, wait_policy=None):
     args = config_of(flags)
     # PyTorch gets the wait policy the environment had (``wait_policy``), its own default
@@ -135,7 +43,8 @@ def measure_torch(flags, warmup, steps, wait_policy=None):
     import numpy as np
     import torch
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', os.cpu_count())))
-    model, side = torch_net(args)
+    from benchmarks import twins   # torch, in the measuring process only
+    model, side = twins.twin(args)
     local = [p for n, p in model.named_parameters() if n.startswith('stn.')]
     rest = [p for n, p in model.named_parameters() if not n.startswith('stn.')]
     optimizer = torch.optim.Adam([{'params': rest},

@@ -376,7 +376,34 @@ def draw_boxes(path, images, truth, found, title):
     plt.close(fig)
 
 
-def main(argv=None):
+def checked(p, args):
+    """(the classes, the --shrink steps or None) of the parsed ``args``; ``p.error`` on a
+    value or combination that cannot run."""
+    try:
+        classes = [int(c) for c in args.classes.split(',')]
+        shrink = None if args.shrink is None else tuple(int(v) for v in args.shrink.split(','))
+    except ValueError:
+        p.error(f'--classes and --shrink take comma-separated integers, got {args.classes!r} '
+                f'and {args.shrink!r}')
+    if any(not 0 <= c <= 9 for c in classes):
+        p.error(f'--classes: digit classes are 0-9, got {args.classes!r}')
+    if args.images < 2:
+        p.error(f'--images: {args.images} is too few; each pair is two different images of a '
+                f'class, so give at least 2')
+    if not 0 <= args.seed < 2 ** 32:
+        p.error(f'--seed: {args.seed} must be between 0 and 2**32 - 1')
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f'--out: {args.out} is a file, not a folder: pass a folder')
+    if shrink is not None and not (len(shrink) == 2 and 0 <= shrink[0] < shrink[1] <= args.steps):
+        p.error(f'--shrink A,B needs 0 <= A < B <= --steps ({args.steps}), got {args.shrink!r}')
+    if not math.isfinite(args.blur) or args.blur < 0 or (args.blur > 0 and not 0 < args.blur_steps <= args.steps):
+        p.error(f'--blur needs a sigma >= 0 and 0 < --blur-steps <= --steps ({args.steps})')
+    if bool(args.coarse_encoder) != (args.switch > 0) or args.switch > args.steps:
+        p.error('--coarse-encoder and --switch go together, with 0 < --switch <= --steps')
+    return classes, shrink
+
+
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--encoder', required=True,
@@ -409,28 +436,13 @@ def main(argv=None):
     g.add_argument('--switch', type=int, default=0, help='the step from which --encoder is used')
     g.add_argument('--sharp-negatives', action='store_true',
                    help='cut the random patches from the unblurred canvas')
+    return p
+
+
+def main(argv=None):
+    p = parser()
     args = p.parse_args(argv)
-    try:
-        classes = [int(c) for c in args.classes.split(',')]
-        shrink = None if args.shrink is None else tuple(int(v) for v in args.shrink.split(','))
-    except ValueError:
-        p.error(f'--classes and --shrink take comma-separated integers, got {args.classes!r} '
-                f'and {args.shrink!r}')
-    if any(not 0 <= c <= 9 for c in classes):
-        p.error(f'--classes: digit classes are 0-9, got {args.classes!r}')
-    if args.images < 2:
-        p.error(f'--images: {args.images} is too few; each pair is two different images of a '
-                f'class, so give at least 2')
-    if not 0 <= args.seed < 2 ** 32:
-        p.error(f'--seed: {args.seed} must be between 0 and 2**32 - 1')
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        p.error(f'--out: {args.out} is a file, not a folder: pass a folder')
-    if shrink is not None and not (len(shrink) == 2 and 0 <= shrink[0] < shrink[1] <= args.steps):
-        p.error(f'--shrink A,B needs 0 <= A < B <= --steps ({args.steps}), got {args.shrink!r}')
-    if not math.isfinite(args.blur) or args.blur < 0 or (args.blur > 0 and not 0 < args.blur_steps <= args.steps):
-        p.error(f'--blur needs a sigma >= 0 and 0 < --blur-steps <= --steps ({args.steps})')
-    if bool(args.coarse_encoder) != (args.switch > 0) or args.switch > args.steps:
-        p.error('--coarse-encoder and --switch go together, with 0 < --switch <= --steps')
+    classes, shrink = checked(p, args)
     curriculum = Curriculum(args.blur, args.blur_steps, shrink, args.switch, args.sharp_negatives)
     try:
         encoder, side = load_encoder(args.encoder, args.embedding, args.normalise)
@@ -454,6 +466,33 @@ def main(argv=None):
                          f'with the others')
 
 
+def one_class(args, digit, images, truth, curriculum, fine, coarse):
+    """Co-localise one class's ``images`` (boxes ``truth``): its result.json entry, printed."""
+    encoder, side = fine
+    losses_at = landscape(images, truth, encoder, side, seed=args.seed)
+    toward = {name: toward_digit(images, truth, encoder, theta, side, seed=args.seed)
+              for name, theta in (('canvas centre', [digit_scale(CANVAS, side), 0, 0]),
+                                  ('whole canvas', [1, 0, 0]))}
+    stn, losses, history = colocalise(
+        images, encoder, side, args.steps, lr=args.lr, optimizer=args.optimizer,
+        seed=args.seed, curriculum=curriculum, coarse=coarse, truth=truth)
+    found = found_boxes(stn, images, curriculum.max_scale(args.steps - 1))
+    overlap = iou(found, truth)
+    hits = float((overlap > 0.5).mean())
+    entry = {
+        'iou_above_0.5': hits, 'mean_iou': float(overlap.mean()), 'final_loss': losses[-1],
+        'loss_at': losses_at, 'toward_digit': toward,
+        'history': {'columns': ['step', 'iou_above_0.5', 'mean_iou'], 'rows': history},
+        'boxes': np.round(found, 2).tolist()}
+    prices = ', '.join(f'{name} {value:.3f}' for name, value in losses_at.items())
+    leads = ', '.join(f'{name} {100 * value:.0f}%' for name, value in toward.items())
+    print(f'class {digit}: {100 * hits:.0f}% of {len(images)} boxes with IoU > 0.5, mean '
+          f'IoU {overlap.mean():.2f} (loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}; '
+          f'loss with every crop at: {prices}; first step toward the digit from: {leads})',
+          flush=True)
+    return entry
+
+
 # What a run's classes must share to be one run (so a rerun may resume its finished ones).
 SHARED = ('encoder', 'clutter', 'images', 'steps', 'lr', 'optimizer', 'embedding', 'normalise',
           'seed', 'blur', 'blur_steps', 'shrink', 'coarse_encoder', 'switch', 'sharp_negatives')
@@ -463,7 +502,6 @@ ADDED = {'sharp_negatives': False}    # settings newer than some result.json: th
 def run(args, classes, curriculum, fine, coarse, test_x, test_y, command):
     """Co-localise each class in turn, writing OUT/result.json after each (a rerun with the
     same settings keeps the classes already there, asked for or not), then OUT/boxes.png."""
-    encoder, side = fine
     path = os.path.join(args.out, 'result.json')
     settings = {key: getattr(args, key) for key in SHARED}
     done = {}
@@ -488,29 +526,9 @@ def run(args, classes, curriculum, fine, coarse, test_x, test_y, command):
             result['per_class'][str(digit)] = done[str(digit)]
             print(f'class {digit}: kept from {path}', flush=True)
             continue
-        losses_at = landscape(images, truth, encoder, side, seed=args.seed)
-        toward = {name: toward_digit(images, truth, encoder, theta, side, seed=args.seed)
-                  for name, theta in (('canvas centre', [digit_scale(CANVAS, side), 0, 0]),
-                                      ('whole canvas', [1, 0, 0]))}
-        stn, losses, history = colocalise(
-            images, encoder, side, args.steps, lr=args.lr, optimizer=args.optimizer,
-            seed=args.seed, curriculum=curriculum, coarse=coarse, truth=truth)
-        found = found_boxes(stn, images, curriculum.max_scale(args.steps - 1))
-        overlap = iou(found, truth)
-        hits = float((overlap > 0.5).mean())
-        result['per_class'][str(digit)] = {
-            'iou_above_0.5': hits, 'mean_iou': float(overlap.mean()), 'final_loss': losses[-1],
-            'loss_at': losses_at, 'toward_digit': toward,
-            'history': {'columns': ['step', 'iou_above_0.5', 'mean_iou'], 'rows': history},
-            'boxes': np.round(found, 2).tolist()}
+        result['per_class'][str(digit)] = one_class(args, digit, images, truth, curriculum, fine, coarse)
         atomic.write_text(path, json.dumps(dict(result, per_class={**done, **result['per_class']}),
                                            indent=2))
-        prices = ', '.join(f'{name} {value:.3f}' for name, value in losses_at.items())
-        leads = ', '.join(f'{name} {100 * value:.0f}%' for name, value in toward.items())
-        print(f'class {digit}: {100 * hits:.0f}% of {len(images)} boxes with IoU > 0.5, mean '
-              f'IoU {overlap.mean():.2f} (loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}; '
-              f'loss with every crop at: {prices}; first step toward the digit from: {leads})',
-              flush=True)
     per_class = result['per_class'] = dict(sorted({**done, **result['per_class']}.items()))
     result['mean'] = float(np.mean([c['iou_above_0.5'] for c in per_class.values()]))
     result['mean_iou'] = float(np.mean([c['mean_iou'] for c in per_class.values()]))
@@ -522,6 +540,7 @@ def run(args, classes, curriculum, fine, coarse, test_x, test_y, command):
                f'co-localisation{" with clutter" if args.clutter else ""}: '
                f'digit box green, transformer\'s crop orange')
     print(f'wrote {path} and {picture}')
+
 
 if __name__ == '__main__':
     main()

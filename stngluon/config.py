@@ -62,7 +62,10 @@ class RunConfig:
     budget_mult: float = 1.0           # fit fcn/cnn to this multiple of the budget
 
     def __post_init__(self):
-        self.lr_steps, self.stn_at = list(self.lr_steps), list(self.stn_at)
+        if isinstance(self.lr_steps, tuple):
+            self.lr_steps = list(self.lr_steps)
+        if isinstance(self.stn_at, tuple):
+            self.stn_at = list(self.stn_at)
         check(self)
 
     # ---- the facts derived from the settings ------------------------------------------
@@ -258,6 +261,7 @@ def check(c):
     import net
     import stn
     from stngluon.engine import LR_MODES
+    from stngluon.rundir import MAX_SEED
     choices = {'api': API, 'dataset': distort.DATASETS, 'optimizer': OPTIMIZERS,
                'lr_mode': LR_MODES, 'model': net.MODELS, 'transform': ('none',) + stn.TRANSFORMS,
                'input_norm': tuple(net.INPUT_NORMS)}
@@ -269,6 +273,15 @@ def check(c):
         value = getattr(c, name)
         if value is not None and not (value > 0 and math.isfinite(value)):
             fail(name, f'{value} must be a finite number > 0')
+    for name, high in (('seed', MAX_SEED), ('data_seed', 2 ** 31 - 1)):
+        if not (isinstance(getattr(c, name), int) and 0 <= getattr(c, name) <= high):
+            fail(name, f'{getattr(c, name)} must be between 0 and {high:,d}')
+    if not (isinstance(c.lr_steps, list) and all(isinstance(s, int) and s >= 1 for s in c.lr_steps)
+            and c.lr_steps == sorted(c.lr_steps)):
+        fail('lr_steps', f'{c.lr_steps!r} must be increasing epochs >= 1')
+    if not (isinstance(c.stn_at, list) and c.stn_at
+            and c.stn_at == [p for p in net.PLACES if p in c.stn_at]):
+        fail('stn_at', f'{c.stn_at!r}: use some of {", ".join(net.PLACES)}, each once, in order')
     if not 0 <= c.momentum < 1:
         fail('momentum', f'{c.momentum} must be in [0, 1)')
     if not 0 <= c.warmup_epochs < c.epochs:

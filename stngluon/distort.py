@@ -36,36 +36,6 @@ from stngluon.geometry import control_points, target_points, tps_basis
 VERSION = 3   # 3: P's corner noise 3.5 px (2: 5 px, now p-5px); 2: P reads the input
               # through a moved-corner quadrilateral (1 warped it)
 
-DEFAULTS = {
-    'mnist': {},
-    'r': {'rotation': 90.0},
-    'rts': {'rotation': 45.0, 'scale_min': 0.7, 'scale_max': 1.2, 'canvas': 42},
-    'p': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 3.5, 'warp': 'backward',
-          'frame': 'image'},
-    'e': {'scale_min': 0.75, 'scale_max': 1.0, 'tps_grid': 4, 'tps_std': 1.5},
-    'tc': {'canvas': 60, 'patches': 6, 'patch': 6},
-    # Other readings of the paper's P (docs/p-set-sources.md), as named sets:
-    'p-forward': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0, 'warp': 'forward',
-                  'frame': 'image'},
-    'p-3.5px': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 3.5, 'warp': 'backward',
-                'frame': 'image'},
-    'p-box': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0, 'warp': 'backward',
-              'frame': 'box'},
-    # MNIST addition (appendix A.1): two digits, each RTS-distorted on its own, as the two
-    # channels of one image; the label is their sum.
-    'addition': {'rotation': 45.0, 'scale_min': 0.7, 'scale_max': 1.2, 'canvas': 42},
-    'p-5px': {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 5.0, 'warp': 'backward',
-              'frame': 'image'},   # P up to version 2
-}
-# Each set's random stream: numpy's generator seeded with (seed, STREAM[name]). Pinned, so
-# that a new set (a new number) changes no other set's bytes: the cache and the committed
-# results rely on them. p-5px draws from P's stream (it is P up to version 2).
-STREAM = {'mnist': 0, 'r': 1, 'rts': 2, 'p': 3, 'e': 4, 'tc': 5, 'p-forward': 6, 'p-3.5px': 7,
-          'p-box': 8, 'addition': 9, 'p-5px': 3}
-CHANNELS = {'addition': 2}       # digits per image (the others: 1)
-CLASSES = {'addition': 19}       # labels 0..18 (the others: 10)
-DATASETS = list(DEFAULTS)   # a new set: its parameters here, its function in GENERATORS and
-                            # a new number in STREAM
 CACHE_DIR = os.path.join(ROOT, 'data', 'distorted')
 CHUNK = 10000  # images warped per BilinearSampler call
 CHOICES = {'warp': ('backward', 'forward'), 'frame': ('image', 'box')}   # the non-numeric ones
@@ -105,12 +75,12 @@ def check_params(name, params):
 def image_shape(name):
     """(C, H, W) of the images of set ``name``, without making them."""
     size = int(DEFAULTS[name].get('canvas', 28))
-    return (CHANNELS.get(name, 1), size, size)
+    return (SETS[name].channels, size, size)
 
 
 def num_classes(name):
     """The number of labels of set ``name``: 19 sums for 'addition', else 10 digits."""
-    return CLASSES.get(name, 10)
+    return SETS[name].classes
 
 
 def pair(images, labels, seed):
@@ -320,9 +290,39 @@ def distort_addition(images, rng, rotation, scale_min, scale_max, canvas):
             {key: np.stack([info[key] for _, info in channels], 1) for key in channels[0][1]})
 
 
-GENERATORS = {'r': distort_r, 'rts': distort_rts, 'e': distort_e, 'tc': distort_tc,
-              'addition': distort_addition,
-              **{name: distort_p for name in DEFAULTS if name.split('-')[0] == 'p'}}
+class DistortedSet(namedtuple('DistortedSet', 'params stream generate channels classes',
+                               defaults=(1, 10))):
+    """One distorted set: the defaults of its parameters (check_params), the id of its
+    random stream (numpy's generator is seeded with (seed, stream); pinned, so that a new
+    set, with a new number, changes no other set's bytes: the cache and the committed
+    results rely on them), the function that makes it, (images, rng, **params) ->
+    (distorted, info) (None: MNIST as it is), its channels (digits per image) and classes."""
+
+
+P = {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 3.5, 'warp': 'backward', 'frame': 'image'}
+RTS = {'rotation': 45.0, 'scale_min': 0.7, 'scale_max': 1.2, 'canvas': 42}
+
+# Every set: adding one is an entry here (and its function above, if it is a new kind).
+SETS = {
+    'mnist': DistortedSet({}, 0, None),
+    'r': DistortedSet({'rotation': 90.0}, 1, distort_r),
+    'rts': DistortedSet(RTS, 2, distort_rts),
+    'p': DistortedSet(P, 3, distort_p),
+    'e': DistortedSet({'scale_min': 0.75, 'scale_max': 1.0, 'tps_grid': 4, 'tps_std': 1.5}, 4,
+                      distort_e),
+    'tc': DistortedSet({'canvas': 60, 'patches': 6, 'patch': 6}, 5, distort_tc),
+    # Other readings of the paper's P (docs/p-set-sources.md), as named sets:
+    'p-forward': DistortedSet(dict(P, corner_std=5.0, warp='forward'), 6, distort_p),
+    'p-3.5px': DistortedSet(P, 7, distort_p),
+    'p-box': DistortedSet(dict(P, corner_std=5.0, frame='box'), 8, distort_p),
+    # MNIST addition (appendix A.1): two digits, each RTS-distorted on its own, as the two
+    # channels of one image; the label is their sum (0..18).
+    'addition': DistortedSet(RTS, 9, distort_addition, channels=2, classes=19),
+    'p-5px': DistortedSet(dict(P, corner_std=5.0), 3, distort_p),   # P up to version 2, on its stream
+}
+DATASETS = list(SETS)
+DEFAULTS = {name: s.params for name, s in SETS.items()}
+STREAM = {name: s.stream for name, s in SETS.items()}
 
 
 def distort(name, images, seed, **params):
@@ -333,10 +333,10 @@ def distort(name, images, seed, **params):
     sampled parameters (angles in degrees, scales, shifts, theta, ...) for inspection.
     """
     p = check_params(name, params)
-    if name == 'mnist':
+    if SETS[name].generate is None:
         return images, {}
     rng = np.random.default_rng([*np.atleast_1d(seed), STREAM[name]])
-    out, info = GENERATORS[name](images, rng, **p)
+    out, info = SETS[name].generate(images, rng, **p)
     return out.astype(np.float32), info
 
 

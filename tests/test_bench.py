@@ -38,7 +38,8 @@ def test_the_pytorch_twins_have_our_parameter_counts(workload):
     from stngluon import engine
     import mxnet as mx
     args = workloads.config_of(workloads.WORKLOADS[workload])
-    model, side = bench_train.torch_net(args)
+    from benchmarks import twins
+    model, side = twins.twin(args)
     ours = engine.GluonModel(args, (10, 1, side, side), mx.cpu()).num_params
     assert sum(p.numel() for p in model.parameters()) == ours
 

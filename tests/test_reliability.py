@@ -146,9 +146,10 @@ def test_resume_refuses_what_would_change_the_run(copy, flags, message):
 
 @needs_mnist
 @pytest.mark.parametrize('key, value, message', [
-    ('lr', -0.1, "--lr: '-0.1' must be a finite number > 0"),
-    ('transform', 'shear', "--transform: invalid choice: 'shear'"),
-    ('seed', 10 ** 9, "--seed: '1000000000' must be between 0 and 999,999"),
+    ('lr', -0.1, "--lr: -0.1 must be a finite number > 0"),
+    ('transform', 'shear', "--transform: 'shear' is not one of none, affine"),
+    ('seed', 10 ** 9, "--seed: 1000000000 must be between 0 and 999,999"),
+    ('lr_steps', 'soon', "--lr-steps: 'soon' must be increasing epochs >= 1"),
 ])
 def test_resume_checks_the_saved_settings_like_the_command_line(copy, key, value, message):
     config = json.load(open(copy / 'config.json'))

@@ -104,7 +104,7 @@ def test_a_second_holder_of_the_folder_is_refused_and_a_dead_holders_lock_is_sta
         with pytest.raises(rundir.RunError, match=rf'in use by another run \(pid {os.getpid()}\)'):
             with rundir.lock(str(tmp_path)):
                 pass
-    code = 'import os, rundir\nwith rundir.lock(%r):\n    os._exit(9)' % str(tmp_path)
+    code = 'import os; from stngluon import rundir\nwith rundir.lock(%r):\n    os._exit(9)' % str(tmp_path)
     assert subprocess.run([sys.executable, '-c', code], cwd=ROOT).returncode == 9   # crashed
     with rundir.lock(str(tmp_path)):   # its lock died with it
         pass
