@@ -513,11 +513,14 @@ def test_something_that_is_not_dask_answering_is_a_one_line_error(tmp_path, monk
 
 @needs_mnist
 def test_ctrl_c_to_the_grid_prints_one_line_and_leaves_no_process(tmp_path):
+    # SIGINT's default action restored in the grid: a suite started as a background job
+    # (nohup, cmd &) inherits SIGINT ignored, which Python then keeps, and nothing would answer
     grid = subprocess.Popen([sys.executable, 'reproduce.py', '--cells', 'r/fcn', '--epochs', '50',
                              '--train-size', '2000', '--jobs', '1', '--threads', '1',
                              '--data-dir', REAL_DIR, '--out', str(tmp_path)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         while not (tmp_path / 'r-fcn-ours-50ep-n2000-seed1' / 'checkpoint.json').exists():
