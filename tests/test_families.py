@@ -10,7 +10,7 @@ import stn
 from stngluon.geometry import control_points
 from stn import SpatialTransformer, affine_grid, affine_sample, grid_constant, guard, identity_theta
 
-FAMILIES = ['affine', 'attention', 'projective', 'tps']
+FAMILIES = list(stn.FAMILIES)   # every registered family meets this specification
 
 
 def random_images(shape, seed=0):
@@ -42,8 +42,9 @@ def away_from_identity(family, n=1, seed=0):
     base = {'affine': [0.9, 0.2, 0.1, -0.15, 1.05, -0.05],
             'attention': [0.8, 0.1, -0.05],
             'projective': [0.9, 0.2, 0.1, -0.15, 1.05, -0.05, 0.15, -0.1]}
-    if family == 'tps':
-        return identity_theta('tps') + rng.uniform(-0.15, 0.15, (n, 32))
+    if family not in base:   # tps, and a family added later: the identity, moved
+        identity = identity_theta(family)
+        return identity + rng.uniform(-0.15, 0.15, (n, len(identity)))
     return np.array([base[family]] * n) + rng.uniform(-0.02, 0.02, (n, len(base[family])))
 
 

@@ -47,7 +47,9 @@ def far_reaching(family, rng):
         return np.array([1.6, 0.5, -0.4])
     if family == 'projective':
         return theta + np.r_[rng.normal(0, 0.4, 6), rng.normal(0, 0.3, 2)]
-    return theta * 1.7 + np.r_[rng.normal(0, 0.3, 2), 0.6, rng.normal(0, 0.3, 2), -0.5]
+    if family == 'affine':
+        return theta * 1.7 + np.r_[rng.normal(0, 0.3, 2), 0.6, rng.normal(0, 0.3, 2), -0.5]
+    return theta * 1.8 + rng.normal(0, 0.5, theta.shape)   # a family added later
 
 
 def gluon_export(tmp_path, family):
