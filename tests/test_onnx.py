@@ -49,7 +49,7 @@ def far_reaching(family, rng):
         return theta + np.r_[rng.normal(0, 0.4, 6), rng.normal(0, 0.3, 2)]
     if family == 'affine':
         return theta * 1.7 + np.r_[rng.normal(0, 0.3, 2), 0.6, rng.normal(0, 0.3, 2), -0.5]
-    return theta * 1.8 + rng.normal(0, 0.5, theta.shape)   # a family added later
+    return theta * 1.8 + 0.6 + rng.normal(0, 0.2, theta.shape)   # a family added later: moved far
 
 
 def gluon_export(tmp_path, family):
