@@ -473,7 +473,7 @@ def scheduler_address(text):
     return text
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--cells', default='*',
@@ -519,6 +519,11 @@ def main(argv=None):
     p.add_argument('--scheduler', type=scheduler_address, default=None, metavar='tcp://HOST:PORT',
                    help='run the cells on this Dask scheduler\'s workers (they must see --out '
                         'and this repository at the same paths) instead of a local cluster')
+    return p
+
+
+def main(argv=None):
+    p = parser()
     args = p.parse_args(argv)
     chosen = choose(args.cells.split(','))
     if not chosen:

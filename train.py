@@ -367,6 +367,23 @@ def finish(config, opts, model, test_x, test_y):
         print(f'wrote {pictures.compare_run(opts.out, test_x[:64], test_y[:64])}')
 
 
+def one_epoch(model, epoch, train_x, train_y, test_x, test_y, armed, evaluate, start):
+    """Train ``model`` one epoch and (where ``evaluate``) test it: its metrics.csv row, printed
+    (epoch_s counted from ``start``)."""
+    with armed(f'training epoch {epoch}'):
+        train_loss, imgs_per_s = model.fit_epoch(epoch, train_x, train_y)
+    if not evaluate:
+        return None
+    with armed(f'evaluating epoch {epoch} (its last update)'):
+        test_loss, test_acc = model.evaluate(test_x, test_y)
+    lr, took = model.learning_rate, time.time() - start
+    print(f'{epoch:5d}  {train_loss:10.4f}  {test_loss:9.4f}  {100 * test_acc:7.2f}%  '
+          f'{lr:6g}  {imgs_per_s:6.0f}  {took:7.1f}', flush=True)
+    return dict(epoch=epoch, train_loss=f'{train_loss:.5f}', test_loss=f'{test_loss:.5f}',
+                test_acc=f'{test_acc:.4f}', lr=f'{lr:g}', imgs_per_s=f'{imgs_per_s:.0f}',
+                epoch_s=f'{took:.1f}')
+
+
 def train(config, opts, argv, kvstore='device', watchdog=None):
     """The run of ``config`` in ``opts.out`` (held by ``rundir.lock``). ``kvstore``: a dist
     KVStore when this process is one worker of several; only rank 0 writes the run folder
@@ -412,24 +429,15 @@ def train(config, opts, argv, kvstore='device', watchdog=None):
     epoch, resume = start_epoch, f'python train.py --out {opts.out} --resume'
     try:
         for epoch in range(start_epoch + 1, config.epochs + 1):
-            start = time.time()
+            start = time.time()   # epoch_s: fresh distortions, training and testing
             if config.fresh_distortions:
                 train_x = distort.fresh_training_set(config.dataset, data.digits[:config.train_size],
                                                      config.data_seed, epoch)
-            with armed(f'training epoch {epoch}'):
-                train_loss, imgs_per_s = model.fit_epoch(epoch, train_x, train_y)
-            if not writer:
-                continue
-            with armed(f'evaluating epoch {epoch} (its last update)'):
-                test_loss, test_acc = model.evaluate(test_x, test_y)
-            lr = model.learning_rate
-            rows.append(dict(dataset=config.dataset, epoch=epoch, train_loss=f'{train_loss:.5f}',
-                             test_loss=f'{test_loss:.5f}', test_acc=f'{test_acc:.4f}', lr=f'{lr:g}',
-                             imgs_per_s=f'{imgs_per_s:.0f}', epoch_s=f'{time.time() - start:.1f}'))
-            print(f'{epoch:5d}  {train_loss:10.4f}  {test_loss:9.4f}  {100 * test_acc:7.2f}%  '
-                  f'{lr:6g}  {imgs_per_s:6.0f}  {time.time() - start:7.1f}', flush=True)
-            rundir.save_epoch(opts.out, epoch, rows, model.save_params, model.save_states)
-            snapshot(model, test_x[:16], opts.out, epoch, warned)
+            row = one_epoch(model, epoch, train_x, train_y, test_x, test_y, armed, writer, start)
+            if writer:
+                rows.append(dict(row, dataset=config.dataset))
+                rundir.save_epoch(opts.out, epoch, rows, model.save_params, model.save_states)
+                snapshot(model, test_x[:16], opts.out, epoch, warned)
         if workers > 1:   # every worker applied the same updates: the same weights
             print(f'worker {kvstore.rank} of {workers} ends with weights {model.fingerprint()}',
                   flush=True)

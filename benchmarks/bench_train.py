@@ -107,7 +107,7 @@ def torch_available():
     return subprocess.run([sys.executable, '-c', 'import torch'], capture_output=True).returncode == 0
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--workloads', default=','.join(TABLE1_KINDS),
                    help=f'comma-separated, of: {", ".join(WORKLOADS)} (default: one per '
@@ -120,6 +120,77 @@ def main(argv=None):
     p.add_argument('--side-by-side', action='store_true',
                    help='also time one single-threaded process per core at once (total images/s) '
                         'against one process with a thread per core')
+    return p
+
+
+def measure_all(args, workloads, threads, frameworks, flags, settings, cores):
+    """{(workload, threads, framework): [each repeat's result]} and {(workload, 'side'):
+    [total images/s]}, the frameworks alternating within each repeat."""
+    results = {}
+    for repeat in range(args.repeats):
+        for workload in workloads:
+            for t in threads:
+                for framework in frameworks:
+                    r = child(framework, flags[workload], t, args.warmup, args.steps,
+                              settings[(workload, t)])
+                    if r:
+                        results.setdefault((workload, t, framework), []).append(r)
+            if args.side_by_side:
+                total = side_by_side(flags[workload], cores, args.warmup, args.steps,
+                                     settings[(workload, 1)])
+                if total:
+                    results.setdefault((workload, 'side'), []).append(total)
+    return results
+
+
+def table_row(workload, t, frameworks, results, settings):
+    """One line of the table: medians, peak MB, the loop against the step, the ratio."""
+    row, rates = f'{workload:20s} {t:7d} {label(settings[(workload, t)]):>16s}', {}
+    for framework in frameworks:
+        runs = results.get((workload, t, framework))
+        if not runs:
+            row += f' {"failed":>16s}'
+            continue
+        rates[framework] = statistics.median(r['imgs_per_s'] for r in runs)
+        row += f' {rates[framework]:8,.0f} ({max(r["peak_mb"] for r in runs):4.0f})'
+        if framework == 'mxnet':
+            loop = statistics.median(r['loop_imgs_per_s'] for r in runs)
+            row += f' {loop:13,.0f} {loop / rates[framework]:9.2f}'
+    if len(rates) == 2:
+        row += f' {rates["mxnet"] / rates["torch"]:6.2f}'
+        mx_params = results[(workload, t, 'mxnet')][0]['params']
+        torch_params = results[(workload, t, 'torch')][0]['params']
+        if mx_params != torch_params:
+            row += f'  (parameters differ: {mx_params:,d} against {torch_params:,d})'
+    return row
+
+
+def print_table(workloads, threads, frameworks, results, settings):
+    versions = sorted({r[0]['version'] for key, r in results.items() if key[1] != 'side'})
+    samplers = sorted({f'{r[0]["sampler"]} at {key[1]}' for key, r in results.items()
+                       if key[1] != 'side' and key[2] == 'mxnet'})
+    print(', '.join(versions) + '; PyTorch at its own defaults; threads: OMP_NUM_THREADS; '
+          'stn-gluon\'s sampler: ' + ', '.join(samplers))
+    header = (f'{"workload":20s} {"threads":>7s} {"settings":>16s} {"stn-gluon":>16s} '
+              f'{"train.py loop":>13s} {"loop/step":>9s}')
+    print(header + (f' {"PyTorch":>16s} {"ratio":>6s}' if 'torch' in frameworks else ''))
+    for workload in workloads:
+        for t in threads:
+            print(table_row(workload, t, frameworks, results, settings), flush=True)
+
+
+def print_side_by_side(workloads, results, cores):
+    print(f'\n{cores} single-threaded processes at once against one with {cores} threads '
+          f'(stn-gluon, total images/s, median):')
+    for workload in workloads:
+        side, one = results.get((workload, 'side')), results.get((workload, cores, 'mxnet'))
+        if side and one:
+            side, one = statistics.median(side), statistics.median(r['imgs_per_s'] for r in one)
+            print(f'{workload:20s} {side:8,.0f} against {one:8,.0f}: {side / one:.2f}x')
+
+
+def main(argv=None):
+    p = parser()
     args = p.parse_args(argv)
     workloads = args.workloads.split(',')
     unknown = [w for w in workloads if w not in WORKLOADS]
@@ -139,56 +210,10 @@ def main(argv=None):
                 for t in set(threads) | ({1} if args.side_by_side else set())}
     print(f'{args.repeats} repeats of {args.steps} steps after {args.warmup}, frameworks '
           f'alternating; median images/s (peak MB)', flush=True)
-    results = {}
-    for repeat in range(args.repeats):
-        for workload in workloads:
-            for t in threads:
-                for framework in frameworks:
-                    r = child(framework, flags[workload], t, args.warmup, args.steps,
-                              settings[(workload, t)])
-                    if r:
-                        results.setdefault((workload, t, framework), []).append(r)
-            if args.side_by_side:
-                total = side_by_side(flags[workload], cores, args.warmup, args.steps,
-                                     settings[(workload, 1)])
-                if total:
-                    results.setdefault((workload, 'side'), []).append(total)
-    versions = sorted({r[0]['version'] for key, r in results.items() if key[1] != 'side'})
-    samplers = sorted({f'{r[0]["sampler"]} at {key[1]}' for key, r in results.items()
-                       if key[1] != 'side' and key[2] == 'mxnet'})
-    print(', '.join(versions) + '; PyTorch at its own defaults; threads: OMP_NUM_THREADS; '
-          'stn-gluon\'s sampler: ' + ', '.join(samplers))
-    header = (f'{"workload":20s} {"threads":>7s} {"settings":>16s} {"stn-gluon":>16s} '
-              f'{"train.py loop":>13s} {"loop/step":>9s}')
-    print(header + (f' {"PyTorch":>16s} {"ratio":>6s}' if 'torch' in frameworks else ''))
-    for workload in workloads:
-        for t in threads:
-            row, rates = f'{workload:20s} {t:7d} {label(settings[(workload, t)]):>16s}', {}
-            for framework in frameworks:
-                runs = results.get((workload, t, framework))
-                if not runs:
-                    row += f' {"failed":>16s}'
-                    continue
-                rates[framework] = statistics.median(r['imgs_per_s'] for r in runs)
-                row += f' {rates[framework]:8,.0f} ({max(r["peak_mb"] for r in runs):4.0f})'
-                if framework == 'mxnet':
-                    loop = statistics.median(r['loop_imgs_per_s'] for r in runs)
-                    row += f' {loop:13,.0f} {loop / rates[framework]:9.2f}'
-            if len(rates) == 2:
-                row += f' {rates["mxnet"] / rates["torch"]:6.2f}'
-                mx_params = results[(workload, t, 'mxnet')][0]['params']
-                torch_params = results[(workload, t, 'torch')][0]['params']
-                if mx_params != torch_params:
-                    row += f'  (parameters differ: {mx_params:,d} against {torch_params:,d})'
-            print(row, flush=True)
+    results = measure_all(args, workloads, threads, frameworks, flags, settings, cores)
+    print_table(workloads, threads, frameworks, results, settings)
     if args.side_by_side:
-        print(f'\n{cores} single-threaded processes at once against one with {cores} threads '
-              f'(stn-gluon, total images/s, median):')
-        for workload in workloads:
-            side, one = results.get((workload, 'side')), results.get((workload, cores, 'mxnet'))
-            if side and one:
-                side, one = statistics.median(side), statistics.median(r['imgs_per_s'] for r in one)
-                print(f'{workload:20s} {side:8,.0f} against {one:8,.0f}: {side / one:.2f}x')
+        print_side_by_side(workloads, results, cores)
 
 
 if __name__ == '__main__':
