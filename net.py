@@ -1,14 +1,14 @@
-"""The classifiers: the seed port's LeNet and the paper's FCN and CNN, each with an
+"""The classifiers: the original port's LeNet and the paper's FCN and CNN, each with an
 optional spatial transformer of any family (stn.py) in front.
 
     x (N, 1, H, W) -> [SpatialTransformer] -> [2x2 average pooling] -> classifier -> logits (N, 10)
 
-``Net()`` is the seed network: an affine transformer with the seed's localisation net in
+``Net()`` is the original port's network: an affine transformer with its localisation net in
 front of LeNet. The paper's models (its distorted-MNIST experiments, section 4.1), ReLU
 throughout:
 
     model  classifier (width w)              localisation (with a transformer)
-    lenet  the seed LeNet (w unused)         the seed's: conv 7x7 (8) -> maxpool 2x2
+    lenet  LeNet (w unused)                  the port's: conv 7x7 (8) -> maxpool 2x2
                                              -> conv 5x5 (10) -> maxpool 2x2 -> fc 32
     fcn    FCN: fc w -> fc w -> fc 10        ST-FCN: fc 32 -> fc 32 -> fc 32
     cnn    CNN: conv 9x9 (w) -> maxpool 2x2  ST-CNN: on the input average-pooled 2x2,
@@ -49,7 +49,7 @@ them per layer; the projective and TPS grid constants are not counted):
 ('none' is the baseline; 'pooled 21': the transformer's 42x42 output is average-pooled to
 21x21, in the models with a transformer only.)
 
-The seed LeNet has 21,840 parameters at 28x28, 27,360 with its affine transformer.
+The original port's LeNet has 21,840 parameters at 28x28, 27,360 with its affine transformer.
 The dense layers infer their input size on the first batch, so the same code takes
 28x28, 42x42 or 60x60 digits.
 """
@@ -198,9 +198,16 @@ class ParallelTransformers(nn.HybridBlock):
 
     def hybrid_forward(self, F, x):
         outputs, thetas = zip(*[transformer(x) for transformer in self.transformers])
-        if self.per_channel:
+        if self.per_channel:   # passed_channels, as slices of the graph
             outputs = [F.slice_axis(out, axis=1, begin=k, end=k + 1) for k, out in enumerate(outputs)]
         return F.concat(*outputs, dim=1), F.concat(*thetas, dim=1)
+
+
+def passed_channels(channels):
+    """With one transformer per channel (per_channel), the channels of the transformers'
+    concatenated outputs (N, K*C, H', W'), K = C, that the network passes on: channel k of
+    transformer k."""
+    return [k * channels + k for k in range(channels)]
 
 
 class Net(nn.HybridBlock):
@@ -305,7 +312,7 @@ def build(config):
 
 def display_name(model='lenet', transform='affine', transformers=1, stn_at=('input',),
                  per_channel=False):
-    """The network's name in headers and legends: 'STN (affine) + LeNet' (the seed LeNet),
+    """The network's name in headers and legends: 'STN (affine) + LeNet' (the port's LeNet),
     '2xST-CNN (tps) at conv1', 'FCN', ..."""
     name = {'lenet': 'LeNet', 'fcn': 'FCN', 'cnn': 'CNN'}[model]
     if transform == 'none':

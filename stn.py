@@ -216,7 +216,7 @@ def sampling_grid(theta, transform, target_shape, tps_grid=4):
 # ---- the block ----------------------------------------------------------------------------
 
 def default_localisation():
-    """The seed port's localisation net: two conv+pool stages and a 32-unit layer."""
+    """The original port's localisation net: two conv+pool stages and a 32-unit layer."""
     net = nn.HybridSequential(prefix='loc_')
     with net.name_scope():
         net.add(nn.Conv2D(8, kernel_size=7), nn.MaxPool2D(2, 2), nn.Activation('relu'),

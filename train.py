@@ -7,7 +7,7 @@
     python train.py --dataset rts --model cnn --transform tps --summary   # layers, no training
     python train.py --lr-mode cosine --warmup-epochs 1
 
---model lenet|fcn|cnn picks the classifier (the seed LeNet, the paper's FCN or CNN) and
+--model lenet|fcn|cnn picks the classifier (the original port's LeNet, the paper's FCN or CNN) and
 --transform none|affine|attention|projective|tps the transformer in front (--no-stn is
 --transform none). fcn and cnn get the width that brings the model to its experiment's
 parameter budget (net.fit_width, net.BUDGETS) unless --width is given, and on RTS and TC

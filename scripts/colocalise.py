@@ -57,7 +57,7 @@ from stngluon import atomic, distort, mnist, rundir  # noqa: E402
 from stngluon.config import positive  # noqa: E402
 
 CANVAS, DIGIT, PATCH = 84, 28, 6
-ENCODER_LAYERS = ('net_cnn_pool0_fwd_output', 'net_cnn_pool1_fwd_output', 'net_cnn_dense0_fwd_output')
+ENCODER_LAYERS = rundir.CNN_STAGES   # the encoder's outputs compared
 EMBEDDINGS = {'paper': ENCODER_LAYERS, 'logits': ENCODER_LAYERS[-1:]}
 
 

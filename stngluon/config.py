@@ -209,7 +209,7 @@ def add_flags(p):
                    help='learning-rate multiplier of the localisation net and regressor')
     p.add_argument('--seed', type=bounded_int(0, MAX_SEED), default=D.seed)
     p.add_argument('--model', choices=net.MODELS, default=D.model,
-                   help='classifier: the seed LeNet, or the paper\'s FCN or CNN (see net.py)')
+                   help='classifier: the original port\'s LeNet, or the paper\'s FCN or CNN (see net.py)')
     which = p.add_mutually_exclusive_group()
     which.add_argument('--transform', choices=('none',) + stn.TRANSFORMS, default=D.transform,
                        help='spatial transformer family in front of the classifier')

@@ -264,7 +264,7 @@ def compare_run(run_dir, images, labels=None, model=None):
     transformed, grid, logits = (a.asnumpy() for a in model(mx.nd.array(images)))
     if rundir.read_config(run_dir).get('per_channel'):    # transformer k passes on channel k
         c = images.shape[1]
-        transformed = transformed[:, [k * c + k for k in range(c)]]
+        transformed = transformed[:, net.passed_channels(c)]
     path = os.path.join(run_dir, 'compare.jpg')
     write_compare(path, images, transformed, outlines_of(grid, *images.shape[2:]),
                   logits.argmax(axis=1).astype(int), labels)

@@ -49,6 +49,9 @@ FEATURE_TRANSFORMED = 'net_stn_conv1_bilinearsampler0_output'   # net.Net's on a
 THETA = 'net_stn_regressor_fwd_output'
 GRIDS = ('net_stn_gridgenerator0_output', 'net_stn_grid_output')
 GRID_CONSTANTS = ('net_stn_target_grid', 'net_stn_tps_basis')   # stn.FAMILIES' constant_name
+# The stages of net.Net's CNN without a transformer (--model cnn --no-stn): its two pooled
+# conv stages and its logits, in order (colocalise.py's encoder).
+CNN_STAGES = ('net_cnn_pool0_fwd_output', 'net_cnn_pool1_fwd_output', 'net_cnn_dense0_fwd_output')
 
 
 def transformer_outputs(names):

@@ -34,7 +34,7 @@ def shapes(model):
     return {name[len('net_'):]: p.shape for name, p in model.collect_params().items()}
 
 
-# ---- Net() is still the seed network -------------------------------------------------------
+# ---- Net() is still the original port's network ------------------------------------------
 
 def test_net_without_arguments_is_the_seed_stn_and_lenet_with_the_same_names():
     model = built()
