@@ -60,3 +60,42 @@ def test_a_missing_file_or_heading_is_found(tmp_path):
                     '[gone](c.md) [bad](a.md#speed) `[code](d.md)` [web](https://x.y)\n'
                     '```\n[in a block](e.md)\n```\n')
     assert broken_links(str(page)) == ['c.md: no such file', 'a.md#speed: no heading #speed']
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+COMMAND = re.compile(r'python3? ([\w/.-]+\.py)((?:[ \t]+(?!python)[^\s|&;#`]+)*)')
+
+
+def commands():
+    """(page, script, its flags) of every ``python SCRIPT.py --flag ...`` the pages show."""
+    found = []
+    for page in PAGES:
+        with open(os.path.join(ROOT, page)) as f:
+            for match in COMMAND.finditer(f.read()):
+                script, rest = match.groups()
+                flags = re.findall(r'(?<![\w-])--[a-z0-9][a-z0-9-]*', rest)
+                found.append((page, script, flags))
+    return found
+
+
+def test_every_command_the_pages_show_names_a_script_and_flags_it_takes():
+    import functools
+    import subprocess
+    import sys
+
+    @functools.lru_cache(None)
+    def options(script):
+        done = subprocess.run([sys.executable, script, '--help'], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, f'{script} --help: {done.stderr[-500:]}'
+        return set(re.findall(r'--[a-z0-9][a-z0-9-]*', done.stdout))
+
+    shown = commands()
+    assert len(shown) > 100
+    wrong = [f'{page}: python {script} {flag}' for page, script, flags in shown
+             for flag in ([] if not os.path.exists(os.path.join(ROOT, script)) else flags)
+             if flag not in options(script)]
+    missing = sorted({f'{page}: python {script}' for page, script, _ in shown
+                      if not os.path.exists(os.path.join(ROOT, script))})
+    assert not wrong and not missing, wrong + missing
