@@ -53,11 +53,11 @@ def main(argv=None):
     every, last = ','.join(map(str, cpus)), str(cpus[-1])
     situations = {f'{len(cpus)} cores idle': (every, False), '1 core (taskset)': (str(cpus[0]), False),
                   f'{len(cpus)} cores, one busy': (every, True)}
-    workloads = workloads.resolved(args.workloads.split(','))
+    chosen = workloads.resolved(args.workloads.split(','))
     table, results = settings(len(cpus)), {}
     print(f'host: {workloads.host()}', flush=True)
     for _ in range(args.repeats):
-        for workload, flags in workloads.items():
+        for workload, flags in chosen.items():
             for situation, (where, busy) in situations.items():
                 hog = subprocess.Popen(['taskset', '-c', last, sys.executable, '-c',
                                         'while True: pass']) if busy else None
@@ -71,7 +71,7 @@ def main(argv=None):
                     if hog:
                         hog.kill()
                         hog.wait()
-    for workload in workloads:
+    for workload in chosen:
         print(f'\n{workload}: median images/s, step / train.py loop')
         print(f'{"setting":22s}' + ''.join(f'{s:>26s}' for s in situations))
         for name in table:

@@ -24,7 +24,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
 from benchmarks.workloads import (ENVIRON, ROOT, TABLE1_KINDS, WORKLOADS, config_of,  # noqa: E402

@@ -22,7 +22,7 @@ from mxnet import gluon  # noqa: E402
 import net  # noqa: E402
 import stn  # noqa: E402
 from stngluon import rundir  # noqa: E402
-from stngluon.geometry import outline, outlines_of  # noqa: E402
+from stngluon.geometry import outlines_of  # noqa: E402
 from stngluon.rundir import GRID_CONSTANTS, GRIDS, THETA, TRANSFORMED, RunError  # noqa: E402
 
 BOX_COLORS = ('#ffb000', '#00c8ff', '#ff50ff', '#80ff80')   # one per transformer

@@ -51,3 +51,18 @@ def test_the_settings_benchmark_times_both_engines_with_each_wait_policy_and_one
             for s in table.values()} == {
         (engine, wait, threads) for engine in ('ThreadedEnginePerDevice', 'NaiveEngine')
         for wait, threads in (('ACTIVE', '4'), ('PASSIVE', '4'), ('ACTIVE', '1'))}
+
+
+def test_the_settings_benchmark_prints_a_table_per_workload(monkeypatch, capsys):
+    """bench_settings.main end to end, its measurements stubbed (they take minutes)."""
+    from benchmarks import bench_settings
+    seen = []
+
+    def measure(flags, env, cpus, steps):
+        seen.append((tuple(flags), env['MXNET_ENGINE_TYPE'], cpus))
+        return {'imgs_per_s': 1000.0, 'loop_imgs_per_s': 900.0}
+    monkeypatch.setattr(bench_settings, 'measure', measure)
+    bench_settings.main(['--workloads', 'default', '--repeats', '1', '--steps', '1'])
+    out = capsys.readouterr().out
+    assert out.startswith('host: ') and '\ndefault: median images/s, step / train.py loop' in out
+    assert len(seen) == 3 * len(bench_settings.settings(2))   # each setting in 3 situations

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from mxnet import gluon
 
-from stngluon import engine
 import net
 import stn as stn_module
 import train

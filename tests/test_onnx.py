@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from mxnet import gluon
 from mxnet.gluon import nn
 
 from stngluon import onnx_export
