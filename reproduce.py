@@ -276,9 +276,9 @@ def write_tables(args, failed=None):
                             for r in results)
         errors = [r['test_error'] for r in results]
         finished.update(r['seed'] for r in results)
+        named = Cell.named(cell)
         rows.append({
-            'dataset': Cell.named(cell).dataset, 'model': Cell.named(cell).model,
-            'paper_error': Cell.named(cell).paper_error,
+            'dataset': named.dataset, 'model': named.model, 'paper_error': named.paper_error,
             'our_error': round(statistics.mean(errors), 2) if errors else '',
             'spread': round(statistics.stdev(errors), 2) if len(errors) > 1 else '',
             'seeds': len(errors), 'minutes': round(sum(r['train_seconds'] for r in results) / 60, 1)
@@ -437,9 +437,9 @@ def write_grid_curves(out, chosen, path):
     for ax, (cell, lines) in zip(axes.flat, runs.items()):
         for name, seen, error in lines:
             ax.plot(seen, error, marker='.', label=name)
-        ax.axhline(Cell.named(cell).paper_error, color='k', linestyle='--', label='paper')
-        ax.set(title=f'{Cell.named(cell).dataset.upper()} {model_name(Cell.named(cell).model)}',
-               yscale='log',
+        named = Cell.named(cell)
+        ax.axhline(named.paper_error, color='k', linestyle='--', label='paper')
+        ax.set(title=f'{named.dataset.upper()} {model_name(named.model)}', yscale='log',
                xlabel='training images seen (millions)', ylabel='test error (%)')
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
@@ -546,20 +546,20 @@ def estimate(args, chosen, seconds=6.0):
     environ = dict(os.environ)   # as given, before runtime.py's compat.py adds to it
     from stngluon import runtime
     threads = args.threads or max(1, CORES // args.jobs)
-    settings = recipe(args)
-    images = settings['epochs'] * (args.train_size or TRAIN_IMAGES)
+    run = recipe(args)
+    images = run['epochs'] * (args.train_size or TRAIN_IMAGES)
     networks = {}   # (input shape, model flags) -> its cells
     for cell in chosen:
-        model = as_flags({k: v for k, v in Cell.named(cell).settings.items() if k != 'dataset'})
-        networks.setdefault((distort.image_shape(Cell.named(cell).dataset), tuple(model)),
-                            []).append(cell)
+        named = Cell.named(cell)
+        model = as_flags({k: v for k, v in named.settings.items() if k != 'dataset'})
+        networks.setdefault((distort.image_shape(named.dataset), tuple(model)), []).append(cell)
     print(f'{len(chosen)} cells x {len(args.seeds)} seeds, {images:,d} training images each '
           f'({label(args)}), {args.jobs} at a time on {threads} thread(s) each; timing each '
           f'network for {seconds:g} s:')
     print(f'{"network":44s} {"cells":>5s} {"images/s":>9s} {"h per cell":>10s}')
     cell_hours = 0.0
     for (shape, model), members in networks.items():
-        cell_flags = as_flags({**Cell.named(members[0]).settings, **settings})
+        cell_flags = as_flags({**Cell.named(members[0]).settings, **run})
         settings = runtime.chosen_for(cell_flags, threads, environ)
         measure = runtime.measure_in_child(cell_flags, seconds, threads)
         with ThreadPoolExecutor(args.jobs) as pool:

@@ -540,6 +540,22 @@ def test_ctrl_c_to_the_grid_prints_one_line_and_leaves_no_process(tmp_path):
             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE] == []
 
 
+def test_the_estimate_times_every_network_with_the_schedules_settings(tmp_path, monkeypatch):
+    """Each distinct network is timed with the recipe's flags (the execution settings chosen
+    for one network do not leak into the next one's flags)."""
+    from stngluon import runtime
+    timed = []
+    monkeypatch.setattr(runtime, 'chosen_for', lambda flags, threads, environ: {
+        runtime.ENGINE: 'NaiveEngine', runtime.WAIT: 'PASSIVE'})
+    monkeypatch.setattr(runtime, 'measure_in_child',
+                        lambda flags, seconds, threads: timed.append(flags) or (lambda s: 1000.0))
+    reproduce.main(['--estimate', '--cells', 'r/fcn,rts/cnn', '--batch-size', '32', '--jobs', '1',
+                    '--out', str(tmp_path)])
+    assert [f[:6] for f in timed] == [['--dataset', 'r', '--model', 'fcn', '--transform', 'none'],
+                                      ['--dataset', 'rts', '--model', 'cnn', '--transform', 'none']]
+    assert all(f[f.index('--batch-size') + 1] == '32' and '--epochs' in f for f in timed)
+
+
 def test_the_estimate_times_each_network_once_and_trains_nothing(tmp_path, capsys):
     """--estimate: one row per distinct network (R and P share the 28x28 FCN), and the
     grid's core-hours are the cells' images over the timed rates, times their threads."""
