@@ -543,7 +543,7 @@ def estimate(args, chosen, seconds=6.0):
     choose) for about ``seconds``, --jobs copies at once on --threads threads each, as the
     grid runs its cells; times the images each cell sees (its epochs x training images)."""
     from concurrent.futures import ThreadPoolExecutor
-    environ = dict(os.environ)   # as given, before runtime.py's compat.py adds to it
+    environ = dict(os.environ)   # as given, before runtime.configure() adds to it
     from stngluon import runtime
     threads = args.threads or max(1, CORES // args.jobs)
     run = recipe(args)

@@ -345,8 +345,7 @@ def restore(model, out, epoch):
 def record_start(config, opts, model, train_x):
     """config.json of a new run (its settings and what they came to on this host)."""
     rundir.write_config(opts.out, dict(
-        config.as_dict(), **{k: v for k, v in vars(opts).items() if k != 'resume'},
-        resume=False, num_params=model.num_params, train_images=len(train_x),
+        config.as_dict(), **vars(opts), num_params=model.num_params, train_images=len(train_x),
         pool_after_stn=config.pool_after_stn, image_shape=train_x.shape[1:],
         mxnet=mx.__version__, omp_threads=runtime.threads(), execution=execution(),
         distortion=dict(distort.check_params(config.dataset, {}), version=distort.VERSION)))

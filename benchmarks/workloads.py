@@ -6,9 +6,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
-# The environment as given: the children get it, not what compat.py (imported with
-# runtime.py) adds to this process's, so that train.py's choice is theirs to make.
+from stngluon import ROOT
+# The environment as given: the children get it, not what runtime.configure() may add to
+# this process's, so that train.py's choice is theirs to make.
 ENVIRON = dict(os.environ)
 
 # name -> train.py flags: one per Table 1 model kind, then larger batches
@@ -95,7 +95,7 @@ def with_width(workloads):
 def resolved(workloads):
     """{workload: its train.py flags with the fitted --width}, worked out in a process of its
     own: measuring processes must run no MXNet operator but their own (an idle OpenMP
-    thread of MXNet's spins, compat.py, and would slow whatever else that process runs)."""
+    thread of MXNet's spins, runtime.DEFAULT, and would slow whatever else that process runs)."""
     code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from benchmarks import workloads as b; '
             f'print(json.dumps(b.with_width({workloads!r})))')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

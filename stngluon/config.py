@@ -84,10 +84,9 @@ class RunConfig:
 
     @property
     def pool_after_stn(self):
-        """The paper's 2x2 average pooling after the transformer: FCN and CNN on RTS, TC and
-        addition (42x42 and 60x60 inputs)."""
-        return (self.dataset in ('rts', 'tc', 'addition') and self.model in ('fcn', 'cnn')
-                and self.transform != 'none')
+        """The paper's 2x2 average pooling after the transformer: FCN and CNN on the canvases
+        larger than MNIST's 28x28 (RTS and addition 42x42, TC 60x60)."""
+        return self.image_shape[-1] > 28 and self.model in ('fcn', 'cnn') and self.transform != 'none'
 
     @property
     def budget(self):

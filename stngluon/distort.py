@@ -299,26 +299,26 @@ class DistortedSet(namedtuple('DistortedSet', 'params stream generate channels c
     (distorted, info) (None: MNIST as it is), its channels (digits per image) and classes."""
 
 
-P = {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 3.5, 'warp': 'backward', 'frame': 'image'}
-RTS = {'rotation': 45.0, 'scale_min': 0.7, 'scale_max': 1.2, 'canvas': 42}
+P_PARAMS = {'scale_min': 0.75, 'scale_max': 1.0, 'corner_std': 3.5, 'warp': 'backward', 'frame': 'image'}
+RTS_PARAMS = {'rotation': 45.0, 'scale_min': 0.7, 'scale_max': 1.2, 'canvas': 42}
 
 # Every set: adding one is an entry here (and its function above, if it is a new kind).
 SETS = {
     'mnist': DistortedSet({}, 0, None),
     'r': DistortedSet({'rotation': 90.0}, 1, distort_r),
-    'rts': DistortedSet(RTS, 2, distort_rts),
-    'p': DistortedSet(P, 3, distort_p),
+    'rts': DistortedSet(RTS_PARAMS, 2, distort_rts),
+    'p': DistortedSet(P_PARAMS, 3, distort_p),
     'e': DistortedSet({'scale_min': 0.75, 'scale_max': 1.0, 'tps_grid': 4, 'tps_std': 1.5}, 4,
                       distort_e),
     'tc': DistortedSet({'canvas': 60, 'patches': 6, 'patch': 6}, 5, distort_tc),
     # Other readings of the paper's P (docs/p-set-sources.md), as named sets:
-    'p-forward': DistortedSet(dict(P, corner_std=5.0, warp='forward'), 6, distort_p),
-    'p-3.5px': DistortedSet(P, 7, distort_p),
-    'p-box': DistortedSet(dict(P, corner_std=5.0, frame='box'), 8, distort_p),
+    'p-forward': DistortedSet(dict(P_PARAMS, corner_std=5.0, warp='forward'), 6, distort_p),
+    'p-3.5px': DistortedSet(P_PARAMS, 7, distort_p),
+    'p-box': DistortedSet(dict(P_PARAMS, corner_std=5.0, frame='box'), 8, distort_p),
     # MNIST addition (appendix A.1): two digits, each RTS-distorted on its own, as the two
     # channels of one image; the label is their sum (0..18).
-    'addition': DistortedSet(RTS, 9, distort_addition, channels=2, classes=19),
-    'p-5px': DistortedSet(dict(P, corner_std=5.0), 3, distort_p),   # P up to version 2, on its stream
+    'addition': DistortedSet(RTS_PARAMS, 9, distort_addition, channels=2, classes=19),
+    'p-5px': DistortedSet(dict(P_PARAMS, corner_std=5.0), 3, distort_p),   # P up to version 2, on its stream
 }
 DATASETS = list(SETS)
 DEFAULTS = {name: s.params for name, s in SETS.items()}

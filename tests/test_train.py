@@ -101,7 +101,7 @@ def test_a_short_run_learns_and_writes_its_files(quick_run):
 def test_the_export_loads_in_a_fresh_process_without_project_code(quick_run):
     script = textwrap.dedent(f'''
         import gzip, os, numpy as np
-        if not hasattr(np, 'bool'): np.bool = bool   # numpy >= 1.24 (Python 3.12): see compat.py
+        if not hasattr(np, 'bool'): np.bool = bool   # numpy >= 1.24 (Python 3.12): see stngluon/compat.py
         import mxnet as mx
         from mxnet import gluon
         def idx(name):
