@@ -1,12 +1,11 @@
 """Reproduce the paper's Table 1 (distorted MNIST): train the model x dataset grid.
 
-    python reproduce.py                         # every cell, our schedule, seed 1
-    python reproduce.py --cells 'rts/*' --seeds 1,2,3
+    python reproduce.py                         # every cell, the published recipe, seeds 1-3
+    python reproduce.py --cells 'rts/*' --seeds 1
+    python reproduce.py --schedule ours         # the first pass: 5 epochs, fixed training sets
     python reproduce.py --cells 'r/st-cnn-*,r/cnn' --schedule paper --ctx 0
-    python reproduce.py --epochs 20             # our schedule, 4x longer
-    python reproduce.py --fresh-distortions     # new training distortions every epoch
     python reproduce.py --scheduler tcp://HOST:8786   # on an existing Dask cluster
-    python reproduce.py --table-only            # just rewrite the tables
+    python reproduce.py --table-only            # print the published table (results/table1)
 
 Every cell (dataset, model, seed) is its own train.py run in
 OUT/DATASET-MODEL-SCHEDULE-seedS/. A finished run leaves result.json there and is skipped
@@ -30,6 +29,7 @@ import ctypes
 import fnmatch
 import importlib.util
 import io
+import json
 import logging
 import math
 import os
@@ -65,10 +65,11 @@ PAPER_COLUMNS = ['r', 'rts', 'p', 'e', 'tc']   # Table 1's columns, in its order
 TRAIN_IMAGES = mnist.FILES['train-images-idx3-ubyte'][2][0]   # every set's: MNIST's 60,000
 FAMILY_ABBREVIATIONS = {'aff': 'affine', 'proj': 'projective', 'tps': 'tps'}
 
-# Our schedule, and the paper's (150k iterations of batch 256 = 640 epochs of 60,000
-# images, SGD, learning rate 0.01 divided by 10 every 50k iterations); for the recipe
-# pilots, ours with a cosine decay after half an epoch of warm-up, and the paper's
-# optimizer (SGD with momentum, batch 256) over our length. Each is train.py's settings
+# The schedules: the first pass's ('ours', 5 epochs), the paper's (150k iterations of
+# batch 256 = 640 epochs of 60,000 images, SGD, learning rate 0.01 divided by 10 every 50k
+# iterations); for the recipe pilots, ours with a cosine decay after half an epoch of
+# warm-up, and the paper's optimizer (SGD with momentum, batch 256) over our length; and
+# the published Table 1's recipe, 'table1' (the default). Each is train.py's settings
 # (config.RunConfig fields), in the order the tables print them.
 SCHEDULES = {
     'ours': dict(optimizer='adam', lr=0.001, batch_size=64, epochs=5, lr_steps=[3, 4]),
@@ -78,6 +79,12 @@ SCHEDULES = {
                    warmup_epochs=0.5),
     'sgd': dict(optimizer='sgd', lr=0.01, momentum=0.9, batch_size=256, epochs=5, lr_steps=[3, 4]),
 }
+# The recipe the pilots chose: the cosine schedule over 20 epochs, new training distortions
+# every epoch, the localisation nets at the classifier's rate. Folder names spell out what
+# it changes of the schedule it grew from ('cosine-20ep-fresh-loc1'), as the pilots did.
+SCHEDULES['table1'] = dict(SCHEDULES['cosine'], epochs=20, fresh_distortions=True, loc_lr_mult=1.0)
+NAMED_AFTER = {'table1': 'cosine'}
+DEFAULT_OUT, PUBLISHED = os.path.join('result', 'table1'), os.path.join('results', 'table1')
 
 
 def positive_int(text):
@@ -190,15 +197,18 @@ def choose(patterns):
 
 
 def label(args):
-    """The schedule's name in folders and tables: 'ours', 'ours-20ep' with --epochs 20,
-    'ours-fresh' with --fresh-distortions, then a tag per changed setting (CHANGES):
-    'ours-b256' with --batch-size 256, 'ours-lr0.003', 'ours-loc1', 'ours-budget2',
-    'ours-normnone', 'ours-n2000'."""
-    name = args.schedule if args.epochs is None else f'{args.schedule}-{args.epochs}ep'
-    name += '-fresh' if args.fresh_distortions else ''
+    """The schedule's name in folders and tables: the schedule ('ours'; 'table1' is named
+    after 'cosine'), then what the run changes of it: '-20ep' for 20 epochs, '-fresh' for
+    new distortions every epoch, and a tag per changed setting (CHANGES): '-b256' for
+    batch 256, '-lr0.003', '-loc1', '-budget2', '-normnone', '-n2000'. So the published
+    recipe is 'cosine-20ep-fresh-loc1', and 'table1' with --epochs 40 'cosine-40ep-fresh-loc1'."""
+    base = NAMED_AFTER.get(args.schedule, args.schedule)
+    own, settings = SCHEDULES[base], recipe(args)
+    name = base if settings['epochs'] == own['epochs'] else f'{base}-{settings["epochs"]}ep'
+    name += '-fresh' if settings.get('fresh_distortions') else ''
     for key, (tag, _, _) in CHANGES.items():
-        value = getattr(args, key, None)
-        if value is not None:
+        value = settings.get(key)
+        if value is not None and value != own.get(key):
             name += f'-{tag}{value:g}' if isinstance(value, float) else f'-{tag}{value}'
     return name
 
@@ -266,7 +276,7 @@ def write_tables(args, failed=None):
     """OUT/table1.csv and OUT/table1.md from every result.json found, with the cells of
     ``failed`` ({(cell, seed): error}) marked and their errors listed."""
     out, seeds, failed = args.out, args.seeds, failed or {}
-    rows, finished = [], set()
+    rows, finished, folders = [], set(), {}
     found = [c for c in cells(readings=True)[len(cells()):]
              if any(rundir.read_result(run_dir(args, c, s)) for s in seeds)]
     core_seconds = 0
@@ -277,6 +287,8 @@ def write_tables(args, failed=None):
         errors = [r['test_error'] for r in results]
         finished.update(r['seed'] for r in results)
         named = Cell.named(cell)
+        if results:
+            folders[named] = run_dir(args, cell, results[0]['seed'])
         rows.append({
             'dataset': named.dataset, 'model': named.model, 'paper_error': named.paper_error,
             'our_error': round(statistics.mean(errors), 2) if errors else '',
@@ -295,7 +307,8 @@ def write_tables(args, failed=None):
     seeds_done = ','.join(map(str, seeds)) + (
         f' (no cell has finished seed {waiting} yet)' if waiting else '')
     lines = [f'Test error in %: ours (the paper\'s). Schedule `{label(args)}`: `{flags}`; '
-             f'seeds {seeds_done}.', '', *error_table(rows, columns), '',
+             f'seeds {seeds_done}.', '',
+             *error_table(rows, columns, lambda c: os.path.relpath(folders[c], out)), '',
              *goal_lines(rows),
              '', 'Minutes of training per cell (all seeds):', '',
              '| model | ' + ' | '.join(d.upper() for d in columns) + ' |',
@@ -312,13 +325,20 @@ def write_tables(args, failed=None):
         lines += ['', 'Failed (fix the cause and run reproduce.py again to continue them):', '']
         lines += [f'- {cell} seed {seed}: {error}' for (cell, seed), error in sorted(failed.items())]
     atomic.write_text(os.path.join(out, 'table1.md'), '\n'.join(lines) + '\n')
+    def published(readme):   # the table and its tally, linked from ``readme``'s folder
+        where = os.path.dirname(os.path.abspath(readme))
+        return [*error_table(rows, columns, lambda c: os.path.relpath(folders[c], where)), '',
+                *goal_lines(rows)]
     if getattr(args, 'readme', None):
-        replace_block(args.readme, error_table(rows, columns))
+        replace_block(args.readme, published(args.readme))
+    if args.table_only:
+        print('\n'.join(published(args.readme or os.path.join(HERE, 'README.md'))))
 
 
-def error_table(rows, columns):
+def error_table(rows, columns, link=None):
     """The markdown lines of Table 1: per model a row, per column 'ours ± spread (paper)'
-    ('-' where no seed has finished, 'failed' where a cell failed)."""
+    ('-' where no seed has finished, 'failed' where a cell failed); with ``link``, 'ours'
+    links to ``link(Cell)``, the folder of the cell's first finished seed."""
     def cell_text(model, dataset):
         row = next((r for r in rows if r['model'] == model and r['dataset'] == dataset), None)
         if row is None:
@@ -328,6 +348,8 @@ def error_table(rows, columns):
             ours += f' ± {row["spread"]:.2f}'
         if row['failed']:
             ours = 'failed' if ours == '-' else f'{ours}, {row["failed"]} failed'
+        if link and row['our_error'] != '':
+            ours = f'[{ours}]({link(Cell(dataset, model))})'
         return f'{ours} ({row["paper_error"]})'
 
     lines = ['| model | ' + ' | '.join(d.upper() for d in columns) + ' |',
@@ -375,30 +397,92 @@ def goal_lines(rows):
     return lines
 
 
-README_START, README_END = '<!-- table1: start -->', '<!-- table1: end -->'
+def markers(name):
+    """The lines around a generated block of a page: '<!-- NAME: start -->', '<!-- NAME: end -->'."""
+    return f'<!-- {name}: start -->', f'<!-- {name}: end -->'
 
 
-def readme_parts(path):
-    """The text of ``path`` before its README_START line and after its README_END line;
+def readme_parts(path, name='table1'):
+    """The text of ``path`` before its block ``name``'s start line and after its end line;
     a one-line error (SystemExit) if it cannot be read or lacks them."""
+    first, last = markers(name)
     try:
         with open(path) as f:
             text = f.read()
     except OSError as e:
         raise SystemExit(f'error: cannot read --readme {path}: {e.strerror}')
-    if text.count(README_START) != 1 or text.count(README_END) != 1 or \
-            text.index(README_START) > text.index(README_END):
-        raise SystemExit(f'error: {path} needs one "{README_START}" line and, after it, one '
-                         f'"{README_END}" line around the table that --readme rewrites')
-    head, rest = text.split(README_START)
-    return head, rest.split(README_END)[1]
+    if text.count(first) != 1 or text.count(last) != 1 or text.index(first) > text.index(last):
+        raise SystemExit(f'error: {path} needs one "{first}" line and, after it, one '
+                         f'"{last}" line around the table that --readme rewrites')
+    head, rest = text.split(first)
+    return head, rest.split(last)[1]
 
 
-def replace_block(path, lines):
-    """Put ``lines`` between the README_START and README_END lines of ``path`` (atomically)."""
-    head, tail = readme_parts(path)
-    block = '\n'.join([README_START, *lines, README_END])
-    atomic.write_text(path, head + block + tail)
+def replace_block(path, lines, name='table1'):
+    """Put ``lines`` between block ``name``'s start and end lines of ``path`` (atomically)."""
+    head, tail = readme_parts(path, name)
+    atomic.write_text(path, head + '\n'.join([markers(name)[0], *lines, markers(name)[1]]) + tail)
+
+
+# The paper's other MNIST experiments, as the README's table shows them: (experiment, model,
+# run folder under results/, the paper's test error in % or None). Test error is the last
+# epoch's; a run stopped early says so.
+APPENDIX = [
+    ('addition', 'FCN', 'addition/fcn-ours-seed1', 47.7),
+    ('addition', 'FCN', 'addition/fcn-cosine-60ep-fresh-seed1', 47.7),
+    ('addition', 'CNN', 'addition/cnn-cosine-20ep-fresh-seed1', 14.7),
+    ('addition', 'ST-FCN affine', 'addition/st-fcn-aff-ours-loc1-seed1', 18.5),
+    ('addition', 'ST-CNN affine', 'addition/st-cnn-aff-cosine-20ep-fresh-loc1-seed1', None),
+    ('addition', '2xST-FCN affine, both on both channels', 'addition/2st-fcn-aff-ours-loc1-seed1', 5.8),
+    ('addition', '2xST-FCN affine, one per channel', 'addition/2st-fcn-aff-perchannel-cosine-60ep-fresh-seed1', 5.8),
+    ('addition', '2xST-FCN affine, one per channel', 'addition/2st-fcn-aff-perchannel-cosine-60ep-fresh-loc1-seed1', 5.8),
+    ('addition', '2xST-CNN affine, both on both channels', 'addition/2st-cnn-aff-cosine-20ep-fresh-loc1-seed1', None),
+    ('addition', '2xST-CNN affine, one per channel', 'addition/2st-cnn-aff-perchannel-cosine-20ep-fresh-loc1-seed1', None),
+    ('RTS', 'ST-CNN affine, on the input', 'pilots/rts-st-cnn-aff-ours-fresh-loc1-seed1', None),
+    ('RTS', 'ST-CNN affine, on the input and on conv1', 'inside/rts-st-cnn-aff-multi-ours-fresh-loc1-seed1', None),
+]
+# Co-localisation (scripts/colocalise.py): (canvases and method, run folder, the paper's share).
+COLOCALISATION = [
+    ('translated, our curriculum', 'coloc/translated', '100%'),
+    ('cluttered, our curriculum', 'coloc/cluttered', '75-93%'),
+    ('cluttered, our curriculum with sharp negatives', 'coloc/cluttered-sharpneg', '75-93%'),
+]
+
+
+def training_text(config, epochs_done):
+    """A run's schedule in a few words: '5 epochs, steps at 3, 4' or '38 of 60 epochs,
+    cosine', the images seen, fresh distortions, the localisation's rate multiplier."""
+    epochs = config['epochs']
+    text = f'{epochs} epochs' if epochs_done == epochs else f'{epochs_done} of {epochs} epochs'
+    text += (', cosine' if config['lr_mode'] == 'cosine'
+             else ', steps at ' + ', '.join(map(str, config['lr_steps'])))
+    text += f' ({epochs_done * config["train_images"] / 1e6:.2g}M images)'
+    text += ', fresh' if config.get('fresh_distortions') else ''
+    return text + (f', loc x{config["loc_lr_mult"]:g}' if config['transform'] != 'none' else '')
+
+
+def appendix_tables(where=HERE):
+    """The markdown lines of the appendix experiments' tables from the committed runs in
+    results/, each figure linked to its run folder relative to ``where``."""
+    results = os.path.join(HERE, 'results')
+    lines = ['| experiment | model | training | test error | paper |', '|---|---|---|---|---|']
+    for experiment, model, folder, paper in APPENDIX:
+        path = os.path.join(results, folder)
+        config, rows = rundir.read_config(path), rundir.read_metrics(path)
+        error = 100 * (1 - float(rows[-1]['test_acc']))
+        lines.append(f'| {experiment} | {model} | {training_text(config, len(rows))} | '
+                     f'[{error:.2f}%]({os.path.relpath(path, where)}) | '
+                     f'{"" if paper is None else f"{paper}%"} |')
+    lines += ['', '| co-localisation: canvases, method | classes | crops with IoU > 0.5 | paper |',
+              '|---|---|---|---|']
+    for method, folder, paper in COLOCALISATION:
+        path = os.path.join(results, folder)
+        with open(os.path.join(path, 'result.json')) as f:
+            result = json.load(f)
+        lines.append(f'| {method} | {len(result["per_class"])} | '
+                     f'[{100 * result["mean"]:.1f}%]({os.path.relpath(path, where)}) | {paper} |')
+    return lines
+
 
 def threads(folder):
     """The OpenMP threads a run trained with (config.json; 1 if it does not say)."""
@@ -480,22 +564,33 @@ def parser():
                    help='comma-separated patterns over DATASET/MODEL names, e.g. "rts/*,r/cnn"; '
                         'the other readings of the P set (p-5px, p-forward, p-box, ...) only by '
                         'name, e.g. "p-*/cnn"')
-    p.add_argument('--seeds', type=seed_list, default=[1])
-    p.add_argument('--schedule', choices=list(SCHEDULES), default='ours')
+    p.add_argument('--seeds', type=seed_list, default=[1, 2, 3],
+                   help='seeds of every cell (the paper reports the mean of three runs)')
+    p.add_argument('--schedule', choices=list(SCHEDULES), default='table1',
+                   help='table1: the published recipe (Adam, cosine decay over 20 epochs, new '
+                        'distortions every epoch, --loc-lr-mult 1); ours: the first pass (5 '
+                        'epochs, steps at 3 and 4, fixed training sets); cosine and sgd: 5-epoch '
+                        'pilots; paper: the paper\'s 150k SGD iterations')
     p.add_argument('--epochs', type=positive_int, default=None,
                    help="the schedule's length in epochs, if not its own (its learning-rate "
                         "steps scale along; runs go to folders named SCHEDULE-Nep)")
     p.add_argument('--fresh-distortions', action='store_true',
                    help='distort the training digits anew every epoch (train.py\'s flag), '
                         'as training for as long as the paper needs')
-    p.add_argument('--out', default='result',
-                   help='where the cell folders, table1.md and table1.csv go')
+    p.add_argument('--out', default=None, metavar='DIR',
+                   help='where the cell folders, table1.md and table1.csv go (default: '
+                        f'{DEFAULT_OUT}; with --table-only, {PUBLISHED}, the committed runs)')
     p.add_argument('--data-dir', default=None)
     p.add_argument('--ctx', default='cpu')
-    p.add_argument('--table-only', action='store_true', help='only rewrite the tables')
+    p.add_argument('--table-only', action='store_true',
+                   help='train nothing: rewrite the tables from the finished cells and print Table 1')
     p.add_argument('--readme', metavar='MD',
                    help='also rewrite the table between the "<!-- table1: start -->" and '
                         '"<!-- table1: end -->" lines of this file (the README)')
+    p.add_argument('--appendix', action='store_true',
+                   help='train nothing: print the table of the paper\'s other MNIST experiments '
+                        'from the committed runs in results/ (with --readme, rewrite it between '
+                        'the "<!-- appendix: start -->" and "<!-- appendix: end -->" lines)')
     p.add_argument('--curves', default=None, metavar='PNG',
                    help='also draw test error against images seen for every run of the chosen '
                         'cells found in --out (one line per schedule) into this file')
@@ -525,6 +620,13 @@ def parser():
 def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
+    if args.appendix:
+        lines = appendix_tables(os.path.dirname(os.path.abspath(args.readme or 'README.md')))
+        if args.readme:
+            replace_block(args.readme, lines, 'appendix')
+        return print('\n'.join(lines))
+    if args.out is None:
+        args.out = os.path.join(HERE, PUBLISHED) if args.table_only else DEFAULT_OUT
     chosen = choose(args.cells.split(','))
     if not chosen:
         p.error(f'--cells {args.cells!r} matches none of: {", ".join(cells())}')

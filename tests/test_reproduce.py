@@ -106,9 +106,41 @@ class Commands(list):
     pass
 
 
+def plain(path):
+    """A table page's text with its links reduced to their text ('[1.25](FOLDER)' -> '1.25')."""
+    return re.sub(r'\[([^\]]*)\]\([^)]*\)', r'\1', path.read_text())
+
+
+def grid(argv):
+    """reproduce.main, by default with the first pass's schedule and seed 1 (the fake
+    train.py makes every schedule instant; folder names then read 'ours-seed1')."""
+    argv = list(argv)
+    argv = (['--schedule', 'ours'] if '--schedule' not in argv else []) + argv
+    argv = (['--seeds', '1'] if '--seeds' not in argv else []) + argv
+    return reproduce.main(argv)
+
+
+def test_with_no_flags_it_trains_every_cell_with_the_published_recipe_and_three_seeds(
+        tmp_path, fake_train, monkeypatch):
+    """The recipe the committed Table 1 ran: the same train.py flags, folder names and
+    seeds, into result/table1 (one cell here: the fake train.py is the same for all)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(reproduce, 'cells', lambda readings=False: ['r/cnn'])
+    reproduce.main([])
+    published = os.path.join(ROOT, 'results', 'table1', 'r-cnn-cosine-20ep-fresh-loc1-seed1')
+    with open(os.path.join(published, 'result.json')) as f:
+        committed = json.load(f)['command'].split()
+    assert sorted(c[c.index('--out') + 1] for c in fake_train) == [
+        os.path.join('result', 'table1', f'r-cnn-cosine-20ep-fresh-loc1-seed{s}') for s in (1, 2, 3)]
+    import train
+    ours, _ = train.parse_args(fake_train[0][2:])
+    theirs, _ = train.parse_args([c for c in committed[2:] if c != '--resume'])
+    assert ours == theirs   # every setting of the run, whatever the order of the flags
+
+
 def test_a_cell_runs_once_and_a_finished_cell_is_skipped(tmp_path, fake_train):
-    reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path)])
-    reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path)])
+    grid(['--cells', 'r/cnn', '--out', str(tmp_path)])
+    grid(['--cells', 'r/cnn', '--out', str(tmp_path)])
     assert len(fake_train) == 1
     result = json.load(open(tmp_path / 'r-cnn-ours-seed1' / 'result.json'))
     assert result['test_error'] == 1.25 and result['train_seconds'] == 60
@@ -118,26 +150,26 @@ def test_an_interrupted_cell_is_resumed(tmp_path, fake_train):
     folder = tmp_path / 'r-cnn-ours-seed1'
     folder.mkdir()
     (folder / 'checkpoint.json').write_text('{"epoch": 1}')
-    reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path)])
+    grid(['--cells', 'r/cnn', '--out', str(tmp_path)])
     assert fake_train[0][-1] == '--resume'
 
 
 def test_the_tables_put_our_mean_and_spread_beside_the_paper(tmp_path, fake_train):
-    reproduce.main(['--cells', 'rts/st-cnn-aff', '--seeds', '1,2', '--out', str(tmp_path)])
+    grid(['--cells', 'rts/st-cnn-aff', '--seeds', '1,2', '--out', str(tmp_path)])
     rows = (tmp_path / 'table1.csv').read_text().splitlines()
     assert rows[0] == 'dataset,model,paper_error,our_error,spread,seeds,minutes,failed'
     assert 'rts,st-cnn-aff,0.5,1.25,0.0,2,2.0,0' in rows
-    table = (tmp_path / 'table1.md').read_text()
+    table = plain(tmp_path / 'table1.md')
     assert '| ST-CNN affine | - (0.7) | 1.25 ± 0.00 (0.5) |' in table
     assert '2 runs, 0.0 hours of training, 0.1 CPU-core hours' in table   # 2 x 60 s x 2 threads
 
 
 def test_the_tables_say_which_seeds_asked_for_have_no_finished_run_yet(tmp_path, fake_train):
-    reproduce.main(['--cells', 'r/cnn', '--seeds', '1', '--out', str(tmp_path)])
-    reproduce.main(['--cells', 'r/cnn', '--seeds', '1,2,3', '--out', str(tmp_path), '--table-only'])
-    assert 'seeds 1,2,3 (no cell has finished seed 2,3 yet).' in (tmp_path / 'table1.md').read_text()
-    reproduce.main(['--cells', 'r/cnn', '--seeds', '1', '--out', str(tmp_path), '--table-only'])
-    assert 'seeds 1.\n' in (tmp_path / 'table1.md').read_text()
+    grid(['--cells', 'r/cnn', '--seeds', '1', '--out', str(tmp_path)])
+    grid(['--cells', 'r/cnn', '--seeds', '1,2,3', '--out', str(tmp_path), '--table-only'])
+    assert 'seeds 1,2,3 (no cell has finished seed 2,3 yet).' in plain(tmp_path / 'table1.md')
+    grid(['--cells', 'r/cnn', '--seeds', '1', '--out', str(tmp_path), '--table-only'])
+    assert 'seeds 1.\n' in plain(tmp_path / 'table1.md')
 
 
 def test_the_other_readings_of_p_run_only_when_named_and_get_a_column_of_their_own(tmp_path,
@@ -145,18 +177,18 @@ def test_the_other_readings_of_p_run_only_when_named_and_get_a_column_of_their_o
     assert reproduce.choose(['*']) == reproduce.cells()            # the grid alone
     assert reproduce.choose(['*/cnn']) == [c for c in reproduce.cells() if c.endswith('/cnn')]
     assert reproduce.choose(['p-*/cnn']) == ['p-forward/cnn', 'p-3.5px/cnn', 'p-box/cnn', 'p-5px/cnn']
-    reproduce.main(['--cells', 'p-forward/cnn', '--out', str(tmp_path)])
+    grid(['--cells', 'p-forward/cnn', '--out', str(tmp_path)])
     command = fake_train[0]
     assert command[command.index('--dataset') + 1] == 'p-forward'
     assert 'p-forward,cnn,1.5,1.25,' in (tmp_path / 'table1.csv').read_text()   # P's paper figure
-    table = (tmp_path / 'table1.md').read_text()
+    table = plain(tmp_path / 'table1.md')
     assert '| model | R | RTS | P | E | TC | P-FORWARD |' in table
     assert '| CNN | - (1.2) | - (0.8) | - (1.5) | - (1.4) | - (3.5) | 1.25 (1.5) |' in table
 
 
 def test_a_pattern_that_matches_no_cell_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as error:
-        reproduce.main(['--cells', 'mnist/*', '--out', str(tmp_path)])
+        grid(['--cells', 'mnist/*', '--out', str(tmp_path)])
     assert error.value.code == 2 and 'matches none of' in capsys.readouterr().err
 
 
@@ -167,15 +199,15 @@ def test_epochs_stretch_our_schedule_with_its_steps_at_the_same_fractions(epochs
 
 
 def test_a_stretched_schedule_runs_in_folders_of_its_own(tmp_path, fake_train):
-    reproduce.main(['--cells', 'r/cnn', '--epochs', '20', '--out', str(tmp_path)])
+    grid(['--cells', 'r/cnn', '--epochs', '20', '--out', str(tmp_path)])
     command = fake_train[0]
     assert command[command.index('--epochs') + 1] == '20'
     assert json.load(open(tmp_path / 'r-cnn-ours-20ep-seed1' / 'result.json'))['schedule'] == 'ours-20ep'
-    assert 'Schedule `ours-20ep`' in (tmp_path / 'table1.md').read_text()
+    assert 'Schedule `ours-20ep`' in plain(tmp_path / 'table1.md')
 
 
 def test_fresh_distortions_reach_train_py_and_get_folders_of_their_own(tmp_path, fake_train):
-    reproduce.main(['--cells', 'tc/fcn', '--fresh-distortions', '--out', str(tmp_path)])
+    grid(['--cells', 'tc/fcn', '--fresh-distortions', '--out', str(tmp_path)])
     assert '--fresh-distortions' in fake_train[0]
     assert (tmp_path / 'tc-fcn-ours-fresh-seed1' / 'result.json').exists()
 
@@ -183,7 +215,7 @@ def test_fresh_distortions_reach_train_py_and_get_folders_of_their_own(tmp_path,
 def test_cells_train_side_by_side_one_thread_each_by_default(tmp_path, fake_train, monkeypatch,
                                                              capsys):
     monkeypatch.setattr(reproduce, 'CORES', 2)
-    reproduce.main(['--cells', 'r/cnn,r/fcn,e/cnn,e/fcn', '--out', str(tmp_path)])
+    grid(['--cells', 'r/cnn,r/fcn,e/cnn,e/fcn', '--out', str(tmp_path)])
     assert len(fake_train) == 4 and fake_train.call.most == 2
     progress = re.findall(r'\[(\d)/4 done, (\d) running, (\d) waiting', capsys.readouterr().out)
     assert len(progress) == 4
@@ -191,7 +223,7 @@ def test_cells_train_side_by_side_one_thread_each_by_default(tmp_path, fake_trai
         assert int(running) <= 2 and int(done) + int(running) + int(waiting) <= 4
     assert fake_train.call.threads == ['1'] * 4
     assert len(open(tmp_path / 'table1.csv').read().splitlines()) == 37   # header + 36 cells
-    reproduce.main(['--cells', 'rts/cnn', '--jobs', '1', '--out', str(tmp_path)])
+    grid(['--cells', 'rts/cnn', '--jobs', '1', '--out', str(tmp_path)])
     assert fake_train.call.threads[-1] == '2'   # one job: all the cores
 
 
@@ -199,14 +231,14 @@ def test_an_idle_worker_takes_the_next_cell_while_the_other_trains_a_long_one(tm
                                                                            monkeypatch):
     monkeypatch.setattr(reproduce, 'CORES', 2)
     fake_train.call.sleep = {'r-cnn-': 1.0}
-    reproduce.main(['--cells', 'r/cnn,r/fcn,e/cnn,e/fcn,p/cnn,p/fcn', '--out', str(tmp_path)])
+    grid(['--cells', 'r/cnn,r/fcn,e/cnn,e/fcn,p/cnn,p/fcn', '--out', str(tmp_path)])
     long = fake_train.call.workers[[c[c.index('--out') + 1] for c in fake_train].index(
         str(tmp_path / 'r-cnn-ours-seed1'))]
     assert fake_train.call.workers.count(long) == 1          # the other worker took all five
 
 
 def test_recipe_flags_reach_train_py_and_name_their_folders(tmp_path, fake_train):
-    reproduce.main(['--cells', 'rts/st-cnn-aff', '--schedule', 'cosine', '--epochs', '20',
+    grid(['--cells', 'rts/st-cnn-aff', '--schedule', 'cosine', '--epochs', '20',
                     '--fresh-distortions', '--batch-size', '256', '--lr', '0.003',
                     '--loc-lr-mult', '1', '--budget-mult', '2', '--input-norm', 'none',
                     '--out', str(tmp_path)])
@@ -223,12 +255,12 @@ def test_recipe_flags_reach_train_py_and_name_their_folders(tmp_path, fake_train
 def test_the_learning_curves_draw_every_finished_run_of_a_cell_from_the_run_folders(
         tmp_path, fake_train, capsys):
     for schedule in ('ours', 'sgd'):
-        reproduce.main(['--cells', 'r/cnn', '--schedule', schedule, '--out', str(tmp_path)])
-    reproduce.main(['--cells', 'r/fcn', '--out', str(tmp_path)])
+        grid(['--cells', 'r/cnn', '--schedule', schedule, '--out', str(tmp_path)])
+    grid(['--cells', 'r/fcn', '--out', str(tmp_path)])
     (tmp_path / 'r-fcn-ours-seed1' / 'result.json').unlink()   # as if still training
     figure = tmp_path / 'curves.png'
     capsys.readouterr()
-    reproduce.main(['--cells', 'r/*', '--table-only', '--out', str(tmp_path), '--curves',
+    grid(['--cells', 'r/*', '--table-only', '--out', str(tmp_path), '--curves',
                     str(figure)])
     assert figure.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and len(fake_train) == 3
     assert f'wrote {figure}: r/cnn (ours-seed1, sgd-seed1)\n' in capsys.readouterr().out
@@ -237,11 +269,11 @@ def test_the_learning_curves_draw_every_finished_run_of_a_cell_from_the_run_fold
 def test_a_failing_cell_is_reported_in_the_tables_with_its_error_and_not_retried(tmp_path, fake_train):
     fake_train.call.fail = 'r-fcn'
     with pytest.raises(SystemExit) as error:
-        reproduce.main(['--cells', 'r/cnn,r/fcn', '--out', str(tmp_path)])
+        grid(['--cells', 'r/cnn,r/fcn', '--out', str(tmp_path)])
     assert str(error.value.code) == 'error: 1 of 2 cells failed (listed in table1.md)'
     assert len(fake_train) == 2   # each ran once
     assert 'r,fcn,2.1,,,0,,1' in (tmp_path / 'table1.csv').read_text().splitlines()
-    table = (tmp_path / 'table1.md').read_text()
+    table = plain(tmp_path / 'table1.md')
     assert '| FCN | failed (2.1) |' in table and '| CNN | 1.25 (1.2) |' in table
     log = tmp_path / 'r-fcn-ours-seed1' / 'train.log'
     assert (f'- r/fcn seed 1: train.py exit 1: error: the training loss became nan in epoch 1 '
@@ -252,13 +284,13 @@ def without_minutes(out):
     """table1.csv and table1.md less the training times, which no two runs share."""
     rows = [row.split(',') for row in (out / 'table1.csv').read_text().splitlines()]
     at = rows[0].index('minutes')
-    md = (out / 'table1.md').read_text()
+    md = plain(out / 'table1.md')
     return [row[:at] + row[at + 1:] for row in rows], md[:md.index('Minutes of training')]
 
 
 @needs_mnist
 def test_a_local_dask_cluster_writes_the_tables_of_a_sequential_run_though_a_worker_dies(tmp_path):
-    quick = [sys.executable, 'reproduce.py', '--cells',
+    quick = [sys.executable, 'reproduce.py', '--schedule', 'ours', '--seeds', '1', '--cells',
              'r/fcn,r/st-fcn-aff,r/st-fcn-proj,r/st-fcn-tps',
              '--epochs', '2', '--train-size', '500', '--threads', '1', '--data-dir', REAL_DIR]
     sequential = subprocess.run(quick + ['--jobs', '1', '--out', str(tmp_path / 'one')],
@@ -297,7 +329,7 @@ def test_a_local_dask_cluster_writes_the_tables_of_a_sequential_run_though_a_wor
 
 @needs_mnist
 def test_cells_run_on_an_existing_dask_cluster_started_from_the_command_line(tmp_path):
-    """`dask scheduler` and `dask worker`, as the README starts them, with --scheduler."""
+    """`dask scheduler` and `dask worker`, as docs/scaling-out.md starts them, with --scheduler."""
     port = launch.free_port()
     env = dict(os.environ, PYTHONPATH=ROOT)
     dask = os.path.join(os.path.dirname(sys.executable), 'dask')
@@ -310,7 +342,8 @@ def test_cells_run_on_an_existing_dask_cluster_started_from_the_command_line(tmp
             [dask, 'worker', f'tcp://127.0.0.1:{port}', '--nthreads', '1', '--no-dashboard'],
             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True))
-        done = subprocess.run([sys.executable, 'reproduce.py', '--scheduler',
+        done = subprocess.run([sys.executable, 'reproduce.py', '--schedule', 'ours', '--seeds', '1',
+                               '--scheduler',
                                f'tcp://127.0.0.1:{port}', '--cells', 'r/fcn', '--epochs', '1',
                                '--train-size', '200', '--data-dir', REAL_DIR, '--out',
                                str(tmp_path / 'grid')], cwd=ROOT, capture_output=True, text=True,
@@ -329,7 +362,7 @@ def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, 'CONNECT_TIMEOUT', 2)
     port = launch.free_port()   # nothing listens there
     with pytest.raises(SystemExit) as error:
-        reproduce.main(['--scheduler', f'tcp://127.0.0.1:{port}', '--cells', 'r/cnn', '--out',
+        grid(['--scheduler', f'tcp://127.0.0.1:{port}', '--cells', 'r/cnn', '--out',
                         str(tmp_path)])
     assert str(error.value.code).startswith(f'error: cannot reach a Dask scheduler at '
                                             f'tcp://127.0.0.1:{port}')
@@ -338,9 +371,9 @@ def test_an_unreachable_scheduler_is_a_one_line_error(tmp_path, monkeypatch):
 def test_the_tables_say_where_the_grid_stands_against_the_goal(tmp_path, fake_train):
     fake_train.call.errors = {'r-cnn': 0.9800, 'r-st-cnn-aff': 0.9900, 'rts-cnn': 0.9900,
                               'rts-st-cnn-aff': 0.9800, 'p-cnn': 0.9900, 'p-st-cnn-aff': 0.9960}
-    reproduce.main(['--cells', 'r/cnn,r/st-cnn-aff,rts/cnn,rts/st-cnn-aff,p/cnn,p/st-cnn-aff',
+    grid(['--cells', 'r/cnn,r/st-cnn-aff,rts/cnn,rts/st-cnn-aff,p/cnn,p/st-cnn-aff',
                     '--out', str(tmp_path)])
-    table = (tmp_path / 'table1.md').read_text()
+    table = plain(tmp_path / 'table1.md')
     # R 1.00 against 0.7 is within 0.3; P 0.40 against 0.8 is below by more; RTS 2.00 against 0.5
     assert ('- ST-CNN cells within 0.3 points of the paper: 1 of 3; at most 0.3 points above it '
             '(or below it): 2 of 3.') in table
@@ -355,12 +388,12 @@ def test_a_baseline_with_one_seed_is_judged_against_the_spread_of_its_st_models_
     fake_train.call.errors = {'r-st-cnn-aff-ours-seed2': 0.9920, 'r-st-cnn-aff': 0.9940,
                               'r-cnn': 0.9880, 'rts-st-cnn-aff-ours-seed2': 0.9840,
                               'rts-st-cnn-aff': 0.9900, 'rts-cnn': 0.9880}
-    reproduce.main(['--cells', 'r/cnn,rts/cnn', '--out', str(tmp_path)])
-    reproduce.main(['--cells', 'r/st-cnn-aff,rts/st-cnn-aff', '--seeds', '1,2', '--out',
+    grid(['--cells', 'r/cnn,rts/cnn', '--out', str(tmp_path)])
+    grid(['--cells', 'r/st-cnn-aff,rts/st-cnn-aff', '--seeds', '1,2', '--out',
                     str(tmp_path)])
-    reproduce.main(['--cells', 'r/cnn,r/st-cnn-aff,rts/cnn,rts/st-cnn-aff', '--seeds', '1,2',
+    grid(['--cells', 'r/cnn,r/st-cnn-aff,rts/cnn,rts/st-cnn-aff', '--seeds', '1,2',
                     '--out', str(tmp_path), '--table-only'])
-    table = (tmp_path / 'table1.md').read_text()
+    table = plain(tmp_path / 'table1.md')
     # R: 0.70 ± 0.14 against the CNN's 1.20 (one seed): clear; RTS: 1.30 ± 0.42 against 1.20
     assert ('- ST models below their baseline (ST-CNN < CNN, ST-FCN < FCN): 1 of 2; by more '
             'than the larger spread between seeds: 1 of the 2 with several seeds on either '
@@ -371,8 +404,8 @@ def test_readme_gets_the_table_between_its_markers_and_nothing_else_changes(tmp_
     readme = tmp_path / 'README.md'
     readme.write_text('# Title\n\n<!-- table1: start -->\nold table\n<!-- table1: end -->'
                       '\n\nAfter.\n')
-    reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path / 'grid'), '--readme', str(readme)])
-    text = readme.read_text()
+    grid(['--cells', 'r/cnn', '--out', str(tmp_path / 'grid'), '--readme', str(readme)])
+    text = plain(readme)
     assert text.startswith('# Title\n\n<!-- table1: start -->\n| model | R | RTS | P | E | TC |\n')
     assert '| CNN | 1.25 (1.2) |' in text and 'old table' not in text
     assert text.endswith('<!-- table1: end -->\n\nAfter.\n')
@@ -382,7 +415,7 @@ def test_a_readme_without_markers_is_refused_before_any_training(tmp_path, fake_
     readme = tmp_path / 'README.md'
     readme.write_text('# Title\n')
     with pytest.raises(SystemExit, match='needs one "<!-- table1: start -->" line'):
-        reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path), '--readme', str(readme)])
+        grid(['--cells', 'r/cnn', '--out', str(tmp_path), '--readme', str(readme)])
     assert fake_train == [] and readme.read_text() == '# Title\n'
 
 
@@ -410,7 +443,7 @@ def test_the_tables_name_the_models_as_the_paper(model, name):
 def test_a_value_no_cell_could_train_with_is_a_usage_error_before_any_cluster(
         flags, message, tmp_path, fake_train, capsys):
     with pytest.raises(SystemExit) as error:
-        reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path / 'grid'), *flags])
+        grid(['--cells', 'r/cnn', '--out', str(tmp_path / 'grid'), *flags])
     assert error.value.code == 2 and message in capsys.readouterr().err
     assert fake_train == [] and not (tmp_path / 'grid').exists()
 
@@ -421,7 +454,7 @@ def test_result_json_holds_the_command_that_reruns_the_whole_cell(tmp_path, fake
     folder = tmp_path / 'r-cnn-ours-1ep-seed1'
     folder.mkdir()
     (folder / 'checkpoint.json').write_text('{"epoch": 0}')   # interrupted, so resumed
-    reproduce.main(['--cells', 'r/cnn', '--epochs', '1', '--out', str(tmp_path)])
+    grid(['--cells', 'r/cnn', '--epochs', '1', '--out', str(tmp_path)])
     assert fake_train[0][-1] == '--resume'
     command = shlex.split(json.load(open(folder / 'result.json'))['command'])
     assert command[:2] == ['python', 'train.py'] and '--resume' not in command
@@ -456,7 +489,7 @@ def finished_cell(out, **result):
 def test_a_damaged_run_folder_is_one_line_that_names_the_file(tmp_path, damage, message):
     damage(finished_cell(tmp_path / 'grid'))
     with pytest.raises(SystemExit) as error:
-        reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path / 'grid'), '--table-only',
+        grid(['--cells', 'r/cnn', '--out', str(tmp_path / 'grid'), '--table-only',
                         '--curves', str(tmp_path / 'curves.png')])
     assert str(error.value.code).startswith('error: ') and message in str(error.value.code)
     assert '\n' not in str(error.value.code)
@@ -471,7 +504,7 @@ def test_an_out_or_curves_that_cannot_be_written_is_refused_before_any_training(
             (['--out', str(tmp_path / 'grid'), '--curves', str(tmp_path / 'no' / 'c.png')],
              'cannot write a picture there')]:
         with pytest.raises(SystemExit) as error:
-            reproduce.main(['--cells', 'r/cnn', *flags])
+            grid(['--cells', 'r/cnn', *flags])
         assert message in str(error.value.code)
     assert fake_train == []
 
@@ -480,7 +513,7 @@ def test_a_second_grid_on_the_same_out_is_refused_and_reports_no_cell(tmp_path, 
     from stngluon import rundir
     with rundir.lock(str(tmp_path)):   # the first grid, still training
         with pytest.raises(SystemExit) as error:
-            reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path)])
+            grid(['--cells', 'r/cnn', '--out', str(tmp_path)])
     assert f'error: {tmp_path} is in use by another run (pid {os.getpid()})' in error.value.code
     assert fake_train == [] and not (tmp_path / 'table1.md').exists()
 
@@ -492,9 +525,9 @@ def test_ctrl_c_writes_the_tables_with_every_finished_cell_and_says_how_to_conti
         raise KeyboardInterrupt
     monkeypatch.setattr(reproduce, 'run_grid', interrupted)
     with pytest.raises(SystemExit) as error:
-        reproduce.main(['--cells', 'r/cnn', '--out', str(tmp_path)])
+        grid(['--cells', 'r/cnn', '--out', str(tmp_path)])
     assert 'interrupted:' in error.value.code and 'the same command continues' in error.value.code
-    assert '| CNN | 2.00 (1.2) |' in (tmp_path / 'table1.md').read_text()
+    assert '| CNN | 2.00 (1.2) |' in plain(tmp_path / 'table1.md')
 
 
 def test_something_that_is_not_dask_answering_is_a_one_line_error(tmp_path, monkeypatch):
@@ -505,7 +538,7 @@ def test_something_that_is_not_dask_answering_is_a_one_line_error(tmp_path, monk
         server.listen()
         port = server.getsockname()[1]
         with pytest.raises(SystemExit) as error:
-            reproduce.main(['--scheduler', f'tcp://127.0.0.1:{port}', '--cells', 'r/cnn',
+            grid(['--scheduler', f'tcp://127.0.0.1:{port}', '--cells', 'r/cnn',
                             '--out', str(tmp_path)])
     assert str(error.value.code).startswith(f'error: cannot reach a Dask scheduler at '
                                             f'tcp://127.0.0.1:{port}')
@@ -515,7 +548,8 @@ def test_something_that_is_not_dask_answering_is_a_one_line_error(tmp_path, monk
 def test_ctrl_c_to_the_grid_prints_one_line_and_leaves_no_process(tmp_path):
     # SIGINT's default action restored in the grid: a suite started as a background job
     # (nohup, cmd &) inherits SIGINT ignored, which Python then keeps, and nothing would answer
-    grid = subprocess.Popen([sys.executable, 'reproduce.py', '--cells', 'r/fcn', '--epochs', '50',
+    grid = subprocess.Popen([sys.executable, 'reproduce.py', '--schedule', 'ours', '--seeds', '1',
+                             '--cells', 'r/fcn', '--epochs', '50',
                              '--train-size', '2000', '--jobs', '1', '--threads', '1',
                              '--data-dir', REAL_DIR, '--out', str(tmp_path)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -549,7 +583,7 @@ def test_the_estimate_times_every_network_with_the_schedules_settings(tmp_path, 
         runtime.ENGINE: 'NaiveEngine', runtime.WAIT: 'PASSIVE'})
     monkeypatch.setattr(runtime, 'measure_in_child',
                         lambda flags, seconds, threads: timed.append(flags) or (lambda s: 1000.0))
-    reproduce.main(['--estimate', '--cells', 'r/fcn,rts/cnn', '--batch-size', '32', '--jobs', '1',
+    grid(['--estimate', '--cells', 'r/fcn,rts/cnn', '--batch-size', '32', '--jobs', '1',
                     '--out', str(tmp_path)])
     assert [f[:6] for f in timed] == [['--dataset', 'r', '--model', 'fcn', '--transform', 'none'],
                                       ['--dataset', 'rts', '--model', 'cnn', '--transform', 'none']]
@@ -559,7 +593,7 @@ def test_the_estimate_times_every_network_with_the_schedules_settings(tmp_path, 
 def test_the_estimate_times_each_network_once_and_trains_nothing(tmp_path, capsys):
     """--estimate: one row per distinct network (R and P share the 28x28 FCN), and the
     grid's core-hours are the cells' images over the timed rates, times their threads."""
-    core_hours = reproduce.main(['--estimate', '--cells', 'r/fcn,p/fcn,rts/fcn', '--seeds', '1,2',
+    core_hours = grid(['--estimate', '--cells', 'r/fcn,p/fcn,rts/fcn', '--seeds', '1,2',
                                  '--epochs', '2', '--train-size', '500', '--jobs', '1',
                                  '--threads', '1', '--out', str(tmp_path / 'grid')])
     lines = capsys.readouterr().out.splitlines()
