@@ -137,17 +137,17 @@ def parser():
     add_flags(p)
     p.add_argument('--summary', action='store_true',
                    help='print the layers and parameter counts of the model and exit')
-    p.add_argument('--data-dir', default=None,
+    p.add_argument('--data-dir', default=None, metavar='DIR',
                    help='folder with the MNIST files (default: $MNIST_DIR, else data/mnist)')
-    p.add_argument('--out', default='result', help='folder for everything the run writes')
+    p.add_argument('--out', default='result', metavar='DIR', help='folder for everything the run writes')
     p.add_argument('--ctx', type=context, default='cpu',
                    help='cpu, a GPU id, or several (0,1,2,3): each batch is split across them')
     p.add_argument('--kvstore', choices=['device', 'local', 'dist_sync', 'dist_device_sync'],
                    default='device',
                    help='where gradients are summed (gluon.Trainer\'s kvstore): device or local '
                         'across --ctx; dist_sync or dist_device_sync across worker processes '
-                        'started with DMLC_ROLE=worker (see README)')
-    p.add_argument('--dist-timeout', type=positive(float), default=300,
+                        'started with DMLC_ROLE=worker (see docs/scaling-out.md)')
+    p.add_argument('--dist-timeout', type=positive(float), default=300, metavar='SECONDS',
                    help='dist kvstores: seconds without progress (another process dead or '
                         'unreachable) after which a worker stops with a message')
     p.add_argument('--onnx', action='store_true',
@@ -224,7 +224,7 @@ def main(argv=None):
                 sys.exit('\ninterrupted while timing the execution settings; nothing was kept '
                          'or trained: start the run again')
         return run(config, opts, argv)
-    # One worker of several (README, "Scaling out"): each waits in the kvstore for all the
+    # One worker of several (docs/scaling-out.md): each waits in the kvstore for all the
     # others, so a watchdog stops it if they stop answering, and a worker that stops early
     # leaves with os._exit: MXNet's own shutdown would wait for the others forever.
     watchdog = Watchdog(opts.dist_timeout, lambda what: stalled(opts, what))

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 
 from stngluon import distort, rundir  # noqa: E402
+from benchmarks import workloads  # noqa: E402
 
 
 def images_per_s(run, x, seconds):
@@ -46,6 +47,7 @@ def main(argv=None):
     p.add_argument('--data-dir', default=None)
     args = p.parse_args(argv)
     threads = runtime.threads()
+    print(f'host: {workloads.host()}; MXNet {mx.__version__}, ONNX Runtime {onnxruntime.__version__}')
     symbol, weights, symbol_file, params_file = rundir.load_export(args.model)
     shape = rundir.input_shape(symbol, weights, os.path.dirname(symbol_file))
     with warnings.catch_warnings():   # "Cannot decide type for ... data": it is float32

@@ -16,7 +16,7 @@ last complete checkpoint, so the same command with --resume continues.
 MXNet's own tools/launch.py --launcher local does this job, but hangs with MXNet 1.9.1 on
 Python >= 3.9 (its dmlc_tracker calls the removed Thread.isAlive() after starting the
 scheduler) and never stops the others when one process fails. On several machines, start
-the processes by hand or with your cluster's job runner (README, "Scaling out").
+the processes by hand or with your cluster's job runner (docs/scaling-out.md).
 """
 import argparse
 import os

@@ -187,26 +187,32 @@ def add_flags(p):
                    help='Gluon HybridBlocks, or sym.SpatialTransformer trained with mx.mod.Module')
     p.add_argument('--dataset', choices=distort.DATASETS, default=D.dataset,
                    help='MNIST or one of the paper\'s distorted sets (see distort.py)')
-    p.add_argument('--data-seed', type=bounded_int(0, 2 ** 31 - 1), default=D.data_seed,
+    p.add_argument('--data-seed', type=bounded_int(0, 2 ** 31 - 1), default=D.data_seed, metavar='S',
                    help='seed of the distorted train/test sets (the test set is fixed by it)')
     p.add_argument('--fresh-distortions', action='store_true',
                    help='distort the training digits anew every epoch instead of once')
-    p.add_argument('--epochs', type=positive(int), default=D.epochs)
-    p.add_argument('--batch-size', type=positive(int), default=D.batch_size)
-    p.add_argument('--optimizer', choices=OPTIMIZERS, default=D.optimizer)
-    p.add_argument('--lr', type=positive(float), default=D.lr, help='initial learning rate')
-    p.add_argument('--momentum', type=float, default=D.momentum, help='SGD momentum')
+    p.add_argument('--epochs', type=positive(int), default=D.epochs, metavar='N')
+    p.add_argument('--batch-size', type=positive(int), default=D.batch_size, metavar='N',
+                   help='images per update (the global batch across devices and workers)')
+    p.add_argument('--optimizer', choices=OPTIMIZERS, default=D.optimizer,
+                   help='adam, or sgd with --momentum')
+    p.add_argument('--lr', type=positive(float), default=D.lr, metavar='X',
+                   help='initial learning rate')
+    p.add_argument('--momentum', type=float, default=D.momentum, metavar='X',
+                   help='SGD momentum')
     p.add_argument('--lr-mode', choices=LR_MODES, default=D.lr_mode,
                    help='step: multiply by --lr-factor after each of --lr-steps; cosine: '
                         'decay to 0 at the last epoch')
-    p.add_argument('--lr-steps', type=epoch_list, default=D.lr_steps,
+    p.add_argument('--lr-steps', type=epoch_list, default=D.lr_steps, metavar='E1,E2',
                    help='epochs after which the learning rate is multiplied by --lr-factor')
-    p.add_argument('--lr-factor', type=positive(float), default=D.lr_factor)
-    p.add_argument('--warmup-epochs', type=float, default=D.warmup_epochs,
+    p.add_argument('--lr-factor', type=positive(float), default=D.lr_factor, metavar='X',
+                   help='what each of --lr-steps multiplies the learning rate by')
+    p.add_argument('--warmup-epochs', type=float, default=D.warmup_epochs, metavar='E',
                    help='epochs of linear warm-up from 0 to --lr before the schedule')
-    p.add_argument('--loc-lr-mult', type=positive(float), default=D.loc_lr_mult,
+    p.add_argument('--loc-lr-mult', type=positive(float), default=D.loc_lr_mult, metavar='X',
                    help='learning-rate multiplier of the localisation net and regressor')
-    p.add_argument('--seed', type=bounded_int(0, MAX_SEED), default=D.seed)
+    p.add_argument('--seed', type=bounded_int(0, MAX_SEED), default=D.seed, metavar='S',
+                   help='seed of the initial weights, the shuffle and dropout')
     p.add_argument('--model', choices=net.MODELS, default=D.model,
                    help='classifier: the original port\'s LeNet, or the paper\'s FCN or CNN (see net.py)')
     which = p.add_mutually_exclusive_group()
@@ -214,7 +220,7 @@ def add_flags(p):
                        help='spatial transformer family in front of the classifier')
     which.add_argument('--no-stn', dest='transform', action='store_const', const='none',
                        help='no transformer: --transform none')
-    p.add_argument('--transformers', type=positive(int), default=D.transformers,
+    p.add_argument('--transformers', type=positive(int), default=D.transformers, metavar='K',
                    help='transformers side by side, each reading the whole input and '
                         'warping all its channels, their outputs concatenated (the paper\'s '
                         '2xST for --dataset addition: 2)')
@@ -222,23 +228,23 @@ def add_flags(p):
                    help='with --transformers K on K-channel inputs (--dataset addition: 2), '
                         'transformer k passes on channel k only, warped: one transformer per '
                         'digit (each still reads every channel)')
-    p.add_argument('--stn-at', type=places, default=D.stn_at,
+    p.add_argument('--stn-at', type=places, default=D.stn_at, metavar='PLACES',
                    help='where transformers go, in series: input, conv1 (--model cnn: on the '
                         'feature map of its first stage, warping every channel), or both '
                         '(input,conv1)')
-    p.add_argument('--tps-grid', type=positive(int), default=D.tps_grid,
+    p.add_argument('--tps-grid', type=positive(int), default=D.tps_grid, metavar='N',
                    help='--transform tps: N x N control points')
-    p.add_argument('--width', type=positive(int), default=D.width,
+    p.add_argument('--width', type=positive(int), default=D.width, metavar='N',
                    help='fcn: hidden units, cnn: first-layer filters (default: fitted to the '
                         'experiment\'s parameter budget, net.BUDGETS)')
-    p.add_argument('--budget-mult', type=positive(float), default=D.budget_mult,
+    p.add_argument('--budget-mult', type=positive(float), default=D.budget_mult, metavar='X',
                    help='fit fcn/cnn to this multiple of the experiment\'s parameter budget '
                         '(net.BUDGETS) when --width is not given')
     p.add_argument('--input-norm', choices=list(net.INPUT_NORMS), default=D.input_norm,
                    help='what the classifier does to its input: mnist: subtract MNIST\'s pixel '
                         'mean and divide by its std (0.1307, 0.3081); none: take the [0, 1] '
                         'pixels as they are')
-    p.add_argument('--train-size', type=positive(int), default=D.train_size,
+    p.add_argument('--train-size', type=positive(int), default=D.train_size, metavar='N',
                    help='train on the first N training images only (quick runs)')
     return p
 

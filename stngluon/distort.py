@@ -83,6 +83,33 @@ def num_classes(name):
     return SETS[name].classes
 
 
+def describe(name, params=None):
+    """What set ``name`` does to a digit, in words, from its parameters (the README's table)."""
+    p = dict(DEFAULTS[name], **(params or {}))
+    scale = 'scale ' + '-'.join(f'{p[k]:.1f}' if round(p[k], 1) == p[k] else f'{p[k]:g}'
+                                for k in ('scale_min', 'scale_max') if k in p)
+    kind = SETS[name].generate
+    if kind is distort_r:
+        return f'rotation in ±{p["rotation"]:g}°'
+    if kind in (distort_rts, distort_addition):
+        rts = (f'rotation in ±{p["rotation"]:g}°, {scale}, random position on a '
+               f'{p["canvas"]}x{p["canvas"]} canvas')
+        return rts if kind is distort_rts else f'two digits, each {rts}, as two channels; ' \
+                                              'the label is their sum'
+    if kind is distort_p:
+        corners = "the digit's ink box's corners" if p['frame'] == 'box' else 'corners'
+        how = 'sent to' if p['warp'] == 'forward' else 'read at'
+        return (f'{scale}, then a projective warp: {corners} {how} points moved by Gaussian '
+                f'noise of {p["corner_std"]:g} px')
+    if kind is distort_e:
+        return (f'{scale}, then a thin-plate-spline warp: {p["tps_grid"] ** 2} control points '
+                f'moved by Gaussian noise of {p["tps_std"]:g} px')
+    if kind is distort_tc:
+        return (f'the digit at a random position on a {p["canvas"]}x{p["canvas"]} canvas, plus '
+                f'{p["patches"]} clutter patches of {p["patch"]}x{p["patch"]} px cut from other digits')
+    return 'MNIST as it is'
+
+
 def pair(images, labels, seed):
     """MNIST addition's inputs: every digit of ``images`` (N, 1, 28, 28) with a partner
     drawn by ``seed`` (a random permutation), as (N, 2, 28, 28), and the sums of their

@@ -95,7 +95,7 @@ def start(role, command, port, log):
 @contextlib.contextmanager
 def started_by_hand(command, logs):
     """A scheduler, a server and two workers running ``command``, started one by one as
-    README's "Scaling out" does without launch.py, their output in ``logs``/{scheduler,
+    docs/scaling-out.md does without launch.py, their output in ``logs``/{scheduler,
     server, w0, w1}.log; yields (processes, log paths) and kills what is left at the end."""
     port = launch.free_port()
     logs.mkdir()

@@ -99,3 +99,122 @@ def test_every_command_the_pages_show_names_a_script_and_flags_it_takes():
     missing = sorted({f'{page}: python {script}' for page, script, _ in shown
                       if not os.path.exists(os.path.join(ROOT, script))})
     assert not wrong and not missing, wrong + missing
+
+
+# ---- generated and measured numbers -----------------------------------------------------
+
+def block(path, name):
+    """The lines between a page's '<!-- NAME: start -->' and '<!-- NAME: end -->' lines."""
+    with open(path) as f:
+        text = f.read()
+    return text.split(f'<!-- {name}: start -->\n')[1].split(f'<!-- {name}: end -->')[0].splitlines()
+
+
+def test_the_readme_usage_is_train_py_help():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, 'train.py', '--help'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, COLUMNS='100'))
+    usage = done.stdout.split('\n\n')[0].splitlines()   # argparse wraps to COLUMNS
+    shown = block(os.path.join(ROOT, 'README.md'), 'usage')
+    assert shown == ['```', *usage, '```'], '\n'.join(['the README should show:', *usage])
+
+
+def test_the_readme_table1_is_what_the_committed_runs_give(tmp_path, capsys):
+    """reproduce.py --table-only rebuilds the README's block (table and tally) and
+    results/table1/table1.md from results/table1 alone, and prints that block."""
+    import shutil
+    import reproduce
+    shutil.copytree(os.path.join(ROOT, 'results', 'table1'), tmp_path / 'results' / 'table1')
+    shutil.copy(os.path.join(ROOT, 'README.md'), tmp_path / 'README.md')
+    reproduce.main(['--table-only', '--out', str(tmp_path / 'results' / 'table1'),
+                    '--readme', str(tmp_path / 'README.md')])
+    assert (tmp_path / 'README.md').read_text() == open(os.path.join(ROOT, 'README.md')).read()
+    for name in ('table1.md', 'table1.csv'):
+        committed = open(os.path.join(ROOT, 'results', 'table1', name)).read()
+        assert (tmp_path / 'results' / 'table1' / name).read_text() == committed, name
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:-1] == block(os.path.join(ROOT, 'README.md'), 'table1')
+
+
+def test_reproduce_table_only_with_no_flags_reads_the_committed_grid():
+    import reproduce
+    args = reproduce.parser().parse_args(['--table-only'])
+    assert (args.schedule, args.seeds, args.out) == ('table1', [1, 2, 3], None)
+    assert reproduce.label(args) == 'cosine-20ep-fresh-loc1'   # the committed folders' names
+
+
+def test_the_readme_appendix_table_is_what_the_committed_runs_give():
+    import reproduce
+    assert block(os.path.join(ROOT, 'README.md'), 'appendix') == reproduce.appendix_tables(ROOT)
+
+
+def test_the_quick_starts_accuracy_is_the_committed_default_runs():
+    import csv
+    with open(os.path.join(ROOT, 'results', 'mnist', 'default-seed1', 'metrics.csv')) as f:
+        last = list(csv.DictReader(f))[-1]
+    with open(os.path.join(ROOT, 'results', 'mnist', 'default-seed1', 'config.json')) as f:
+        import json
+        config = json.load(f)
+    assert (config['dataset'], config['epochs'], int(last['epoch'])) == ('mnist', 20, 20)
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        quick_start = f.read().split('## Quick start')[1].split('\n## ')[0]
+    assert f'**{100 * float(last["test_acc"]):.2f}%**' in quick_start
+
+
+def bench_rows():
+    """{(workload, threads): (stn-gluon, PyTorch, ratio)} of docs/bench_train.txt."""
+    rows = {}
+    with open(os.path.join(ROOT, 'docs', 'bench_train.txt')) as f:
+        for line in f:
+            m = re.match(r'([a-z][\w-]+)\s+(\d)\s+\w+ \w+\s+([\d,]+) \(.*?\)\s+[\d,]+\s+[\d.]+'
+                         r'\s+([\d,]+) \(.*?\)\s+([\d.]+)$', line.strip())
+            if m:
+                name, threads, ours, torch, ratio = m.groups()
+                rows[name, int(threads)] = (ours, torch, ratio)
+    return rows
+
+
+def test_the_speed_tables_are_the_committed_benchmark_output():
+    rows = bench_rows()
+    assert len(rows) == 18
+    readme = open(os.path.join(ROOT, 'README.md')).read().split('## Speed')[1].split('\n## ')[0]
+    shown = [line.split('|')[1:4] for line in readme.splitlines() if line.startswith('| ')][1:]
+    order = [['default'], ['rts-fcn', 'rts-st-fcn-affine'], ['rts-cnn', 'rts-st-cnn-affine'],
+             ['rts-st-cnn-attention', 'rts-st-cnn-projective', 'rts-st-cnn-tps'], ['tc-cnn']]
+    assert len(shown) == len(order)
+    for (_, one, two), names in zip(shown, order):
+        for threads, text in ((1, one), (2, two)):
+            assert text.strip().split(' / ') == [rows[n, threads][2] for n in names], names
+    with open(os.path.join(ROOT, 'docs', 'speed.md')) as f:
+        speed = f.read().split('## The benchmark')[1].split('\n\n| network |')[1]
+    table = [line.split('|') for line in speed.split('\n\n')[0].splitlines()[2:]]
+    expected = [rows[k] for k in rows]
+    assert [(r[4].split(' (')[0].strip(), r[7].split(' (')[0].strip(), r[8].strip(' *'))
+            for r in table] == expected
+
+
+def test_every_test_file_is_in_the_testing_page():
+    page = open(os.path.join(ROOT, 'docs', 'testing.md')).read()
+    missing = [os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'tests', 'test_*.py'))
+               if f'`{os.path.basename(p)}`' not in page]
+    assert not missing
+
+
+def test_the_readmes_model_snippet_runs():
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        snippets = re.findall(r'```python\n(.*?)```', f.read(), flags=re.S)
+    code = next(s for s in snippets if 'net.build' in s)
+    scope = {}
+    exec(compile(code, 'README.md', 'exec'), scope)
+    assert scope['logits'].shape == (8, 10)
+
+
+def test_the_readmes_set_table_is_what_distort_makes():
+    from stngluon import distort
+    def size(name):
+        channels, height, width = distort.image_shape(name)
+        return f'{height}x{width}' if channels == 1 else f'{channels}x{height}x{width}'
+    expected = ['| set | size | distortion |', '|---|---|---|'] + [
+        f'| `{n}` | {size(n)} | {distort.describe(n)} |' for n in ('r', 'rts', 'p', 'e', 'tc', 'addition')]
+    assert block(os.path.join(ROOT, 'README.md'), 'sets') == expected, '\n'.join(expected)
