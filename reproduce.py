@@ -272,10 +272,23 @@ def worker_threads():
         return 1
 
 
+def seeds_in(args):
+    """The seeds of the schedule's runs in OUT (folders named ...-LABEL-seedS)."""
+    pattern = re.compile(rf'-{re.escape(label(args))}-seed(\d+)$')
+    try:
+        names = os.listdir(args.out)
+    except OSError:
+        return set()
+    return {int(m.group(1)) for m in map(pattern.search, names) if m}
+
+
 def write_tables(args, failed=None):
-    """OUT/table1.csv and OUT/table1.md from every result.json found, with the cells of
-    ``failed`` ({(cell, seed): error}) marked and their errors listed."""
-    out, seeds, failed = args.out, args.seeds, failed or {}
+    """OUT/table1.csv and OUT/table1.md from every result.json of the schedule found in OUT
+    (the seeds asked for and any others there: adding seed 4 keeps seeds 1-3 in the
+    tables), with the cells of ``failed`` ({(cell, seed): error}) marked and their errors
+    listed."""
+    out, failed = args.out, failed or {}
+    seeds = sorted(set(args.seeds) | seeds_in(args))
     rows, finished, folders = [], set(), {}
     found = [c for c in cells(readings=True)[len(cells()):]
              if any(rundir.read_result(run_dir(args, c, s)) for s in seeds)]

@@ -172,6 +172,14 @@ def test_the_tables_say_which_seeds_asked_for_have_no_finished_run_yet(tmp_path,
     assert 'seeds 1.\n' in plain(tmp_path / 'table1.md')
 
 
+def test_adding_a_seed_keeps_the_seeds_already_in_the_folder_in_the_tables(tmp_path, fake_train):
+    fake_train.call.errors = {'r-cnn-ours-seed1': 0.99, 'r-cnn-ours-seed2': 0.98}
+    grid(['--cells', 'r/cnn', '--seeds', '1', '--out', str(tmp_path)])
+    grid(['--cells', 'r/cnn', '--seeds', '2', '--out', str(tmp_path)])
+    table = plain(tmp_path / 'table1.md')
+    assert 'seeds 1,2.\n' in table and '| CNN | 1.50 ± 0.71 (1.2) |' in table
+
+
 def test_the_other_readings_of_p_run_only_when_named_and_get_a_column_of_their_own(tmp_path,
                                                                                    fake_train):
     assert reproduce.choose(['*']) == reproduce.cells()            # the grid alone
