@@ -634,7 +634,8 @@ def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     if args.appendix:
-        lines = appendix_tables(os.path.dirname(os.path.abspath(args.readme or 'README.md')))
+        readme = args.readme or os.path.join(HERE, 'README.md')   # links as the README has them
+        lines = appendix_tables(os.path.dirname(os.path.abspath(readme)))
         if args.readme:
             replace_block(args.readme, lines, 'appendix')
         return print('\n'.join(lines))
