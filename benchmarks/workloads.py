@@ -107,20 +107,8 @@ def host():
     """The machine, for the header: CPU model, the instruction sets that matter to these
     kernels, usable cores, and the execution settings the environment sets (each row
     names the engine and wait policy its stn-gluon processes ran with)."""
-    model, flags = 'unknown CPU', set()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                key, _, value = line.partition(':')
-                if key.strip() == 'model name' and model == 'unknown CPU':
-                    model = value.strip()
-                elif key.strip() == 'flags' and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    isa = [name for name, flag in (('AVX2', 'avx2'), ('AVX-512', 'avx512f'),
-                                   ('AVX-512 bf16', 'avx512_bf16'), ('AMX', 'amx_tile'))
-           if flag in flags] or ['no AVX2']
+    from stngluon import runtime
+    model, isa = runtime.cpu()
     cores = len(os.sched_getaffinity(0))
     settings = ', '.join(f'{k}={ENVIRON.get(k, default)}' for k, default in (
         ('MXNET_ENGINE_TYPE', 'per row (runtime.py)'),

@@ -11,8 +11,8 @@ Neither changes a result: for a given OpenMP thread count every candidate trains
 same weights. ``choose`` times the candidates on the run's own network (a short
 training loop on random data, each in a fresh process, a few seconds in all) the first
 time a network kind trains on a host, and keeps the fastest in the user's cache
-folder, per host (CPU model, usable cores, OpenMP threads, MXNet version) and network
-kind; later runs read it. Either variable set in the environment wins over the choice
+folder, per host (CPU model and instruction sets, usable cores, OpenMP threads, MXNet
+version) and network kind; later runs read it. Either variable set in the environment wins over the choice
 (and skips the measurement). A process of a distributed run (DMLC_ROLE set) keeps the
 threaded engine: the parameter server's requests need it.
 """
@@ -77,21 +77,32 @@ def cache_path():
     return os.path.join(base, 'stn-gluon', 'settings.json')
 
 
-def cpu_model():
+def cpu():
+    """(CPU model, the instruction sets that matter to MXNet's kernels) from /proc/cpuinfo:
+    two hosts that both call themselves "AMD EPYC" may differ in AVX-512 and bfloat16."""
+    model, flags = 'unknown CPU', set()
     try:
         with open('/proc/cpuinfo') as f:
             for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name' and model == 'unknown CPU':
+                    model = value.strip()
+                elif key.strip() == 'flags' and not flags:
+                    flags = set(value.split())
     except OSError:
         pass
-    return 'unknown CPU'
+    isa = [name for name, flag in (('AVX2', 'avx2'), ('AVX-512', 'avx512f'),
+                                   ('AVX-512 bf16', 'avx512_bf16'), ('AMX', 'amx_tile'))
+           if flag in flags] or ['no AVX2']
+    return model, isa
 
 
 def host_key():
-    """What a choice holds for: CPU model, usable cores, OpenMP threads, MXNet version."""
+    """What a choice holds for: CPU model and instruction sets, usable cores, OpenMP
+    threads, MXNet version."""
     from importlib.metadata import version
-    return (f'{cpu_model()} | {len(os.sched_getaffinity(0))} cores | '
+    model, isa = cpu()
+    return (f'{model} ({", ".join(isa)}) | {len(os.sched_getaffinity(0))} cores | '
             f'{os.environ.get("OMP_NUM_THREADS", "?")} threads | mxnet {version("mxnet")}')
 
 

@@ -50,12 +50,15 @@ def test_the_fastest_candidate_is_chosen_once_and_reused(cache):
     assert len(timer.calls) == 8
 
 
-@pytest.mark.parametrize('change', ['cpu', 'mxnet', 'threads'])
+@pytest.mark.parametrize('change', ['cpu', 'instruction sets', 'mxnet', 'threads'])
 def test_another_host_or_mxnet_version_or_thread_count_measures_again(cache, monkeypatch, change):
+    monkeypatch.setattr(runtime, 'cpu', lambda: ('AMD EPYC', ['AVX2']))
     timer = Timer()
     runtime.choose('net', timer, log=lambda _: None)
     if change == 'cpu':
-        monkeypatch.setattr(runtime, 'cpu_model', lambda: 'Another CPU')
+        monkeypatch.setattr(runtime, 'cpu', lambda: ('Another CPU', ['AVX2']))
+    elif change == 'instruction sets':   # the same model name, another generation
+        monkeypatch.setattr(runtime, 'cpu', lambda: ('AMD EPYC', ['AVX2', 'AVX-512']))
     elif change == 'mxnet':
         monkeypatch.setattr('importlib.metadata.version', lambda name: '1.9.2')
     else:
