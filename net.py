@@ -59,6 +59,11 @@ from mxnet.gluon import nn
 
 from stn import SpatialTransformer, default_localisation
 
+try:   # the dtype MXNet's operators take for bfloat16 (numpy has none of its own)
+    from mxnet.contrib.amp.amp import bfloat16 as BFLOAT16
+except ImportError:   # pragma: no cover (an MXNet without AMP)
+    BFLOAT16 = None
+
 MODELS = ('lenet', 'fcn', 'cnn')
 BUDGETS = {28: 150_000, 42: 200_000, 60: 250_000}   # parameters per experiment, by input side
 DEFAULT_WIDTH = {'fcn': 128, 'cnn': 32}             # when Net is given no width
@@ -67,38 +72,70 @@ MEAN, STD = 0.1307, 0.3081   # MNIST's pixel mean and std: the classifier standa
 INPUT_NORMS = {'mnist': (MEAN, STD), 'none': (0.0, 1.0)}
 
 
-def lenet(num_classes=10, width=None):
+class InBfloat16:
+    """A layer whose arithmetic runs in bfloat16: its input, weight and bias are cast on the
+    way in and its output back to float32, so its parameters, their gradients and the
+    optimizer's state stay float32 (the cast's backward pass casts the gradient back).
+    oneDNN computes bfloat16 convolutions and dense layers natively on CPUs with AVX-512
+    bf16. The parameters keep the float32 layer's names, so the weights load into either."""
+
+    def _alias(self):   # what the float32 layer calls itself in parameter names
+        return self.ALIAS
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        def cast(a):
+            return None if a is None else F.amp_cast(a, dtype=BFLOAT16)
+        return F.amp_cast(super().hybrid_forward(F, cast(x), cast(weight), cast(bias)),
+                          dtype='float32')
+
+
+class Conv2DBfloat16(InBfloat16, nn.Conv2D):
+    ALIAS = 'conv'
+
+
+class DenseBfloat16(InBfloat16, nn.Dense):
+    ALIAS = 'dense'
+
+
+# the classifier's weight layers, by train.py's --precision: (Conv2D, Dense)
+PRECISIONS = {'float32': (nn.Conv2D, nn.Dense), 'bfloat16': (Conv2DBfloat16, DenseBfloat16)}
+
+
+def lenet(num_classes=10, width=None, precision='float32'):
     """Conv(10, k5) -> pool -> relu -> Conv(20, k5) -> channel dropout -> pool -> relu
     -> Dense(50, relu) -> dropout -> Dense(num_classes). ``width`` is ignored."""
+    Conv2D, Dense = PRECISIONS[precision]
     net = nn.HybridSequential(prefix='lenet_')
     with net.name_scope():
-        net.add(nn.Conv2D(10, kernel_size=5), nn.MaxPool2D(2, 2), nn.Activation('relu'),
-                nn.Conv2D(20, kernel_size=5), nn.Dropout(0.5, axes=(2, 3)),  # like Dropout2d
+        net.add(Conv2D(10, kernel_size=5), nn.MaxPool2D(2, 2), nn.Activation('relu'),
+                Conv2D(20, kernel_size=5), nn.Dropout(0.5, axes=(2, 3)),  # like Dropout2d
                 nn.MaxPool2D(2, 2), nn.Activation('relu'),
-                nn.Flatten(), nn.Dense(50, activation='relu'), nn.Dropout(0.5),
-                nn.Dense(num_classes))
+                nn.Flatten(), Dense(50, activation='relu'), nn.Dropout(0.5),
+                Dense(num_classes))
     return net
 
 
-def fcn(num_classes=10, width=DEFAULT_WIDTH['fcn']):
+def fcn(num_classes=10, width=DEFAULT_WIDTH['fcn'], precision='float32'):
     """The paper's FCN baseline: Dense(width, relu) -> Dense(width, relu) -> Dense(num_classes)."""
+    _, Dense = PRECISIONS[precision]
     net = nn.HybridSequential(prefix='fcn_')
     with net.name_scope():
-        net.add(nn.Dense(width, activation='relu'), nn.Dense(width, activation='relu'),
-                nn.Dense(num_classes))
+        net.add(Dense(width, activation='relu'), Dense(width, activation='relu'),
+                Dense(num_classes))
     return net
 
 
-def cnn(num_classes=10, width=DEFAULT_WIDTH['cnn']):
+def cnn(num_classes=10, width=DEFAULT_WIDTH['cnn'], precision='float32'):
     """The paper's CNN baseline: Conv(width, 9x9) -> maxpool 2x2 -> Conv(2 width, 7x7)
     -> maxpool 2x2 -> Dense(num_classes), ReLU after each conv. The first conv is unpadded;
     the second is zero-padded by 2, the least with which a 21x21 input still fits (21 -> 13
     -> 6 -> 4 -> 2; 28 -> 20 -> 10 -> 8 -> 4)."""
+    Conv2D, Dense = PRECISIONS[precision]
     net = nn.HybridSequential(prefix='cnn_')
     with net.name_scope():
-        net.add(nn.Conv2D(width, kernel_size=9, activation='relu'), nn.MaxPool2D(2, 2),
-                nn.Conv2D(2 * width, kernel_size=7, padding=2, activation='relu'),
-                nn.MaxPool2D(2, 2), nn.Dense(num_classes))
+        net.add(Conv2D(width, kernel_size=9, activation='relu'), nn.MaxPool2D(2, 2),
+                Conv2D(2 * width, kernel_size=7, padding=2, activation='relu'),
+                nn.MaxPool2D(2, 2), Dense(num_classes))
     return net
 
 
@@ -226,12 +263,15 @@ class Net(nn.HybridBlock):
     'input' (``self.stn``) and 'conv1', on the first stage's feature map
     (``self.feature_stn``, named PREFIX_stn_conv1_..., with ``feature_localisation``; it
     warps every channel). ``input_norm``: the classifier sees (x - mean) / std, with
-    INPUT_NORMS' MNIST mean and std ('mnist') or x itself ('none').
+    INPUT_NORMS' MNIST mean and std ('mnist') or x itself ('none'). ``precision``: the
+    classifier's convolutions and dense layers in 'float32' or 'bfloat16' (``InBfloat16``);
+    the transformers stay float32.
     """
 
     def __init__(self, transform='affine', num_classes=10, loc_lr_mult=1.0, model='lenet',
                  width=None, pool_after_stn=False, tps_grid=4, transformers=1, places=('input',),
-                 input_norm='mnist', per_channel=False, prefix='net_', **kwargs):
+                 input_norm='mnist', per_channel=False, precision='float32', prefix='net_',
+                 **kwargs):
         super().__init__(prefix=prefix, **kwargs)
         if model not in MODELS:
             raise ValueError(f'model must be one of {MODELS}, not {model!r}')
@@ -246,6 +286,8 @@ class Net(nn.HybridBlock):
             raise ValueError('transformers side by side go on the input only')
         if per_channel and (transformers < 2 or transform == 'none'):
             raise ValueError('per_channel needs transformers side by side (transformers >= 2)')
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {tuple(PRECISIONS)}, not {precision!r}')
         if input_norm not in INPUT_NORMS:
             raise ValueError(f'input_norm must be one of {tuple(INPUT_NORMS)}, not {input_norm!r}')
         self.mean, self.std = INPUT_NORMS[input_norm]
@@ -260,7 +302,8 @@ class Net(nn.HybridBlock):
                 self.stn = ParallelTransformers(transformers, lambda k: make(f'stn{k}_'),
                                                 per_channel=per_channel, prefix='')
             self.pool = nn.AvgPool2D(2, 2) if pool_after_stn and self.stn is not None else None
-            self.classifier = CLASSIFIERS[model](num_classes, width or DEFAULT_WIDTH.get(model))
+            self.classifier = CLASSIFIERS[model](num_classes, width or DEFAULT_WIDTH.get(model),
+                                                 precision)
             if transform != 'none' and 'conv1' in places:
                 self.feature_stn = make('stn_conv1_', feature_localisation)
 
@@ -307,7 +350,8 @@ def build(config):
                pool_after_stn=config.pool_after_stn, tps_grid=config.tps_grid,
                loc_lr_mult=config.loc_lr_mult, num_classes=config.num_classes,
                transformers=config.transformers, places=config.stn_at,
-               input_norm=config.input_norm, per_channel=config.per_channel)
+               input_norm=config.input_norm, per_channel=config.per_channel,
+               precision=config.precision)
 
 
 def display_name(model='lenet', transform='affine', transformers=1, stn_at=('input',),

@@ -113,6 +113,7 @@ CHANGES = {
     'budget_mult': ('budget', positive_float, "train.py's multiple of each experiment's parameter "
                                               "budget (the FCN and CNN widths), if not 1"),
     'input_norm': ('norm', str, "train.py's --input-norm (none), if not mnist"),
+    'precision': ('', str, "train.py's --precision (bfloat16), if not float32"),
     'train_size': ('n', positive_int, 'train every cell on the first N training images (quick '
                                       'checks)'),
 }
@@ -200,8 +201,9 @@ def label(args):
     """The schedule's name in folders and tables: the schedule ('ours'; 'table1' is named
     after 'cosine'), then what the run changes of it: '-20ep' for 20 epochs, '-fresh' for
     new distortions every epoch, and a tag per changed setting (CHANGES): '-b256' for
-    batch 256, '-lr0.003', '-loc1', '-budget2', '-normnone', '-n2000'. So the published
-    recipe is 'cosine-20ep-fresh-loc1', and 'table1' with --epochs 40 'cosine-40ep-fresh-loc1'."""
+    batch 256, '-lr0.003', '-loc1', '-budget2', '-normnone', '-bfloat16', '-n2000'. So the
+    published recipe is 'cosine-20ep-fresh-loc1', and 'table1' with --epochs 40
+    'cosine-40ep-fresh-loc1'."""
     base = NAMED_AFTER.get(args.schedule, args.schedule)
     own, settings = SCHEDULES[base], recipe(args)
     name = base if settings['epochs'] == own['epochs'] else f'{base}-{settings["epochs"]}ep'
@@ -609,7 +611,7 @@ def parser():
                         'cells found in --out (one line per schedule) into this file')
     for key, (tag, kind, text) in CHANGES.items():
         p.add_argument('--' + key.replace('_', '-'), type=kind, default=None,
-                       choices=['none'] if key == 'input_norm' else None,
+                       choices={'input_norm': ['none'], 'precision': ['bfloat16']}.get(key),
                        help=f'{text} (folders SCHEDULE-{tag}VALUE)')
     p.add_argument('--jobs', type=positive_int, default=CORES,
                    help='cells trained at once: the local Dask cluster\'s workers (default: one '

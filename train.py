@@ -392,6 +392,11 @@ def train(config, opts, argv, kvstore='device', watchdog=None):
     if opts.resume:
         config, start_epoch = resumed(config, opts, argv)
         print(f'resuming {opts.out} after epoch {start_epoch} of {config.epochs}')
+    if config.precision == 'bfloat16' and not runtime.bfloat16_native():
+        model_name, isa = runtime.cpu()
+        raise rundir.RunError(f'--precision bfloat16 needs a CPU with AVX-512 bf16 instructions '
+                              f'(where oneDNN computes bfloat16 natively); this one, {model_name}, '
+                              f'has {", ".join(isa)}: train with --precision float32')
     data, train_x, train_y = load_data(config, opts)
     test_x, test_y = data.test_x, data.test_y
     config = config.resolved()
@@ -417,7 +422,9 @@ def train(config, opts, argv, kvstore='device', watchdog=None):
         snapshot(model, test_x[:16], opts.out, 0, warned)
 
     workers = getattr(kvstore, 'num_workers', 1)
-    print(f'{config.display_name} ({config.api} API), {model.num_params} parameters, '
+    print(f'{config.display_name} ({config.api} API'
+          + (f', {config.precision} classifier' if config.precision != 'float32' else '')
+          + f'), {model.num_params} parameters, '
           f'{config.dataset}: {len(train_x)} training / {len(test_x)} test images '
           f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {",".join(map(str, ctx))}'
           + (f', worker {kvstore.rank} of {workers}' if workers > 1 else '')

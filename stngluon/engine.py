@@ -14,6 +14,7 @@ A trained model is an object with this small interface, which train.py's loop us
 network with mx.mod.Module. Both take their learning rate from one ``Schedule``.
 """
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -319,6 +320,18 @@ class GluonModel:
             digest.update(name.encode() + param.data(self.ctx).asnumpy().tobytes())
         return digest.hexdigest()[:16]
 
+    def float32_net(self):
+        """The network, or where it computes in bfloat16, the float32 network with its weights."""
+        if self.config.precision == 'float32':
+            return self.net
+        plain = net.build(dataclasses.replace(self.config, precision='float32'))
+        plain.initialize(ctx=self.ctx)
+        plain.hybridize(static_alloc=True, static_shape=True)
+        plain(mx.nd.zeros((1, *self.config.image_shape), ctx=self.ctx))
+        for name, param in plain.collect_params().items():
+            param.set_data(self.net.collect_params()[name].data(self.ctx))
+        return plain
+
     def save_params(self, path):
         self.net.save_parameters(path)
 
@@ -333,8 +346,9 @@ class GluonModel:
 
     def export(self, prefix, epoch):
         """``HybridBlock.export``: prefix-symbol.json and prefix-EPOCH.params, the graph
-        with MXNet's own operators only (``sampler.portable``)."""
-        self.net.export(prefix, epoch=epoch)
+        with MXNet's own operators only (``sampler.portable``), in float32 (the weights of a
+        --precision bfloat16 run are float32: they go into the float32 network)."""
+        self.float32_net().export(prefix, epoch=epoch)
         with open(f'{prefix}-symbol.json') as f:
             graph = f.read()
         with open(f'{prefix}-symbol.json', 'w') as f:

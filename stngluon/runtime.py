@@ -97,6 +97,12 @@ def cpu():
     return model, isa
 
 
+def bfloat16_native():
+    """Whether this CPU computes bfloat16 natively (AVX-512 bf16): train.py's --precision
+    bfloat16 needs it."""
+    return 'AVX-512 bf16' in cpu()[1]
+
+
 def host_key():
     """What a choice holds for: CPU model and instruction sets, usable cores, OpenMP
     threads, MXNet version."""
