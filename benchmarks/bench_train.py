@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                        # every Table 1 model kind, 1 and 2 threads
     python benchmarks/bench_train.py --side-by-side         # and one single-threaded process per core
     python benchmarks/bench_train.py --workloads default,rts-st-cnn-affine --threads 2 --repeats 5
+    python benchmarks/bench_train.py --workloads rts-cnn,tc-cnn --precision bfloat16
 
 Every measurement runs in a fresh process. stn-gluon runs at its defaults: OMP_NUM_THREADS
 set to the thread count under test, and the engine and wait policy that train.py would
@@ -116,6 +117,8 @@ def parser():
     p.add_argument('--warmup', type=int, default=10)
     p.add_argument('--steps', type=int, default=50)
     p.add_argument('--no-torch', action='store_true', help='time stn-gluon only')
+    p.add_argument('--precision', choices=['float32', 'bfloat16'], default='float32',
+                   help='train.py\'s --precision for stn-gluon (PyTorch stays float32)')
     p.add_argument('--side-by-side', action='store_true',
                    help='also time one single-threaded process per core at once (total images/s) '
                         'against one process with a thread per core')
@@ -202,7 +205,11 @@ def main(argv=None):
     frameworks = ['mxnet'] + ([] if args.no_torch or not torch_available() else ['torch'])
     from stngluon import runtime
     print(f'host: {host()}', flush=True)
-    flags = resolved(workloads)
+    flags = {w: f + (['--precision', args.precision] if args.precision != 'float32' else [])
+             for w, f in resolved(workloads).items()}
+    if args.precision != 'float32':
+        print(f'stn-gluon\'s classifier in {args.precision} (train.py --precision), PyTorch in '
+              f'float32', flush=True)
     print('the execution settings train.py chooses (timed once per host and network, cached)...',
           flush=True)
     settings = {(w, t): runtime.chosen_for(flags[w], t, ENVIRON) for w in workloads

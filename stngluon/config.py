@@ -118,8 +118,10 @@ class RunConfig:
 
     @property
     def network_name(self):
-        """What runtime.py caches execution settings under: 'ST-CNN (affine) on rts, batch 64'."""
-        return f'{self.display_name} on {self.dataset}, batch {self.batch_size}'
+        """What runtime.py caches execution settings under: 'ST-CNN (affine) on rts, batch 64',
+        'CNN in bfloat16 on tc, batch 64'."""
+        precision = f' in {self.precision}' if self.precision != 'float32' else ''
+        return f'{self.display_name}{precision} on {self.dataset}, batch {self.batch_size}'
 
     # ---- conversions ------------------------------------------------------------------
     @classmethod
