@@ -66,6 +66,7 @@ def measure_mxnet(flags, warmup, steps):
     rng = np.random.RandomState(0)
     data, label = mx.nd.array(rng.rand(*shape)), mx.nd.array(rng.randint(0, 10, shape[0]))
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    loss_fn.hybridize()   # as train.py's loop runs it
 
     def step():
         with autograd.record():
