@@ -211,6 +211,8 @@ class GluonModel:
         self.num_params = net.trainable_params(self.net)   # grid constants excluded
         self.beat = lambda: None   # called after every step (train.py: a Watchdog's beat)
         self.on_device = None   # (numpy training images, the same on ctx, labels on ctx)
+        self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        self.loss_fn.hybridize()   # one operator call per batch instead of four
 
     def start_from_rank_0(self):
         """Give every worker rank 0's weights now, before any gradient exists.
@@ -245,9 +247,7 @@ class GluonModel:
 
     def fit_epoch(self, epoch, x, y):
         """One pass over (x, y) in shuffled mini-batches; returns (mean loss, images/s)."""
-        config, ctx = self.config, self.ctx
-        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-        loss_fn.hybridize()   # one operator call instead of four per batch
+        config, ctx, loss_fn = self.config, self.ctx, self.loss_fn
         start = time.time()
         # The whole set goes to the device once (again only when it changes, as with
         # --fresh-distortions; to_device); GATHER batches at a time are taken from it there, in one
