@@ -66,3 +66,36 @@ def test_the_settings_benchmark_prints_a_table_per_workload(monkeypatch, capsys)
     out = capsys.readouterr().out
     assert out.startswith('host: ') and '\ndefault: median images/s, step / train.py loop' in out
     assert len(seen) == 3 * len(bench_settings.settings(2))   # each setting in 3 situations
+
+
+def test_the_layer_benchmark_times_the_cnn_baselines_own_convolutions():
+    """bench_layers.py's layers are the RTS CNN's two convolutions (each with the input
+    net.cnn gives it) and the TC CNN's first, at the widths train.py fits."""
+    from stngluon import compat  # noqa: F401  (before mxnet)
+    import mxnet as mx
+    import net
+    from benchmarks import bench_layers
+    from stngluon.config import RunConfig
+    layers = list(bench_layers.layers().values())
+    for (shape, filters, kernel, pad), (dataset, k) in zip(layers, [('rts', 0), ('rts', 2), ('tc', 0)]):
+        config = RunConfig(dataset=dataset, model='cnn', transform='none').resolved()
+        cnn = net.cnn(width=config.width)
+        cnn.initialize()
+        x = mx.nd.zeros((bench_layers.BATCH, *config.image_shape))
+        for layer in cnn[:k]:
+            x = layer(x)
+        conv = cnn[k]
+        assert shape == x.shape and filters == conv._channels
+        assert (kernel, pad) == (conv._kwargs['kernel'][0], conv._kwargs['pad'][0])
+
+
+def test_the_layer_benchmark_prints_a_row_per_layer():
+    """One fresh process per framework and precision; a missing one reads 'failed'."""
+    done = subprocess.run([sys.executable, 'benchmarks/bench_layers.py', '--repeats', '1',
+                           '--steps', '1'], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith(('rts ', 'tc '))]
+    assert len(rows) == 3
+    for row in rows:   # MXNet's float32 always; bfloat16 and PyTorch where the host has them
+        assert float(row[32:].split()[0]) > 0
