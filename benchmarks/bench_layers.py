@@ -24,7 +24,8 @@ def layers():
     TC CNN's first, at the widths train.py fits them to (net.cnn, config.RunConfig)."""
     sys.path.insert(0, ROOT)
     from stngluon.config import RunConfig
-    rts, tc = (RunConfig(dataset=d, model='cnn', transform='none').resolved() for d in ('rts', 'tc'))
+    rts, tc = (RunConfig(dataset=d, model='cnn', transform='none').resolved()
+               for d in ('rts', 'tc'))
     side = (rts.image_shape[-1] - 8) // 2   # after the unpadded 9x9 conv and 2x2 pooling
     return {
         f'rts conv 9x9, 1->{rts.width}, {rts.image_shape[-1]}px':
@@ -81,7 +82,8 @@ def measure_torch(steps):
 
 def child(what, steps):
     call = f'measure_torch({steps})' if what == 'torch' else f'measure_mxnet({what!r}, {steps})'
-    code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from benchmarks import bench_layers as b; '
+    code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); '
+            f'from benchmarks import bench_layers as b; '
             f'print(json.dumps(b.{call}))')
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '1'))
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)

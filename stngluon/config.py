@@ -251,7 +251,7 @@ def add_flags(p):
     p.add_argument('--precision', choices=list(net.PRECISIONS), default=D.precision,
                    help='the classifier\'s convolutions and dense layers in float32 or bfloat16 '
                         '(weights, gradients and the transformer stay float32; for CPUs with '
-                        'AVX-512 bf16, where it trains the CNN about 1.5x as fast; results '
+                        'AVX-512 bf16, where it trains the CNN baselines 1.2-1.3x as fast; results '
                         'differ from float32\'s, docs/speed.md)')
     p.add_argument('--train-size', type=positive(int), default=D.train_size, metavar='N',
                    help='train on the first N training images only (quick runs)')

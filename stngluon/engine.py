@@ -250,8 +250,8 @@ class GluonModel:
         config, ctx, loss_fn = self.config, self.ctx, self.loss_fn
         start = time.time()
         # The whole set goes to the device once (again only when it changes, as with
-        # --fresh-distortions; to_device); GATHER batches at a time are taken from it there, in one
-        # operator each for images and labels, and every batch is a view of those.
+        # --fresh-distortions; to_device); GATHER batches at a time are taken from it there,
+        # in one operator each for images and labels, and every batch is a view of those.
         if self.on_device is None or self.on_device[0] is not x:
             self.on_device = x, to_device(x, ctx), mx.nd.array(y, ctx=ctx)
         _, x_nd, y_nd = self.on_device
@@ -263,9 +263,10 @@ class GluonModel:
             if i % gather == 0:
                 picked = order[i:i + gather]
                 x_picked, y_picked = mx.nd.take(x_nd, picked), mx.nd.take(y_nd, picked)
-            batch = min(config.batch_size, len(x) - i)   # the global batch: the gradients' sum is divided by it
-            # this worker's share of it (all of it with one worker)
-            first, end = (i % gather + batch * k // self.workers for k in (self.rank, self.rank + 1))
+            batch = min(config.batch_size, len(x) - i)   # the gradients' sum is divided by it
+            # this worker's share of the batch (all of it with one worker), within the gathered
+            first, end = (i % gather + batch * k // self.workers
+                          for k in (self.rank, self.rank + 1))
             devices = self.contexts[:end - first]   # fewer images than devices: fewer devices
             if len(devices) < len(self.contexts):
                 self.no_gradient(self.contexts[len(devices):])

@@ -77,7 +77,8 @@ def test_the_layer_benchmark_times_the_cnn_baselines_own_convolutions():
     from benchmarks import bench_layers
     from stngluon.config import RunConfig
     layers = list(bench_layers.layers().values())
-    for (shape, filters, kernel, pad), (dataset, k) in zip(layers, [('rts', 0), ('rts', 2), ('tc', 0)]):
+    for (shape, filters, kernel, pad), (dataset, k) in zip(layers, [('rts', 0), ('rts', 2),
+                                                                      ('tc', 0)]):
         config = RunConfig(dataset=dataset, model='cnn', transform='none').resolved()
         cnn = net.cnn(width=config.width)
         cnn.initialize()
