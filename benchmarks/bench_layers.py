@@ -23,10 +23,11 @@ def layers():
     """{name: (input shape, filters, kernel, padding)}: the RTS CNN's two convolutions and the
     TC CNN's first, at the widths train.py fits them to (net.cnn, config.RunConfig)."""
     sys.path.insert(0, ROOT)
+    import net
     from stngluon.config import RunConfig
     rts, tc = (RunConfig(dataset=d, model='cnn', transform='none').resolved()
                for d in ('rts', 'tc'))
-    side = (rts.image_shape[-1] - 8) // 2   # after the unpadded 9x9 conv and 2x2 pooling
+    side = net.feature_side(rts.image_shape[-1], pooled=False)   # after conv 9x9 and pooling
     return {
         f'rts conv 9x9, 1->{rts.width}, {rts.image_shape[-1]}px':
             ((BATCH, *rts.image_shape), rts.width, 9, 0),

@@ -345,8 +345,9 @@ class GluonModel:
         plain.initialize(ctx=self.ctx)
         plain.hybridize(static_alloc=True, static_shape=True)
         plain(mx.nd.zeros((1, *self.config.image_shape), ctx=self.ctx))
+        trained = self.net.collect_params()
         for name, param in plain.collect_params().items():
-            param.set_data(self.net.collect_params()[name].data(self.ctx))
+            param.set_data(trained[name].data(self.ctx))
         return plain
 
     def save_params(self, path):

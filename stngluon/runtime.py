@@ -12,9 +12,9 @@ same weights. ``choose`` times the candidates on the run's own network (a short
 training loop on random data, each in a fresh process, a few seconds in all) the first
 time a network kind trains on a host, and keeps the fastest in the user's cache
 folder, per host (CPU model and instruction sets, usable cores, OpenMP threads, MXNet
-version) and network kind; later runs read it. Either variable set in the environment wins over the choice
-(and skips the measurement). A process of a distributed run (DMLC_ROLE set) keeps the
-threaded engine: the parameter server's requests need it.
+version) and network kind; later runs read it. Either variable set in the environment
+wins over the choice (and skips the measurement). A process of a distributed run
+(DMLC_ROLE set) keeps the threaded engine: the parameter server's requests need it.
 """
 import json
 import os
