@@ -62,13 +62,13 @@ def fake_train(monkeypatch):
     commands = Commands()
 
     def call(command, stdout, stderr, env, preexec_fn):
-        commands.append(command)
-        call.threads.append(env['OMP_NUM_THREADS'])
-        with call.lock:
+        with call.lock:   # the lists stay aligned: the workers call this side by side
+            commands.append(command)
+            call.threads.append(env['OMP_NUM_THREADS'])
+            call.workers.append(get_worker().address)
             call.running += 1
             call.most = max(call.most, call.running)
         out = command[command.index('--out') + 1]
-        call.workers.append(get_worker().address)
         time.sleep(next((s for part, s in call.sleep.items() if part in out), 0.05))
         with call.lock:
             call.running -= 1
