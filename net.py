@@ -265,13 +265,15 @@ class Net(nn.HybridBlock):
     warps every channel). ``input_norm``: the classifier sees (x - mean) / std, with
     INPUT_NORMS' MNIST mean and std ('mnist') or x itself ('none'). ``precision``: the
     classifier's convolutions and dense layers in 'float32' or 'bfloat16' (``InBfloat16``);
-    the transformers stay float32.
+    the transformers stay float32. ``iterations``, ``loc_per_step``: each transformer's
+    compositional steps and whether each step has its own localisation net
+    (``SpatialTransformer``'s iterations and per_step: IC-STN, c-STN).
     """
 
     def __init__(self, transform='affine', num_classes=10, loc_lr_mult=1.0, model='lenet',
                  width=None, pool_after_stn=False, tps_grid=4, transformers=1, places=('input',),
-                 input_norm='mnist', per_channel=False, precision='float32', prefix='net_',
-                 **kwargs):
+                 input_norm='mnist', per_channel=False, precision='float32', iterations=1,
+                 loc_per_step=False, prefix='net_', **kwargs):
         super().__init__(prefix=prefix, **kwargs)
         if model not in MODELS:
             raise ValueError(f'model must be one of {MODELS}, not {model!r}')
@@ -295,7 +297,7 @@ class Net(nn.HybridBlock):
             self.stn = self.feature_stn = None
             make = lambda name, localisation=LOCALISATIONS[model]: SpatialTransformer(  # noqa: E731
                 localisation=localisation, loc_lr_mult=loc_lr_mult, transform=transform,
-                tps_grid=tps_grid, prefix=name)
+                tps_grid=tps_grid, iterations=iterations, per_step=loc_per_step, prefix=name)
             if transform != 'none' and 'input' in places and transformers == 1:
                 self.stn = make('stn_')
             elif transform != 'none' and 'input' in places:
@@ -351,17 +353,22 @@ def build(config):
                loc_lr_mult=config.loc_lr_mult, num_classes=config.num_classes,
                transformers=config.transformers, places=config.stn_at,
                input_norm=config.input_norm, per_channel=config.per_channel,
-               precision=config.precision)
+               precision=config.precision, iterations=config.iterations,
+               loc_per_step=config.loc_per_step)
 
 
 def display_name(model='lenet', transform='affine', transformers=1, stn_at=('input',),
-                 per_channel=False):
+                 per_channel=False, iterations=1, loc_per_step=False):
     """The network's name in headers and legends: 'STN (affine) + LeNet' (the port's LeNet),
-    '2xST-CNN (tps) at conv1', 'FCN', ..."""
+    '2xST-CNN (tps) at conv1', 'FCN', 'IC-STN-4 (affine) + CNN', 'c-STN-2 (projective) +
+    FCN', ..."""
     name = {'lenet': 'LeNet', 'fcn': 'FCN', 'cnn': 'CNN'}[model]
     if transform == 'none':
         return name
     count = f'{transformers}x' if transformers > 1 else ''
+    if iterations > 1:
+        count += f'{"c" if loc_per_step else "IC"}-STN-{iterations} ({transform}) + '
+        return count + name + ('' if list(stn_at) == ['input'] else f' at {",".join(stn_at)}')
     if model == 'lenet':
         return f'{count}STN ({transform}) + LeNet'
     at = '' if list(stn_at) == ['input'] else f' at {",".join(stn_at)}'

@@ -52,9 +52,11 @@ PROJECTIVE_EPS = 1e-3   # smallest |w| the projective grid divides by
 
 # ---- grid generators (F is mx.nd or mx.sym) ----------------------------------------------
 
-def affine_grid(F, theta, target_shape):
-    """Paper eq. 1: theta (N, 6) -> grid (N, 2, H', W') through MXNet's GridGenerator."""
-    return F.GridGenerator(theta, transform_type='affine', target_shape=tuple(target_shape))
+def affine_grid(F, theta, target_shape, name=None):
+    """Paper eq. 1: theta (N, 6) -> grid (N, 2, H', W') through MXNet's GridGenerator
+    (named ``name`` in a graph; by default PREFIX_gridgenerator0)."""
+    return F.GridGenerator(theta, transform_type='affine', target_shape=tuple(target_shape),
+                           name=name)
 
 
 def affine_sample(F, data, theta, target_shape):
@@ -65,14 +67,14 @@ def affine_sample(F, data, theta, target_shape):
     return F.BilinearSampler(data, affine_grid(F, theta, target_shape))
 
 
-def sample(F, data, grid):
+def sample(F, data, grid, name='bilinearsampler0'):
     """Paper eq. 5 with the bilinear kernel (eqs. 6-7), zero padding: ``data`` (N, C, H, W)
     read at ``grid`` (N, 2, H', W') -> (N, C, H', W'). MXNet's ``BilinearSampler``, or the
     same computation with the batch across threads (sampler.py); in a graph the node is
-    PREFIX_bilinearsampler0 either way."""
+    PREFIX_``name`` either way."""
     if sampler.use_threaded():
-        return getattr(F, sampler.OP)(data, grid, name='bilinearsampler0')
-    return F.BilinearSampler(data, grid, name='bilinearsampler0')
+        return getattr(F, sampler.OP)(data, grid, name=name)
+    return F.BilinearSampler(data, grid, name=name)
 
 
 def attention_theta(F, theta):
@@ -91,7 +93,7 @@ def guard(F, w, eps=PROJECTIVE_EPS):
     return F.where(w >= 0, F.maximum(w, eps), F.minimum(w, -eps))
 
 
-def projective_grid(F, theta, target, target_shape, eps=PROJECTIVE_EPS):
+def projective_grid(F, theta, target, target_shape, name='grid', eps=PROJECTIVE_EPS):
     """Projective grid generator: theta (N, 8), ``target`` (3, H', W') from ``grid_constant``
     -> grid (N, 2, H', W'): (u, v, w) = H (x_t, y_t, 1), (x_s, y_s) = (u, v) / guard(w)."""
     h, w = target_shape
@@ -103,17 +105,17 @@ def projective_grid(F, theta, target, target_shape, eps=PROJECTIVE_EPS):
     # u / w and v / w as two same-shape divisions: broadcast_div's backward pass (a
     # reduction over the broadcast axis) took a fifth of the ST-CNN's step on a CPU.
     xy = F.concat(F.elemwise_div(u, depth), F.elemwise_div(v, depth), dim=1)  # (N, 2, P)
-    return F.reshape(xy, shape=(0, 0, h, w), name='grid')
+    return F.reshape(xy, shape=(0, 0, h, w), name=name)
 
 
-def tps_grid(F, theta, basis, target_shape):
+def tps_grid(F, theta, basis, target_shape, name='grid'):
     """TPS grid generator: theta (N, 2K) = source positions of the K control points (all x,
     then all y), ``basis`` (K, H', W') from ``grid_constant`` -> grid (N, 2, H', W'),
     the product (N, 2, K) x (K, P). (Plain reshapes only, so that ONNX can express them.)"""
     h, w = target_shape
     source = F.reshape(theta, shape=(0, 2, -1))                               # (N, 2, K): x, y
     grid = F.dot(source, F.reshape(basis, shape=(0, -1)))                     # (N, 2, P)
-    return F.reshape(grid, shape=(0, 0, h, w), name='grid')
+    return F.reshape(grid, shape=(0, 0, h, w), name=name)
 
 
 def projective_constant(target_shape, tps_grid=None):
@@ -138,26 +140,30 @@ Family.__doc__ = """A transformer family:
 identity(tps_grid) -> theta (T,) of the identity transformation (the regressor's bias);
 constant(target_shape, tps_grid) -> the float array the grid generator needs, or None;
 constant_name: the name of that constant among the block's parameters (None if none);
-grid(F, theta, constant, target_shape) -> the sampling grid (N, 2, H', W')."""
+grid(F, theta, constant, target_shape, name=None) -> the sampling grid (N, 2, H', W'),
+    its node named ``name`` in a graph (None: the family's usual name)."""
 
 IDENTITY = np.array([1, 0, 0, 0, 1, 0], dtype=np.float32)   # the affine identity theta
 FAMILIES = {
     'affine': Family(
         identity=lambda tps_grid: IDENTITY,
         constant=None, constant_name=None,
-        grid=lambda F, theta, constant, shape: affine_grid(F, theta, shape)),
+        grid=lambda F, theta, constant, shape, name=None: affine_grid(F, theta, shape, name)),
     'attention': Family(
         identity=lambda tps_grid: [1, 0, 0],                                  # s, tx, ty
         constant=None, constant_name=None,
-        grid=lambda F, theta, constant, shape: affine_grid(F, attention_theta(F, theta), shape)),
+        grid=lambda F, theta, constant, shape, name=None: affine_grid(
+            F, attention_theta(F, theta), shape, name)),
     'projective': Family(
         identity=lambda tps_grid: [1, 0, 0, 0, 1, 0, 0, 0],                   # h33 = 1 implied
         constant=projective_constant, constant_name='target_grid',
-        grid=projective_grid),
+        grid=lambda F, theta, constant, shape, name=None: projective_grid(
+            F, theta, constant, shape, name or 'grid')),
     'tps': Family(
         identity=lambda tps_grid: control_points(tps_grid).T.ravel(),        # all x, then all y
         constant=tps_constant, constant_name='tps_basis',
-        grid=tps_grid),
+        grid=lambda F, theta, constant, shape, name=None: tps_grid(
+            F, theta, constant, shape, name or 'grid')),
 }
 TRANSFORMS = tuple(FAMILIES)
 
@@ -213,6 +219,47 @@ def sampling_grid(theta, transform, target_shape, tps_grid=4):
     return family(transform).grid(mx.nd, theta, constant, target_shape).asnumpy()
 
 
+# ---- composition (compositional and inverse-compositional transformers) ------------------
+
+COMPOSABLE = ('affine', 'attention', 'projective')   # the families that compose as 3x3 matrices
+
+
+def theta_matrix(F, theta, transform):
+    """theta (N, T) of an affine, attention or projective transformer -> the 3x3 matrix
+    (N, 3, 3) that maps a target point (x_t, y_t, 1) to its source point (homogeneous):
+    [[a, b, tx], [c, d, ty], [0, 0, 1]], [[s, 0, tx], [0, s, ty], [0, 0, 1]] or H."""
+    if transform == 'attention':
+        theta, transform = attention_theta(F, theta), 'affine'
+    one = F.ones_like(F.slice_axis(theta, axis=1, begin=0, end=1))              # (N, 1)
+    last = F.concat(F.zeros_like(one), F.zeros_like(one), one, dim=1) if transform == 'affine' \
+        else one                                                                # h33 = 1
+    return F.reshape(F.concat(theta, last, dim=1), shape=(0, 3, 3))
+
+
+def matrix_theta(F, matrix, transform):
+    """The inverse of ``theta_matrix``: (N, 3, 3) -> theta (N, T). A projective matrix is
+    scaled to h33 = 1 first (|h33| kept at least PROJECTIVE_EPS, as ``guard`` does)."""
+    flat = F.reshape(matrix, shape=(0, 9))
+    part = lambda k, n=1: F.slice_axis(flat, axis=1, begin=k, end=k + n)   # noqa: E731
+    if transform == 'affine':
+        return part(0, 6)
+    if transform == 'attention':                                     # s, tx, ty
+        return F.concat(part(0), part(2), part(5), dim=1)
+    return F.broadcast_div(part(0, 8), guard(F, part(8)))
+
+
+def compose(F, theta, update, transform):
+    """The transformation that applies ``update`` (N, T) in the frame of the image already
+    warped by ``theta`` (N, T): M(theta) M(update), as a theta (N, T). The image warped by
+    theta reads U at M(theta) t; warped again by the update it reads U at M(theta) M(update) t,
+    which is one warp of U by the composition (IC-STN, Lin & Lucey 2017, section 3)."""
+    if transform not in COMPOSABLE:
+        raise ValueError(f'{transform} transformers do not compose (a spline of a spline is no '
+                         f'spline); compose one of {COMPOSABLE}')
+    product = F.batch_dot(theta_matrix(F, theta, transform), theta_matrix(F, update, transform))
+    return matrix_theta(F, product, transform)
+
+
 # ---- the block ----------------------------------------------------------------------------
 
 def default_localisation():
@@ -240,23 +287,50 @@ class SpatialTransformer(nn.HybridBlock):
     identity bias, so a fresh block returns its input. ``loc_lr_mult`` scales the
     learning rate of the localisation net and the regressor (``Parameter.lr_mult``,
     honoured by ``gluon.Trainer``).
+
+    ``iterations`` K > 1 makes it compositional (IC-STN, Lin & Lucey, CVPR 2017): step k
+    looks at the input warped by the parameters so far, predicts an update, and composes
+    it with them (``compose``: M_k = M_(k-1) M(update_k), the first update read from the
+    input itself); the final parameters warp the *original* input once, so nothing is
+    resampled twice. ``per_step``: a localisation net and regressor for each step (the
+    paper's c-STN, named PREFIX_step{k}_loc_... from the second step on, so a
+    ``localisation`` must then be a function); by default one shared across the steps
+    (IC-STN). Each update starts at the identity. Affine, attention and projective only
+    (``COMPOSABLE``). The intermediate grids and samples are PREFIX_step{k}_grid and
+    PREFIX_step{k}_bilinearsampler in a graph; the final ones keep the names above, and
+    theta is the composed one. ``steps(x)`` gives the parameters after each step.
     """
 
     def __init__(self, target_shape=None, localisation=None, loc_lr_mult=1.0, transform='affine',
-                 tps_grid=4, **kwargs):
+                 tps_grid=4, iterations=1, per_step=False, **kwargs):
         super().__init__(**kwargs)
-        self.transform = transform
+        if int(iterations) != iterations or iterations < 1:
+            raise ValueError(f'iterations must be an int >= 1, not {iterations!r}')
+        if iterations > 1 and transform not in COMPOSABLE:
+            raise ValueError(f'iterations {iterations}: {transform} transformers do not compose '
+                             f'(the spline through another spline\'s points is a different '
+                             f'spline); use one of {COMPOSABLE}, or iterations 1')
+        if iterations > 1 and per_step and isinstance(localisation, nn.Block):
+            raise ValueError('per_step makes a localisation net for every step: pass a function '
+                             'that returns one, not a block')
+        self.transform, self.iterations, self.per_step = transform, int(iterations), bool(per_step)
         self.tps_grid = tps_shape(tps_grid)
         identity = identity_theta(transform, self.tps_grid)
         constant_name = family(transform).constant_name
         self.target_shape = tuple(target_shape) if target_shape else None
         with self.name_scope():
+            localisation_factory = None if isinstance(localisation, nn.Block) else localisation
             if localisation is None or not isinstance(localisation, nn.Block):
                 localisation = (localisation or default_localisation)()   # named stn_loc_...
             self.localisation = localisation
-            self.regressor = nn.Dense(len(identity), weight_initializer=mx.init.Zero(),
-                                      prefix='regressor_',
-                                      bias_initializer=mx.init.Constant(identity))
+            self.regressor = regressor(identity)
+            self.later_steps = []   # per_step: (localisation, regressor) of steps 2 .. K
+            for k in range(1, self.iterations if self.per_step else 1):
+                step = nn.HybridSequential(prefix=f'step{k}_')
+                with step.name_scope():
+                    step.add((localisation_factory or default_localisation)(), regressor(identity))
+                self.register_child(step, f'step{k}')
+                self.later_steps.append(step)
         if constant_name is not None:
             # (3 or K, H', W'); H' and W' are filled in once target_shape is known.
             rows = len(grid_constant(transform, (1, 1), self.tps_grid))
@@ -293,7 +367,41 @@ class SpatialTransformer(nn.HybridBlock):
         self.default_target_shape(x)
         return super().forward(x, *args)
 
+    def step(self, k):
+        """The (localisation, regressor) of step k (0-based)."""
+        if k == 0 or not self.per_step:
+            return self.localisation, self.regressor
+        step = self.later_steps[k - 1]
+        return step[0], step[1]
+
     def hybrid_forward(self, F, x, grid_constant=None):
+        grid_of = FAMILIES[self.transform].grid
         theta = self.regressor(self.localisation(x))
-        grid = FAMILIES[self.transform].grid(F, theta, grid_constant, self.target_shape)
+        for k in range(1, self.iterations):   # compositional: look at the warp so far
+            seen = sample(F, x, grid_of(F, theta, grid_constant, self.target_shape,
+                                        f'step{k}_grid'), f'step{k}_bilinearsampler')
+            localisation, regressor = self.step(k)
+            theta = compose(F, theta, regressor(localisation(seen)), self.transform)
+        grid = grid_of(F, theta, grid_constant, self.target_shape)
         return sample(F, x, grid), theta
+
+    def steps(self, x):
+        """The parameters after each step for an NDArray ``x`` (N, C, H, W): a list of K
+        thetas (N, T), composed so far; the last is what ``self(x)`` returns."""
+        self.default_target_shape(x)
+        constant = self.grid_constant.data(x.context) if hasattr(self, 'grid_constant') else None
+        grid_of = FAMILIES[self.transform].grid
+        thetas = [self.regressor(self.localisation(x))]
+        for k in range(1, self.iterations):
+            seen = sample(mx.nd, x, grid_of(mx.nd, thetas[-1], constant, self.target_shape))
+            localisation, regressor = self.step(k)
+            thetas.append(compose(mx.nd, thetas[-1], regressor(localisation(seen)),
+                                  self.transform))
+        return thetas
+
+
+def regressor(identity):
+    """The Dense layer that predicts theta (T = len(identity)): zero weights and the identity
+    as bias, so that it starts at the identity transformation."""
+    return nn.Dense(len(identity), weight_initializer=mx.init.Zero(), prefix='regressor_',
+                    bias_initializer=mx.init.Constant(identity))

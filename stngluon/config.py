@@ -23,7 +23,7 @@ from stngluon import distort
 CHANGEABLE = ('epochs', 'lr')   # extend a run; a smaller rate after a divergence
 # config.json files written before these settings existed ran with their defaults
 ADDED_LATER = ('lr_mode', 'warmup_epochs', 'transformers', 'stn_at', 'input_norm', 'per_channel',
-               'precision')
+               'precision', 'iterations', 'loc_per_step')
 
 
 API, OPTIMIZERS = ('gluon', 'symbol'), ('adam', 'sgd')
@@ -62,6 +62,8 @@ class RunConfig:
     per_channel: bool = False          # transformer k passes on channel k only
     budget_mult: float = 1.0           # fit fcn/cnn to this multiple of the budget
     precision: str = 'float32'         # the classifier's arithmetic: net.PRECISIONS
+    iterations: int = 1                # compositional steps of each transformer (IC-STN)
+    loc_per_step: bool = False         # a localisation net per step (c-STN), not shared
 
     def __post_init__(self):
         if isinstance(self.lr_steps, tuple):
@@ -107,14 +109,15 @@ class RunConfig:
             self.model, self.transform, self.image_shape, budget=self.budget,
             pool_after_stn=self.pool_after_stn, tps_grid=self.tps_grid,
             num_classes=self.num_classes, transformers=self.transformers, places=self.stn_at,
-            per_channel=self.per_channel))
+            per_channel=self.per_channel, iterations=self.iterations,
+            loc_per_step=self.loc_per_step))
 
     @property
     def display_name(self):
         """The network by name (``net.display_name``): 'STN (affine) + LeNet', 'FCN', ..."""
         import net
         return net.display_name(self.model, self.transform, self.transformers, self.stn_at,
-                                self.per_channel)
+                                self.per_channel, self.iterations, self.loc_per_step)
 
     @property
     def network_name(self):
@@ -236,6 +239,14 @@ def add_flags(p):
                    help='where transformers go, in series: input, conv1 (--model cnn: on the '
                         'feature map of its first stage, warping every channel), or both '
                         '(input,conv1)')
+    p.add_argument('--iterations', type=positive(int), default=D.iterations, metavar='K',
+                   help='compositional transformer: K steps, each looking at the input warped '
+                        'by the parameters so far and composing an update with them; the final '
+                        'parameters warp the original input once (IC-STN; affine, attention, '
+                        'projective)')
+    p.add_argument('--loc-per-step', action='store_true',
+                   help='with --iterations K > 1, a localisation net for every step (c-STN) '
+                        'instead of one shared across the steps (IC-STN)')
     p.add_argument('--tps-grid', type=positive(int), default=D.tps_grid, metavar='N',
                    help='--transform tps: N x N control points')
     p.add_argument('--width', type=positive(int), default=D.width, metavar='N',
@@ -283,7 +294,7 @@ def check(c):
         if getattr(c, name) not in allowed:
             fail(name, f'{getattr(c, name)!r} is not one of {", ".join(allowed)}')
     for name in ('epochs', 'batch_size', 'lr', 'lr_factor', 'loc_lr_mult', 'tps_grid',
-                 'transformers', 'budget_mult', 'width', 'train_size'):
+                 'transformers', 'budget_mult', 'width', 'train_size', 'iterations'):
         value = getattr(c, name)
         if value is not None and not (value > 0 and math.isfinite(value)):
             fail(name, f'{value} must be a finite number > 0')
@@ -310,6 +321,14 @@ def check(c):
                             f'{c.channels}-channel images (one transformer per channel)'
              if c.channels > 1 else f'--dataset {c.dataset} has one channel; one transformer '
                                     f'per channel is for --dataset addition')
+    if c.iterations != 1 and (c.transform not in stn.COMPOSABLE or c.api == 'symbol'
+                              or not isinstance(c.iterations, int)):
+        fail('iterations', f'{c.iterations} steps need --api gluon and a --transform that '
+                           f'composes ({", ".join(stn.COMPOSABLE)}; a thin-plate spline '
+                           f'through another spline\'s points is a different spline), '
+                           f'not {c.transform}')
+    if c.loc_per_step and c.iterations == 1:
+        fail('loc-per-step', 'a localisation net per step needs --iterations K > 1')
     if c.tps_grid < 2:
         fail('tps-grid', f'{c.tps_grid} must be >= 2')
     if c.width is not None and c.model == 'lenet':
