@@ -16,6 +16,11 @@
          points on a tps_grid x tps_grid grid move by Gaussian offsets of tps_std pixels
     TC   the digit at a uniformly random position in a canvas x canvas image, plus
          `patches` random patch x patch crops of other digits of the same split
+    perturbed  the benchmark of the IC-STN paper (Lin & Lucey, CVPR 2017; its code's
+         genPerturbations): each output corner reads the input at that corner moved by
+         Gaussian noise of pert_scale plus a translation shared by the four corners, of
+         trans_scale, both in normalised coordinates (0.25 = 3.4 px); the homography
+         through the four pairs; 28x28, nothing redrawn
 
 Every warp is applied to a whole batch at once: the sampling grid is computed in numpy
 (backward mapping, MXNet's normalised coordinates, x first) and the images are sampled
@@ -104,6 +109,10 @@ def describe(name, params=None):
     if kind is distort_e:
         return (f'{scale}, then a thin-plate-spline warp: {p["tps_grid"] ** 2} control points '
                 f'moved by Gaussian noise of {p["tps_std"]:g} px')
+    if kind is distort_perturbed:
+        px = lambda k: f'{p[k]:g} ({p[k] * 13.5:.1f} px)'   # noqa: E731  (normalised -> pixels)
+        return (f'a homography: corners read at points moved by Gaussian noise of '
+                f'{px("pert_scale")} plus a shared translation of {px("trans_scale")}')
     if kind is distort_tc:
         return (f'the digit at a random position on a {p["canvas"]}x{p["canvas"]} canvas, plus '
                 f'{p["patches"]} clutter patches of {p["patch"]}x{p["patch"]} px cut from other digits')
@@ -283,6 +292,22 @@ def distort_e(images, rng, scale_min, scale_max, tps_grid, tps_std):
     return sample(images, lambda c: source[c] @ basis, 28), {'scale': scale, 'offsets': offsets}
 
 
+def distort_perturbed(images, rng, pert_scale, trans_scale):
+    n = len(images)
+    square = np.array([[-1, -1], [-1, 1], [1, 1], [1, -1]], float)   # their canon4pts
+    moved = square + np.stack([                                      # dX, then dY
+        rng.normal(0, 1, (n, 4)) * pert_scale + rng.normal(0, 1, (n, 1)) * trans_scale
+        for _ in range(2)], -1)
+    h = homographies(np.broadcast_to(square, (n, 4, 2)), moved)     # output -> input
+    points = np.concatenate([target_points((28, 28)), np.ones((28 * 28, 1))], 1).T   # (3, P)
+
+    def grid_of(chunk):
+        source = h[chunk] @ points
+        return source[:, :2] / source[:, 2:]
+
+    return sample(images, grid_of, 28), {'corners': moved, 'homography': h}
+
+
 def paste(canvas, images, x, y, combine=np.maximum):
     """Paste ``images`` (N, h, w) into ``canvas`` (N, H, W) with top-left corners (x, y)."""
     n, h, w = images.shape
@@ -346,6 +371,8 @@ SETS = {
     # channels of one image; the label is their sum (0..18).
     'addition': DistortedSet(RTS_PARAMS, 9, distort_addition, channels=2, classes=19),
     'p-5px': DistortedSet(dict(P_PARAMS, corner_std=5.0), 3, distort_p),   # P up to version 2, on its stream
+    # Beyond the paper: the IC-STN paper's perturbed MNIST (its code's default scales)
+    'perturbed': DistortedSet({'pert_scale': 0.25, 'trans_scale': 0.25}, 10, distort_perturbed),
 }
 DATASETS = list(SETS)
 DEFAULTS = {name: s.params for name, s in SETS.items()}

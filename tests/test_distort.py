@@ -29,7 +29,8 @@ def digits():
     return blobs(200)
 
 
-@pytest.mark.parametrize('name, size', [('r', 28), ('rts', 42), ('p', 28), ('e', 28), ('tc', 60)])
+@pytest.mark.parametrize('name, size', [('r', 28), ('rts', 42), ('p', 28), ('e', 28), ('tc', 60),
+                                        ('perturbed', 28)])
 def test_each_set_has_its_size_and_pixels_stay_in_range(digits, name, size):
     out, _ = distort.distort(name, digits, seed=1)
     assert out.shape == (len(digits), 1, size, size) and out.dtype == np.float32
@@ -37,7 +38,7 @@ def test_each_set_has_its_size_and_pixels_stay_in_range(digits, name, size):
     assert (mass(out) > 0).all()
 
 
-@pytest.mark.parametrize('name', ['r', 'rts', 'p', 'e', 'tc'])
+@pytest.mark.parametrize('name', ['r', 'rts', 'p', 'e', 'tc', 'perturbed'])
 def test_the_same_seed_gives_identical_bytes_and_another_seed_differs(digits, name):
     a, b = distort.distort(name, digits, seed=3)[0], distort.distort(name, digits, seed=3)[0]
     assert a.tobytes() == b.tobytes()
@@ -89,12 +90,32 @@ def test_p_reads_each_output_corner_from_a_moved_input_corner(digits, name, pixe
     assert 0.75 * pixels < offsets.std() < 1.25 * pixels   # corner_std
 
 
+def test_perturbed_is_the_ic_stn_codes_homography_of_four_corners_moved_and_shifted(digits):
+    """Their genPerturbations: per image dX = 0.25 N(0, 1)_4 + 0.25 N(0, 1) (one shift for
+    the four corners), dY likewise; the homography fitted by their 8x8 system takes the
+    canonical corners to the moved ones, and the output's corner reads the moved one."""
+    _, info = distort.distort('perturbed', digits, seed=0)
+    h, moved = info['homography'], info['corners']
+    X, Y = np.array([-1, -1, 1, 1.]), np.array([-1, 1, 1, -1.])     # their canon4pts
+    for k in range(0, len(h), 37):
+        u, v = moved[k, :, 0], moved[k, :, 1]
+        o, i = np.zeros(4), np.ones(4)
+        a = np.concatenate([np.stack([X, Y, i, o, o, o, -X * u, -Y * u], -1),
+                            np.stack([o, o, o, X, Y, i, -X * v, -Y * v], -1)])
+        theirs = np.linalg.solve(a, np.concatenate([u, v]))        # pPert + identity
+        np.testing.assert_allclose(h[k].ravel()[:8], theirs, atol=1e-9)
+    displacement = moved - np.stack([X, Y], -1)                    # (N, 4, 2)
+    shared = displacement.mean(1)                                  # the shift + a quarter of the noise
+    assert 0.2 < (displacement - shared[:, None]).std() / np.sqrt(3 / 4) < 0.3     # pert_scale
+    assert 0.2 < np.sqrt(shared.var() - 0.25 ** 2 / 4) < 0.3                     # trans_scale
+
+
 def test_every_set_keeps_the_random_stream_its_cache_and_committed_results_were_made_with():
     # Pinned numbers, the places the sets had in DATASETS when their bytes were first made;
     # a new set takes a new number, so no other set's bytes change.
     assert distort.STREAM == {'mnist': 0, 'r': 1, 'rts': 2, 'p': 3, 'e': 4, 'tc': 5,
                               'p-forward': 6, 'p-3.5px': 7, 'p-box': 8, 'addition': 9,
-                              'p-5px': 3}
+                              'p-5px': 3, 'perturbed': 10}
     assert sorted(distort.STREAM) == sorted(distort.DATASETS)
 
 
@@ -157,6 +178,7 @@ def test_every_reading_of_p_shows_every_output_pixel_the_front_of_the_page(name)
     ('p-forward', {'scale_min': 1, 'scale_max': 1, 'corner_std': 0}),
     ('p-box', {'scale_min': 1, 'scale_max': 1, 'corner_std': 0}),
     ('e', {'scale_min': 1, 'scale_max': 1, 'tps_std': 0}),
+    ('perturbed', {'pert_scale': 0, 'trans_scale': 0}),
 ])
 def test_with_zero_distortion_a_set_returns_the_digits_unchanged(digits, name, params):
     out, _ = distort.distort(name, digits, seed=0, **params)
