@@ -87,7 +87,7 @@ def draw_outlines(ax, outlines, height, width, nrow, color=BOX_COLORS[0]):
 
 
 def compare_figure(images, transformed, outlines, predicted=None, labels=None, nrow=8,
-                   figsize=None, title=None):
+                   figsize=None, title=None, headings=None):
     """Inputs (N, C, H, W) with the outlines of their sampled regions beside the outputs
     (N, C, H', W'); with K transformers side by side, outputs (N, K*C, H', W') and
     outlines (K, N, M, 2), one panel and one outline colour per transformer; outputs
@@ -97,8 +97,10 @@ def compare_figure(images, transformed, outlines, predicted=None, labels=None, n
     ``outlines`` (N, M, 2): input pixel coordinates (x, y) of each closed outline, as
     ``outline`` gives them; each is drawn on its input's tile and clipped to it.
     ``predicted`` (N,) classes are written on the (last) outputs, in red where they
-    differ from ``labels`` (N,). Two-channel images show as red and green. Returns the
-    matplotlib figure (10 x 5.4 inches for one transformer, 5 more per extra one).
+    differ from ``labels`` (N,). Two-channel images show as red and green. ``headings``:
+    the output panels' titles (default 'Transformer k'; a compositional transformer's
+    steps are shown the same way, headed 'After step k'). Returns the matplotlib figure (10 x 5.4
+    inches for one transformer, 5 more per extra one).
     """
     n, c, h, w = images.shape
     outlines = np.asarray(outlines)
@@ -111,6 +113,7 @@ def compare_figure(images, transformed, outlines, predicted=None, labels=None, n
     per = transformed.shape[1] // count          # channels per transformer
     for k, ax in enumerate(axes[1:]):
         heading = 'Transformed Images' if count == 1 else f'Transformer {k + 1}'
+        heading = headings[k] if headings else heading
         if predicted is not None and k == count - 1:
             heading += ' (prediction' + ('; red: wrong)' if labels is not None else ')')
             origins = tile_origins(n, *transformed.shape[2:], nrow)
@@ -129,10 +132,10 @@ def compare_figure(images, transformed, outlines, predicted=None, labels=None, n
     return fig
 
 
-def write_compare(path, images, transformed, outlines, predicted=None, labels=None):
+def write_compare(path, images, transformed, outlines, predicted=None, labels=None, headings=None):
     """compare.jpg (1000 x 540 pixels, 500 wider per extra transformer) from arrays; see
     ``compare_figure``."""
-    fig = compare_figure(images, transformed, outlines, predicted, labels)
+    fig = compare_figure(images, transformed, outlines, predicted, labels, headings=headings)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -154,7 +157,8 @@ def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
     """The run's exported network as a block: x (N, C, H, W) -> (transformed (N, C, H', W'),
     grid (N, 2, H', W'), logits (N, classes)), for a transformer of any family; with K
     transformers side by side (net.ParallelTransformers) their outputs and grids are
-    concatenated: (N, K*C, H', W') and (N, 2K, H', W').
+    concatenated: (N, K*C, H', W') and (N, 2K, H', W'); so are a compositional
+    transformer's steps (``rundir.step_outputs``), the last being its output.
 
     ``grid`` is the sampling grid (stn.py's convention: the normalised input point x, y
     each output pixel reads; see ``outline``), the symbol's own grid node. Built from
@@ -175,6 +179,10 @@ def load_model(run_dir, image_shape=None, ctx=mx.cpu()):
         check_input_shape(sym, params_file, weights, tuple(image_shape))
     outputs, grids = [internals[t] for t in transformed], [grid_of(internals, t, run_dir)
                                                            for t in transformed]
+    if len(transformed) == 1:   # a compositional transformer: each step's look, then the output
+        steps = rundir.step_outputs(names, transformed[0])
+        outputs = [internals[sampled] for sampled, _ in steps] + outputs
+        grids = [internals[grid] for _, grid in steps] + grids
     if rundir.FEATURE_TRANSFORMED in names:
         region = feature_region_of(internals, grids[:1], image_shape or
                                    rundir.input_shape(sym, weights), run_dir)
@@ -266,6 +274,9 @@ def compare_run(run_dir, images, labels=None, model=None):
         c = images.shape[1]
         transformed = transformed[:, net.passed_channels(c)]
     path = os.path.join(run_dir, 'compare.jpg')
+    steps = rundir.read_config(run_dir).get('iterations', 1)
+    headings = [f'After step {k + 1}' + (' (the output)' if k == steps - 1 else '')
+                for k in range(steps)] if steps > 1 else None
     write_compare(path, images, transformed, outlines_of(grid, *images.shape[2:]),
-                  logits.argmax(axis=1).astype(int), labels)
+                  logits.argmax(axis=1).astype(int), labels, headings)
     return path

@@ -67,6 +67,19 @@ def transformer_outputs(names):
     return found
 
 
+def step_outputs(names, transformed):
+    """[(sampled, grid)] of a compositional transformer's steps before its output (stn.py's
+    PREFIX_step{k}_bilinearsampler and PREFIX_step{k}_grid), k = 1, 2, ...: the input as each
+    step's localisation net saw it and where it was read; [] for one step. ``transformed``
+    is the transformer's output node among the exported symbol's internal ``names``."""
+    prefix = transformed.rsplit('_', 2)[0] + '_'
+    found = []
+    while f'{prefix}step{len(found) + 1}_bilinearsampler_output' in names:
+        k = len(found) + 1
+        found.append((f'{prefix}step{k}_bilinearsampler_output', f'{prefix}step{k}_grid_output'))
+    return found
+
+
 def grid_names(transformed):
     """The candidate names of the sampling grid node of the transformer whose output node
     is ``transformed`` (GRIDS for the single one)."""

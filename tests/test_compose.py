@@ -166,3 +166,29 @@ def test_the_network_is_named_after_its_variant():
     assert RunConfig(model='fcn', transform='projective', iterations=2,
                      loc_per_step=True).display_name == 'c-STN-2 (projective) + FCN'
     assert RunConfig(model='cnn').display_name == 'ST-CNN (affine)'
+
+
+def test_the_pictures_show_where_each_step_reads(tmp_path):
+    """compare.jpg of a compositional run: one panel and one outline per step, from the
+    exported graph's step nodes; each step's grid is the one its composed theta gives."""
+    from PIL import Image
+    from stngluon import pictures, rundir
+    n = net.Net(model='fcn', width=16, iterations=3, transform='projective')
+    n.initialize(mx.init.Xavier())
+    n.hybridize()
+    x = images(3)
+    n(x)
+    n.stn.regressor.bias.set_data(mx.nd.array([0.9, 0.05, 0.1, -0.05, 0.9, 0.1, 0.02, 0.0]))
+    n.export(str(tmp_path / 'model'), epoch=1)
+    rundir.write_config(str(tmp_path), {**RunConfig(model='fcn', width=16, iterations=3,
+                                                    transform='projective').as_dict(),
+                                        'epochs': 1})
+    transformed, grid, logits = (a.asnumpy() for a in pictures.load_model(str(tmp_path))(x))
+    assert transformed.shape == (5, 3, 28, 28) and grid.shape == (5, 6, 28, 28)
+    for k, theta in enumerate(n.stn.steps(x)):   # each step zooms out further
+        np.testing.assert_allclose(grid[:, 2 * k:2 * k + 2],
+                                   stn.sampling_grid(theta.asnumpy(), 'projective', (28, 28)),
+                                   atol=1e-5)
+    np.testing.assert_allclose(logits, n(x).asnumpy(), atol=1e-5)
+    path = pictures.compare_run(str(tmp_path), x.asnumpy())
+    assert Image.open(path).size == (2000, 540)   # the inputs and three steps
