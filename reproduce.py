@@ -464,6 +464,60 @@ COLOCALISATION = [
 ]
 
 
+# Beyond the paper, compositional transformers (docs/icstn.md): (set, model, run folders under
+# results/ less their '-seedN'). Every seed there counts; all trained with the Table 1 recipe.
+COMPOSITIONAL = [
+    ('perturbed', 'CNN', 'icstn/perturbed-cnn'),
+    ('perturbed', 'ST-CNN projective (= c-STN-1, IC-STN-1)', 'icstn/perturbed-st-cnn-proj'),
+    ('perturbed', 'c-STN-2 projective', 'icstn/perturbed-c-stn-2-proj'),
+    ('perturbed', 'c-STN-4 projective', 'icstn/perturbed-c-stn-4-proj'),
+    ('perturbed', 'IC-STN-2 projective', 'icstn/perturbed-ic-stn-2-proj'),
+    ('perturbed', 'IC-STN-4 projective', 'icstn/perturbed-ic-stn-4-proj'),
+    ('P', 'ST-CNN projective', 'table1/p-st-cnn-proj-cosine-20ep-fresh-loc1'),
+    ('P', 'IC-STN-4 projective', 'icstn/p-ic-stn-4-proj'),
+    ('RTS', 'ST-CNN projective', 'table1/rts-st-cnn-proj-cosine-20ep-fresh-loc1'),
+    ('RTS', 'IC-STN-4 projective', 'icstn/rts-ic-stn-4-proj'),
+]
+
+
+def finished_seeds(stem):
+    """{seed: (test error in %, config)} of the finished runs STEM-seedN (every epoch of
+    their config.json in metrics.csv)."""
+    found = {}
+    parent, name = os.path.split(stem)
+    for folder in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+        match = re.fullmatch(re.escape(name) + r'-seed(\d+)', folder)
+        path = os.path.join(parent, folder)
+        if not match or not os.path.exists(os.path.join(path, 'metrics.csv')):
+            continue
+        config, rows = rundir.read_config(path), rundir.read_metrics(path)
+        if rows and len(rows) == config.get('epochs'):
+            found[int(match.group(1))] = (100 * (1 - float(rows[-1]['test_acc'])), config)
+    return found
+
+
+def compositional_table(where=HERE):
+    """The markdown lines of the compositional-transformer table from the committed runs:
+    per model its parameters and test error, mean +- std over the finished seeds (each
+    linked, relative to ``where``)."""
+    lines = ['| set | model | parameters | test error (%), mean ± std | seeds |',
+             '|---|---|---|---|---|']
+    for dataset, model, stem in COMPOSITIONAL:
+        stem = os.path.join(HERE, 'results', stem)
+        runs = finished_seeds(stem)
+        if not runs:
+            lines.append(f'| {dataset} | {model} | | not run yet | |')
+            continue
+        errors = [error for error, _ in runs.values()]
+        spread = f' ± {statistics.stdev(errors):.2f}' if len(errors) > 1 else ''
+        seeds = ', '.join(f'[{error:.2f}]({os.path.relpath(f"{stem}-seed{seed}", where)})'
+                          for seed, (error, _) in sorted(runs.items()))
+        params = next(iter(runs.values()))[1].get('num_params')
+        lines.append(f'| {dataset} | {model} | {params:,d} | **{statistics.mean(errors):.2f}'
+                     f'{spread}** | {seeds} |')
+    return lines
+
+
 def training_text(config, epochs_done):
     """A run's schedule in a few words: '5 epochs, steps at 3, 4' or '38 of 60 epochs,
     cosine', the images seen, fresh distortions, the localisation's rate multiplier."""
@@ -606,6 +660,11 @@ def parser():
                    help='train nothing: print the table of the paper\'s other MNIST experiments '
                         'from the committed runs in results/ (with --readme, rewrite it between '
                         'the "<!-- appendix: start -->" and "<!-- appendix: end -->" lines)')
+    p.add_argument('--compositional', action='store_true',
+                   help='train nothing: print the table of the compositional transformers '
+                        '(IC-STN, c-STN; docs/icstn.md) from the committed runs in results/ '
+                        '(with --readme, rewrite it between the "<!-- compositional: start -->" '
+                        'and "<!-- compositional: end -->" lines of that file)')
     p.add_argument('--curves', default=None, metavar='PNG',
                    help='also draw test error against images seen for every run of the chosen '
                         'cells found in --out (one line per schedule) into this file')
@@ -640,6 +699,12 @@ def main(argv=None):
         lines = appendix_tables(os.path.dirname(os.path.abspath(readme)))
         if args.readme:
             replace_block(args.readme, lines, 'appendix')
+        return print('\n'.join(lines))
+    if args.compositional:
+        page = args.readme or os.path.join(HERE, 'docs', 'icstn.md')
+        lines = compositional_table(os.path.dirname(os.path.abspath(page)))
+        if args.readme:
+            replace_block(args.readme, lines, 'compositional')
         return print('\n'.join(lines))
     if args.out is None:
         args.out = os.path.join(HERE, PUBLISHED) if args.table_only else DEFAULT_OUT
