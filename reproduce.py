@@ -83,6 +83,11 @@ SCHEDULES = {
 # every epoch, the localisation nets at the classifier's rate. Folder names spell out what
 # it changes of the schedule it grew from ('cosine-20ep-fresh-loc1'), as the pilots did.
 SCHEDULES['table1'] = dict(SCHEDULES['cosine'], epochs=20, fresh_distortions=True, loc_lr_mult=1.0)
+# The IC-STN code's recipe (Lin & Lucey 2017, its MNIST defaults; docs/icstn.md): plain SGD,
+# batch 100, 0.01 for the classifier and 1e-4 for the geometric predictor, no decay,
+# 500k iterations (833 epochs), new perturbations for every batch.
+SCHEDULES['icstn'] = dict(optimizer='sgd', lr=0.01, momentum=0.0, batch_size=100, epochs=833,
+                          lr_steps=[], fresh_distortions=True, loc_lr_mult=0.01)
 NAMED_AFTER = {'table1': 'cosine'}
 DEFAULT_OUT, PUBLISHED = os.path.join('result', 'table1'), os.path.join('results', 'table1')
 

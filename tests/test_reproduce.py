@@ -56,6 +56,14 @@ def test_the_paper_schedule_is_150k_iterations_of_batch_256_with_two_tenfold_dro
     assert steps == pytest.approx([50000, 100000], rel=0.01)
 
 
+def test_the_icstn_schedule_is_their_codes_500k_iterations_of_plain_sgd_on_batch_100():
+    icstn = reproduce.SCHEDULES['icstn']
+    assert icstn['epochs'] * 60000 / icstn['batch_size'] == pytest.approx(500000, rel=0.01)
+    assert (icstn['optimizer'], icstn['momentum'], icstn['lr'], icstn['lr_steps']) == ('sgd', 0, 0.01, [])
+    assert icstn['lr'] * icstn['loc_lr_mult'] == pytest.approx(1e-4)   # their lrGP
+    assert icstn['fresh_distortions']                                  # new perturbations
+
+
 @pytest.fixture
 def fake_train(monkeypatch):
     """Stands in for train.py: records the command and writes a 2-epoch metrics.csv."""
