@@ -501,6 +501,12 @@ def finished_seeds(stem):
     return found
 
 
+def mean_and_spread(errors):
+    """'0.62 ± 0.04' (the sample standard deviation; just the mean for one seed)."""
+    spread = f' ± {statistics.stdev(errors):.2f}' if len(errors) > 1 else ''
+    return f'{statistics.mean(errors):.2f}{spread}'
+
+
 def compositional_table(where=HERE):
     """The markdown lines of the compositional-transformer table from the committed runs:
     per model its parameters and test error, mean +- std over the finished seeds (each
@@ -514,13 +520,26 @@ def compositional_table(where=HERE):
             lines.append(f'| {dataset} | {model} | | not run yet | |')
             continue
         errors = [error for error, _ in runs.values()]
-        spread = f' ± {statistics.stdev(errors):.2f}' if len(errors) > 1 else ''
         seeds = ', '.join(f'[{error:.2f}]({os.path.relpath(f"{stem}-seed{seed}", where)})'
                           for seed, (error, _) in sorted(runs.items()))
         params = next(iter(runs.values()))[1].get('num_params')
-        lines.append(f'| {dataset} | {model} | {params:,d} | **{statistics.mean(errors):.2f}'
-                     f'{spread}** | {seeds} |')
+        lines.append(f'| {dataset} | {model} | {params:,d} | **{mean_and_spread(errors)}** | '
+                     f'{seeds} |')
     return lines
+
+
+def compositional_summary():
+    """The README's short form of ``compositional_table``: a row per set, a column per kind
+    of model (its first word: 'CNN', 'ST-CNN', 'IC-STN-4', ...), 'mean ± std (seeds)'."""
+    kinds, sets, cells = [], [], {}
+    for dataset, model, stem in COMPOSITIONAL:
+        kind = model.split()[0]
+        kinds += [kind] if kind not in kinds else []
+        sets += [dataset] if dataset not in sets else []
+        errors = [e for e, _ in finished_seeds(os.path.join(HERE, 'results', stem)).values()]
+        cells[dataset, kind] = f'{mean_and_spread(errors)} ({len(errors)})' if errors else ''
+    return [f'| set | {" | ".join(kinds)} |', '|---' * (len(kinds) + 1) + '|'] + [
+        f'| {d} | {" | ".join(cells.get((d, k), "") for k in kinds)} |' for d in sets]
 
 
 def training_text(config, epochs_done):
@@ -666,10 +685,11 @@ def parser():
                         'from the committed runs in results/ (with --readme, rewrite it between '
                         'the "<!-- appendix: start -->" and "<!-- appendix: end -->" lines)')
     p.add_argument('--compositional', action='store_true',
-                   help='train nothing: print the table of the compositional transformers '
-                        '(IC-STN, c-STN; docs/icstn.md) from the committed runs in results/ '
-                        '(with --readme, rewrite it between the "<!-- compositional: start -->" '
-                        'and "<!-- compositional: end -->" lines of that file)')
+                   help='train nothing: rewrite the table of the compositional transformers '
+                        '(IC-STN, c-STN) in docs/icstn.md from the committed runs in results/ '
+                        'and print it (with --readme, also its short form between the '
+                        '"<!-- compositional: start -->" and "<!-- compositional: end -->" lines '
+                        'of that file)')
     p.add_argument('--curves', default=None, metavar='PNG',
                    help='also draw test error against images seen for every run of the chosen '
                         'cells found in --out (one line per schedule) into this file')
@@ -706,10 +726,11 @@ def main(argv=None):
             replace_block(args.readme, lines, 'appendix')
         return print('\n'.join(lines))
     if args.compositional:
-        page = args.readme or os.path.join(HERE, 'docs', 'icstn.md')
-        lines = compositional_table(os.path.dirname(os.path.abspath(page)))
+        page = os.path.join(HERE, 'docs', 'icstn.md')
+        lines = compositional_table(os.path.dirname(page))
+        replace_block(page, lines, 'compositional')
         if args.readme:
-            replace_block(args.readme, lines, 'compositional')
+            replace_block(args.readme, compositional_summary(), 'compositional')
         return print('\n'.join(lines))
     if args.out is None:
         args.out = os.path.join(HERE, PUBLISHED) if args.table_only else DEFAULT_OUT

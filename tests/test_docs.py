@@ -144,11 +144,13 @@ def test_reproduce_table_only_with_no_flags_reads_the_committed_grid():
     assert reproduce.label(args) == 'cosine-20ep-fresh-loc1'   # the committed folders' names
 
 
-def test_the_compositional_table_is_what_the_committed_runs_give():
+def test_the_compositional_tables_are_what_the_committed_runs_give():
     import reproduce
     docs = os.path.join(ROOT, 'docs')
     assert block(os.path.join(docs, 'icstn.md'), 'compositional') == \
         reproduce.compositional_table(docs)
+    assert block(os.path.join(ROOT, 'README.md'), 'compositional') == \
+        reproduce.compositional_summary()
 
 
 def test_the_readme_appendix_table_is_what_the_committed_runs_give():

@@ -622,3 +622,30 @@ def test_the_estimate_times_each_network_once_and_trains_nothing(tmp_path, capsy
     expected = 2 * 1000 * (2 / rates[0] + 1 / rates[1]) / 3600   # seeds x images / rate
     assert core_hours == pytest.approx(expected, rel=1e-3)   # the rates printed are rounded
     assert lines[-1].startswith('the grid: ') and not (tmp_path / 'grid').exists()
+
+
+def test_the_compositional_tables_average_the_finished_seeds_and_leave_out_unfinished_ones(
+        tmp_path, monkeypatch):
+    def run(name, accuracies, epochs=2):
+        folder = tmp_path / 'results' / 'icstn' / name
+        folder.mkdir(parents=True)
+        (folder / 'config.json').write_text(json.dumps({'epochs': epochs, 'num_params': 1234}))
+        rows = ''.join(f'perturbed,{e},0.1,0.1,{a},0.001,100,1.0\n'
+                       for e, a in enumerate(accuracies, 1))
+        (folder / 'metrics.csv').write_text(
+            'dataset,epoch,train_loss,test_loss,test_acc,lr,imgs_per_s,epoch_s\n' + rows)
+    run('a-seed1', [0.9, 0.99])
+    run('a-seed2', [0.9, 0.98])
+    run('a-seed3', [0.9], epochs=2)           # still training: not counted
+    run('ab-seed1', [0.9, 0.5])               # another model whose name starts the same
+    monkeypatch.setattr(reproduce, 'HERE', str(tmp_path))
+    monkeypatch.setattr(reproduce, 'COMPOSITIONAL', [
+        ('perturbed', 'CNN', 'icstn/a'), ('perturbed', 'IC-STN-4 projective', 'icstn/none'),
+        ('P', 'IC-STN-4 projective', 'icstn/ab')])
+    table = reproduce.compositional_table(str(tmp_path))
+    assert table[2] == ('| perturbed | CNN | 1,234 | **1.50 ± 0.71** | '
+                        '[1.00](results/icstn/a-seed1), [2.00](results/icstn/a-seed2) |')
+    assert table[3] == '| perturbed | IC-STN-4 projective | | not run yet | |'
+    assert reproduce.compositional_summary() == [
+        '| set | CNN | IC-STN-4 |', '|---|---|---|',
+        '| perturbed | 1.50 ± 0.71 (2) |  |', '| P |  | 50.00 (1) |']
