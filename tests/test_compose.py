@@ -122,8 +122,9 @@ def test_ic_stn_shares_one_localisation_net_and_c_stn_has_one_per_step():
     assert separate_stn == 4 * one_stn and separate == one + 3 * one_stn
 
 
-def test_four_steps_export_import_and_run_in_onnx_runtime_as_in_mxnet(tmp_path):
-    n = net.Net(model='cnn', width=8, iterations=4, transform='affine')
+@pytest.mark.parametrize('per_step', [False, True], ids=['IC-STN', 'c-STN'])
+def test_four_steps_export_import_and_run_in_onnx_runtime_as_in_mxnet(tmp_path, per_step):
+    n = net.Net(model='cnn', width=8, iterations=4, transform='affine', loc_per_step=per_step)
     n.initialize(mx.init.Xavier())
     n.hybridize()
     x = images(2)
