@@ -222,6 +222,7 @@ def sampling_grid(theta, transform, target_shape, tps_grid=4):
 # ---- composition (compositional and inverse-compositional transformers) ------------------
 
 COMPOSABLE = ('affine', 'attention', 'projective')   # the families that compose as 3x3 matrices
+NOT_COMPOSABLE = 'the thin-plate spline through another spline\'s points is a different spline'
 
 
 def theta_matrix(F, theta, transform):
@@ -254,8 +255,8 @@ def compose(F, theta, update, transform):
     theta reads U at M(theta) t; warped again by the update it reads U at M(theta) M(update) t,
     which is one warp of U by the composition (IC-STN, Lin & Lucey 2017, section 3)."""
     if transform not in COMPOSABLE:
-        raise ValueError(f'{transform} transformers do not compose (a spline of a spline is no '
-                         f'spline); compose one of {COMPOSABLE}')
+        raise ValueError(f'{transform} transformers do not compose ({NOT_COMPOSABLE}); '
+                         f'compose one of {COMPOSABLE}')
     product = F.batch_dot(theta_matrix(F, theta, transform), theta_matrix(F, update, transform))
     return matrix_theta(F, product, transform)
 
@@ -308,8 +309,7 @@ class SpatialTransformer(nn.HybridBlock):
             raise ValueError(f'iterations must be an int >= 1, not {iterations!r}')
         if iterations > 1 and transform not in COMPOSABLE:
             raise ValueError(f'iterations {iterations}: {transform} transformers do not compose '
-                             f'(the spline through another spline\'s points is a different '
-                             f'spline); use one of {COMPOSABLE}, or iterations 1')
+                             f'({NOT_COMPOSABLE}); use one of {COMPOSABLE}, or iterations 1')
         if iterations > 1 and per_step and isinstance(localisation, nn.Block):
             raise ValueError('per_step makes a localisation net for every step: pass a function '
                              'that returns one, not a block')
@@ -375,29 +375,28 @@ class SpatialTransformer(nn.HybridBlock):
         return step[0], step[1]
 
     def hybrid_forward(self, F, x, grid_constant=None):
-        grid_of = FAMILIES[self.transform].grid
-        theta = self.regressor(self.localisation(x))
-        for k in range(1, self.iterations):   # compositional: look at the warp so far
-            seen = sample(F, x, grid_of(F, theta, grid_constant, self.target_shape,
-                                        f'step{k}_grid'), f'step{k}_bilinearsampler')
-            localisation, regressor = self.step(k)
-            theta = compose(F, theta, regressor(localisation(seen)), self.transform)
-        grid = grid_of(F, theta, grid_constant, self.target_shape)
+        theta = self.composed(F, x, grid_constant)[-1]
+        grid = FAMILIES[self.transform].grid(F, theta, grid_constant, self.target_shape)
         return sample(F, x, grid), theta
 
-    def steps(self, x):
-        """The parameters after each step for an NDArray ``x`` (N, C, H, W): a list of K
-        thetas (N, T), composed so far; the last is what ``self(x)`` returns."""
-        self.default_target_shape(x)
-        constant = self.grid_constant.data(x.context) if hasattr(self, 'grid_constant') else None
+    def composed(self, F, x, grid_constant=None):
+        """The K thetas (N, T) after each step, composed so far: step 1 reads ``x`` itself,
+        step k the input warped by the thetas of step k - 1 (one step: the paper's theta)."""
         grid_of = FAMILIES[self.transform].grid
         thetas = [self.regressor(self.localisation(x))]
         for k in range(1, self.iterations):
-            seen = sample(mx.nd, x, grid_of(mx.nd, thetas[-1], constant, self.target_shape))
+            seen = sample(F, x, grid_of(F, thetas[-1], grid_constant, self.target_shape,
+                                        f'step{k}_grid'), f'step{k}_bilinearsampler')
             localisation, regressor = self.step(k)
-            thetas.append(compose(mx.nd, thetas[-1], regressor(localisation(seen)),
-                                  self.transform))
+            thetas.append(compose(F, thetas[-1], regressor(localisation(seen)), self.transform))
         return thetas
+
+    def steps(self, x):
+        """``composed`` for an NDArray ``x`` (N, C, H, W): a list of K thetas (N, T); the
+        last is what ``self(x)`` returns."""
+        self.default_target_shape(x)
+        constant = self.grid_constant.data(x.context) if hasattr(self, 'grid_constant') else None
+        return self.composed(mx.nd, x, constant)
 
 
 def regressor(identity):

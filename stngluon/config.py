@@ -324,8 +324,7 @@ def check(c):
     if c.iterations != 1 and (c.transform not in stn.COMPOSABLE or c.api == 'symbol'
                               or not isinstance(c.iterations, int)):
         fail('iterations', f'{c.iterations} steps need --api gluon and a --transform that '
-                           f'composes ({", ".join(stn.COMPOSABLE)}; a thin-plate spline '
-                           f'through another spline\'s points is a different spline), '
+                           f'composes ({", ".join(stn.COMPOSABLE)}; {stn.NOT_COMPOSABLE}), '
                            f'not {c.transform}')
     if c.loc_per_step and c.iterations == 1:
         fail('loc-per-step', 'a localisation net per step needs --iterations K > 1')
