@@ -77,9 +77,15 @@ def fake_train(monkeypatch):
             call.running += 1
             call.most = max(call.most, call.running)
         out = command[command.index('--out') + 1]
-        time.sleep(next((s for part, s in call.sleep.items() if part in out), 0.05))
+        time.sleep(0.05)
+        others = next((n for part, n in call.wait_for.items() if part in out), 0)
+        deadline = time.time() + 60
+        while (call.finished < others or call.most < call.together) \
+                and time.time() < deadline:   # the others first; or until that many run at once
+            time.sleep(0.01)
         with call.lock:
             call.running -= 1
+            call.finished += 1
         if call.fail and call.fail in out:
             stdout.write('error: the training loss became nan in epoch 1 (batch 50)\n')
             return 1
@@ -93,10 +99,12 @@ def fake_train(monkeypatch):
         return 0
 
     call.threads, call.running, call.most, call.lock = [], 0, 0, threading.Lock()
+    call.finished = 0
+    call.wait_for = {}  # a folder name part -> how many other calls must finish before it does
+    call.together = 0   # each call waits (up to a minute) until this many have run at once
     call.fail = None   # a folder name part whose train.py fails
     call.errors = {}   # 'DATASET-MODEL' or a run folder's name -> its last test accuracy
     #                    (the first that matches; else 0.9875)
-    call.sleep = {}    # a folder name part -> how long its train.py takes (else 0.05 s)
     call.workers = []  # the Dask worker that ran each call
     commands.call = call
     monkeypatch.setattr(reproduce.subprocess, 'call', call)
@@ -233,6 +241,7 @@ def test_fresh_distortions_reach_train_py_and_get_folders_of_their_own(tmp_path,
 def test_cells_train_side_by_side_one_thread_each_by_default(tmp_path, fake_train, monkeypatch,
                                                              capsys):
     monkeypatch.setattr(reproduce, 'CORES', 2)
+    fake_train.call.together = 2   # a grid that ran its cells one at a time would wait, then fail
     grid(['--cells', 'r/cnn,r/fcn,e/cnn,e/fcn', '--out', str(tmp_path)])
     assert len(fake_train) == 4 and fake_train.call.most == 2
     progress = re.findall(r'\[(\d)/4 done, (\d) running, (\d) waiting', capsys.readouterr().out)
@@ -248,7 +257,7 @@ def test_cells_train_side_by_side_one_thread_each_by_default(tmp_path, fake_trai
 def test_an_idle_worker_takes_the_next_cell_while_the_other_trains_a_long_one(tmp_path, fake_train,
                                                                            monkeypatch):
     monkeypatch.setattr(reproduce, 'CORES', 2)
-    fake_train.call.sleep = {'r-cnn-': 1.0}
+    fake_train.call.wait_for = {'r-cnn-': 5}   # the long cell ends after the five others
     grid(['--cells', 'r/cnn,r/fcn,e/cnn,e/fcn,p/cnn,p/fcn', '--out', str(tmp_path)])
     long = fake_train.call.workers[[c[c.index('--out') + 1] for c in fake_train].index(
         str(tmp_path / 'r-cnn-ours-seed1'))]
@@ -587,9 +596,19 @@ def test_ctrl_c_to_the_grid_prints_one_line_and_leaves_no_process(tmp_path):
             grid.wait()
     assert grid.returncode == 1 and 'Traceback' not in output, output
     assert output.strip().splitlines()[-1].startswith('interrupted: '), output
-    time.sleep(1)
-    assert [pid for pid in family if psutil.pid_exists(pid)
-            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE] == []
+
+    def alive():
+        found = []
+        for pid in family:
+            try:
+                found += [pid] if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE else []
+            except psutil.NoSuchProcess:   # ended between the listing and the look
+                pass
+        return found
+    deadline = time.time() + 30   # the workers and train.py end soon after, not at once
+    while alive() and time.time() < deadline:
+        time.sleep(0.1)
+    assert alive() == []
 
 
 def test_the_estimate_times_every_network_with_the_schedules_settings(tmp_path, monkeypatch):
