@@ -429,7 +429,7 @@ def train(config, opts, argv, kvstore='device', watchdog=None):
           f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {",".join(map(str, ctx))}'
           + (f', worker {kvstore.rank} of {workers}' if workers > 1 else '')
           + ', {engine}, OpenMP {omp_threads} threads {omp_wait_policy}, {sampler}'.format(
-              **execution()))
+              **execution()), flush=True)   # seen at once in a worker's log
     if writer:
         print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')
     epoch, resume = start_epoch, f'python train.py --out {opts.out} --resume'

@@ -199,8 +199,10 @@ def test_every_worker_holds_rank_0s_weights_before_its_first_gradient():
 
 def kill_rank_1_after_epoch_1(out, flags, logs):
     """Start a run by hand (no launcher to stop the rest), kill rank 1 once epoch 1 is
-    checkpointed; rank 0 must notice through its watchdog. Returns rank 0's last line."""
-    train = train_command(out, *flags, '--kvstore', 'dist_sync', '--dist-timeout', '5')
+    checkpointed; rank 0 must notice through its watchdog. Returns rank 0's last line. (The
+    timeout is long enough that a healthy worker on a loaded machine never reaches it: the
+    other's start-up, rank 0's evaluation between epochs.)"""
+    train = train_command(out, *flags, '--kvstore', 'dist_sync', '--dist-timeout', '30')
     with started_by_hand(train, logs) as (processes, paths):
         deadline = time.time() + 120
         while rundir.checkpoint_epoch(str(out)) in (None, 0):   # epoch 1 done
@@ -210,8 +212,8 @@ def kill_rank_1_after_epoch_1(out, flags, logs):
         rank0 = 5 - rank1
         processes[rank1].kill()
         killed = time.time()
-        assert processes[rank0].wait(timeout=60) == 1
-        assert time.time() - killed < 30   # the 5 s timeout, not forever
+        assert processes[rank0].wait(timeout=180) == 1
+        assert time.time() - killed < 120   # the 30 s timeout, not forever
     return paths[rank0].read_text().strip().splitlines()[-1]
 
 
@@ -228,7 +230,7 @@ def test_a_killed_worker_stops_the_run_within_the_timeout_and_resume_finishes_it
             message = kill_rank_1_after_epoch_1(out, flags, tmp_path / f'logs{k}')
             kept = rundir.checkpoint_epoch(str(out))
             assert 1 <= kept < 4, message
-            assert message.startswith('error: no progress for 5 s (--dist-timeout) while '
+            assert message.startswith('error: no progress for 30 s (--dist-timeout) while '
                                       'training epoch')
             assert f'checkpoint (epoch {kept}) is kept in {out}' in message
             assert '--resume' in message
@@ -259,11 +261,11 @@ kv._barrier()   # waits forever for worker 1
 
 
 def test_the_launcher_stops_every_process_when_one_worker_fails(tmp_path):
-    start = time.time()
+    # (worker 0 would wait in the barrier forever: launched's timeout catches a launcher
+    # that does not stop it)
     code, log, left = launched([sys.executable, '-c', FAILING_WORKER], timeout=120)
     assert code == 3 and left == [], log
     assert 'launch.py: worker' in log and 'exit code 3; stopped every other process' in log
-    assert time.time() - start < 60
 
 
 def test_the_symbolic_api_says_it_trains_in_one_process(capsys):
