@@ -83,7 +83,8 @@ def run_label(run_dir):
     config = rundir.read_config(run_dir)
     model = net.display_name(*(config.get(k, default) for k, default in (
         ('model', 'lenet'), ('transform', 'affine'), ('transformers', 1),
-        ('stn_at', ['input']), ('per_channel', False))))
+        ('stn_at', ['input']), ('per_channel', False), ('iterations', 1),
+        ('loc_per_step', False))))
     name = os.path.basename(os.path.normpath(os.path.abspath(run_dir)))
     return f'{name} ({model}, {config.get("dataset", "mnist")})'
 

@@ -603,6 +603,8 @@ def train_snapshot_of(deep, x):
     ({'model': 'fcn', 'transform': 'tps', 'dataset': 'p'}, 'run (ST-FCN (tps), p)'),
     ({'model': 'fcn', 'transform': 'affine', 'transformers': 2, 'per_channel': True,
       'dataset': 'addition'}, 'run (2xST-FCN (affine), one per channel, addition)'),
+    ({'model': 'cnn', 'transform': 'projective', 'iterations': 4, 'dataset': 'perturbed'},
+     'run (IC-STN-4 (projective) + CNN, perturbed)'),
     ({'transform': 'none'}, 'run (LeNet, mnist)'),
     ({}, 'run (STN (affine) + LeNet, mnist)'),
 ])
