@@ -99,8 +99,8 @@ def compare_figure(images, transformed, outlines, predicted=None, labels=None, n
     ``predicted`` (N,) classes are written on the (last) outputs, in red where they
     differ from ``labels`` (N,). Two-channel images show as red and green. ``headings``:
     the output panels' titles (default 'Transformer k'; a compositional transformer's
-    steps are shown the same way, headed 'After step k'). Returns the matplotlib figure (10 x 5.4
-    inches for one transformer, 5 more per extra one).
+    steps are shown the same way, headed 'After step k'). Returns the matplotlib figure
+    (10 x 5.4 inches for one transformer, 5 more per extra one).
     """
     n, c, h, w = images.shape
     outlines = np.asarray(outlines)
