@@ -263,7 +263,7 @@ def run_cell(cell, seed, args):
         raise CellFailed(f'train.py exit {code}: {last} (see {log_path})')
     rows = rundir.read_metrics(folder)
     result = {'cell': cell, 'seed': seed, 'schedule': label(args),
-              'test_error': round(100 * (1 - float(rows[-1]['test_acc'])), 2),
+              'test_error': round(rundir.test_error(rows[-1]), 2),
               'epochs': len(rows), 'train_seconds': round(sum(float(r['epoch_s']) for r in rows)),
               'command': rerun}
     rundir.write_result(folder, result)
@@ -502,7 +502,7 @@ def finished_seeds(stem):
             continue
         config, rows = rundir.read_config(path), rundir.read_metrics(path)
         if rows and len(rows) == config.get('epochs'):
-            found[int(match.group(1))] = (100 * (1 - float(rows[-1]['test_acc'])), config)
+            found[int(match.group(1))] = (rundir.test_error(rows[-1]), config)
     return found
 
 
@@ -512,15 +512,19 @@ def mean_and_spread(errors):
     return f'{statistics.mean(errors):.2f}{spread}'
 
 
-def compositional_table(where=HERE):
-    """The markdown lines of the compositional-transformer table from the committed runs:
-    per model its parameters and test error, mean +- std over the finished seeds (each
-    linked, relative to ``where``)."""
+def compositional_runs():
+    """(set, model, run folder stem, ``finished_seeds``) of each row of COMPOSITIONAL."""
+    return [(dataset, model, stem, finished_seeds(stem)) for dataset, model, stem in
+            ((d, m, os.path.join(HERE, 'results', s)) for d, m, s in COMPOSITIONAL)]
+
+
+def compositional_table(where=HERE, rows=None):
+    """The markdown lines of the compositional-transformer table from the committed runs
+    (``rows``: ``compositional_runs()``, read if not given): per model its parameters and
+    test error, mean +- std over the finished seeds (each linked, relative to ``where``)."""
     lines = ['| set | model | parameters | test error (%), mean ± std | seeds |',
              '|---|---|---|---|---|']
-    for dataset, model, stem in COMPOSITIONAL:
-        stem = os.path.join(HERE, 'results', stem)
-        runs = finished_seeds(stem)
+    for dataset, model, stem, runs in rows or compositional_runs():
         if not runs:
             lines.append(f'| {dataset} | {model} | | not run yet | |')
             continue
@@ -533,15 +537,16 @@ def compositional_table(where=HERE):
     return lines
 
 
-def compositional_summary():
-    """The README's short form of ``compositional_table``: a row per set, a column per kind
-    of model (its first word: 'CNN', 'ST-CNN', 'IC-STN-4', ...), 'mean ± std (seeds)'."""
+def compositional_summary(rows=None):
+    """The README's short form of ``compositional_table`` (``rows`` likewise): a row per set,
+    a column per kind of model (its first word: 'CNN', 'ST-CNN', 'IC-STN-4', ...),
+    'mean ± std (seeds)'."""
     kinds, sets, cells = [], [], {}
-    for dataset, model, stem in COMPOSITIONAL:
+    for dataset, model, _, runs in rows or compositional_runs():
         kind = model.split()[0]
         kinds += [kind] if kind not in kinds else []
         sets += [dataset] if dataset not in sets else []
-        errors = [e for e, _ in finished_seeds(os.path.join(HERE, 'results', stem)).values()]
+        errors = [e for e, _ in runs.values()]
         cells[dataset, kind] = f'{mean_and_spread(errors)} ({len(errors)})' if errors else ''
     return [f'| set | {" | ".join(kinds)} |', '|---' * (len(kinds) + 1) + '|'] + [
         f'| {d} | {" | ".join(cells.get((d, k), "") for k in kinds)} |' for d in sets]
@@ -567,7 +572,7 @@ def appendix_tables(where=HERE):
     for experiment, model, folder, paper in APPENDIX:
         path = os.path.join(results, folder)
         config, rows = rundir.read_config(path), rundir.read_metrics(path)
-        error = 100 * (1 - float(rows[-1]['test_acc']))
+        error = rundir.test_error(rows[-1])
         lines.append(f'| {experiment} | {model} | {training_text(config, len(rows))} | '
                      f'[{error:.2f}%]({os.path.relpath(path, where)}) | '
                      f'{"" if paper is None else f"{paper}%"} |')
@@ -611,7 +616,7 @@ def write_grid_curves(out, chosen, path):
                                   f'from the run, or leave --curves out')
         name = folder[len(cell.replace('/', '-')) + 1:]
         runs.setdefault(cell, []).append((name, [int(r['epoch']) * images / 1e6 for r in rows],
-                                          [100 * (1 - float(r['test_acc'])) for r in rows]))
+                                          [rundir.test_error(r) for r in rows]))
     runs = {cell: runs[cell] for cell in chosen if cell in runs}   # the grid's order
     cols = min(len(runs), 2) or 1
     panel_rows = (len(runs) + cols - 1) // cols or 1
@@ -731,11 +736,11 @@ def main(argv=None):
             replace_block(args.readme, lines, 'appendix')
         return print('\n'.join(lines))
     if args.compositional:
-        page = os.path.join(HERE, 'docs', 'icstn.md')
-        lines = compositional_table(os.path.dirname(page))
+        page, runs = os.path.join(HERE, 'docs', 'icstn.md'), compositional_runs()
+        lines = compositional_table(os.path.dirname(page), runs)
         replace_block(page, lines, 'compositional')
         if args.readme:
-            replace_block(args.readme, compositional_summary(), 'compositional')
+            replace_block(args.readme, compositional_summary(runs), 'compositional')
         return print('\n'.join(lines))
     if args.out is None:
         args.out = os.path.join(HERE, PUBLISHED) if args.table_only else DEFAULT_OUT

@@ -155,6 +155,11 @@ def column(rows, key):
     return np.array([float(row[key]) for row in rows])
 
 
+def test_error(row):
+    """The test error in % of a metrics.csv row (its test accuracy is a fraction)."""
+    return 100 * (1 - float(row['test_acc']))
+
+
 # ---- checkpoints ----------------------------------------------------------------------
 
 def checkpoint_stem(run_dir, epoch):
