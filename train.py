@@ -256,11 +256,13 @@ def execution_settings(config, opts, argv):
         runtime.settle(config.network_name, config.flags())
 
 
-def execution():
-    """The settings MXNet runs this process with (runtime.py), for config.json and the header."""
+def execution(model):
+    """The settings MXNet runs this process and ``model`` with (runtime.py), for config.json
+    and the header: engine, wait policy, threads, sampler, and the channel block of the CNN's
+    convolutions (1: none; net.ChannelPaddedConv2D)."""
     return {'engine': os.environ.get(runtime.ENGINE, runtime.DEFAULT[runtime.ENGINE]),
             'omp_wait_policy': os.environ.get(runtime.WAIT), 'omp_threads': runtime.threads(),
-            'sampler': sampler.name()}
+            'sampler': sampler.name(), 'channel_block': getattr(model, 'channel_block', 1)}
 
 
 def kept_epoch(out):
@@ -347,7 +349,7 @@ def record_start(config, opts, model, train_x):
     rundir.write_config(opts.out, dict(
         config.as_dict(), **vars(opts), num_params=model.num_params, train_images=len(train_x),
         pool_after_stn=config.pool_after_stn, image_shape=train_x.shape[1:],
-        mxnet=mx.__version__, omp_threads=runtime.threads(), execution=execution(),
+        mxnet=mx.__version__, omp_threads=runtime.threads(), execution=execution(model),
         distortion=dict(distort.check_params(config.dataset, {}), version=distort.VERSION)))
 
 
@@ -429,7 +431,9 @@ def train(config, opts, argv, kvstore='device', watchdog=None):
           f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {",".join(map(str, ctx))}'
           + (f', worker {kvstore.rank} of {workers}' if workers > 1 else '')
           + ', {engine}, OpenMP {omp_threads} threads {omp_wait_policy}, {sampler}'.format(
-              **execution()), flush=True)   # seen at once in a worker's log
+              **execution(model))
+          + (f', channels in {model.channel_block}s' if config.model == 'cnn'
+             and getattr(model, 'channel_block', 1) > 1 else ''), flush=True)   # seen at once in a worker's log
     if writer:
         print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')
     epoch, resume = start_epoch, f'python train.py --out {opts.out} --resume'

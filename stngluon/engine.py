@@ -43,7 +43,7 @@ finally:
 
 import net
 import stn
-from stngluon import sampler
+from stngluon import runtime, sampler
 
 LR_MODES = ('step', 'cosine')
 
@@ -188,7 +188,10 @@ class GluonModel:
         self.contexts = list(ctx) if isinstance(ctx, (list, tuple)) else [ctx]
         self.ctx = self.contexts[0]
         num, *image_shape = data_shape
-        self.net = net.build(config)
+        # on CPUs the CNN's convolutions compute on padded channels (runtime.channel_block)
+        self.channel_block = (runtime.channel_block() if all(
+            c.device_type == 'cpu' for c in self.contexts) else 1)
+        self.net = net.build(config, self.channel_block)
         self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=self.contexts)
         self.net.hybridize(static_alloc=True, static_shape=True)
         # Deferred init, so that shapes are known. In train mode: an inference-mode forward
@@ -338,8 +341,9 @@ class GluonModel:
         return digest.hexdigest()[:16]
 
     def float32_net(self):
-        """The network, or where it computes in bfloat16, the float32 network with its weights."""
-        if self.config.precision == 'float32':
+        """The network, or where it computes in bfloat16 or on padded channels, the plain
+        float32 network (unpadded convolutions) with its weights."""
+        if self.config.precision == 'float32' and self.channel_block == 1:
             return self.net
         plain = net.build(dataclasses.replace(self.config, precision='float32'))
         plain.initialize(ctx=self.ctx)

@@ -103,6 +103,29 @@ def bfloat16_native():
     return 'AVX-512 bf16' in cpu()[1]
 
 
+CHANNEL_BLOCK = 'STN_CHANNEL_BLOCK'
+
+
+def channel_block():
+    """The multiple of channels the CNN's convolutions compute with on a CPU
+    (net.ChannelPaddedConv2D): 16 where the CPU has AVX-512 (MXNet 1.9.1's oneDNN runs its
+    AVX-512 convolutions on channels in 16s only, and its AVX2 or gemm ones, half as fast,
+    on the CNN's 36-44 filters otherwise), 8 elsewhere (its AVX2 kernels' blocks).
+    $STN_CHANNEL_BLOCK wins (1: the channels as they are). The same function either way;
+    results differ in the last bits between blocks, as between hosts."""
+    if os.environ.get(CHANNEL_BLOCK):
+        try:
+            block = int(os.environ[CHANNEL_BLOCK])
+        except ValueError:
+            block = 0
+        if block < 1:
+            raise SystemExit(f'error: {CHANNEL_BLOCK}={os.environ[CHANNEL_BLOCK]!r} is not a '
+                             f'whole number of channels >= 1: unset it (chosen by the CPU) '
+                             f'or set it to 1, 8 or 16')
+        return block
+    return 16 if 'AVX-512' in cpu()[1] else 8
+
+
 def host_key():
     """What a choice holds for: CPU model and instruction sets, usable cores, OpenMP
     threads, MXNet version."""

@@ -1,0 +1,114 @@
+"""The CNN's convolutions on padded channels (net.ChannelPaddedConv2D): the same parameters
+and the same function as nn.Conv2D, forward and backward, for any block; train.py picks the
+block from the CPU (runtime.channel_block), records it, and exports the plain network."""
+import json
+
+import numpy as np
+import pytest
+
+from stngluon import compat  # noqa: F401  (before mxnet)
+import mxnet as mx
+from mxnet import autograd, gluon
+
+import net
+import train
+from stngluon import mnist, runtime
+from test_mnist import REAL_DIR, needs_mnist
+
+
+def outputs_and_gradients(model, x):
+    """The logits of ``model`` for x, and every parameter's gradient of their sum of squares."""
+    with autograd.record():
+        logits = model(x)
+        loss = (logits ** 2).sum()
+    loss.backward()
+    grads = {name: p.grad().asnumpy() for name, p in model.collect_params().items()
+             if p.grad_req != 'null'}
+    return logits.asnumpy(), grads
+
+
+def twins(block, side=28, **net_kwargs):
+    """Net(channel_block=1) and Net(channel_block=block), hybridized, with the same weights."""
+    nets = [net.Net(model='cnn', channel_block=b, **net_kwargs) for b in (1, block)]
+    mx.random.seed(0)
+    for n in nets:
+        n.initialize(mx.init.Xavier(magnitude=2.24))
+        n.hybridize(static_alloc=True, static_shape=True)
+        n(mx.nd.zeros((2, 1, side, side)))
+    for name, param in nets[0].collect_params().items():
+        nets[1].collect_params()[name].set_data(param.data())
+    return nets
+
+
+@pytest.mark.parametrize('block', [8, 16, 32])
+@pytest.mark.parametrize('width', [36, 37, 40, 48])
+def test_padded_channels_compute_the_same_function_and_gradients(block, width):
+    plain, padded = twins(block, width=width, transform='affine')
+    assert {n: p.shape for n, p in plain.collect_params().items()} == \
+        {n: p.shape for n, p in padded.collect_params().items()}
+    x = mx.nd.random.uniform(shape=(8, 1, 28, 28))
+    (y0, g0), (y1, g1) = outputs_and_gradients(plain, x), outputs_and_gradients(padded, x)
+    assert np.allclose(y1, y0, rtol=1e-4, atol=1e-5)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        assert np.allclose(g1[name], g0[name], rtol=1e-3, atol=1e-5 * np.abs(g0[name]).max()), name
+
+
+def test_the_convolutions_compute_on_padded_channels_and_the_output_drops_them():
+    width, block = 37, 16
+    _, padded = twins(block, width=width, transform='none')
+    graph = json.loads(padded(mx.sym.var('data')).tojson())
+    filters = [int(node['attrs']['num_filter']) for node in graph['nodes']
+               if node['op'] == 'Convolution']
+    assert filters == [48, 80]   # 37 -> 48, 74 -> 80
+    assert isinstance(padded.classifier[4], net.FirstChannels)
+    assert padded.classifier[4].channels == 2 * width
+
+
+def test_block_one_is_nn_conv2d_node_for_node():
+    graph = net.cnn(10, 37)(mx.sym.var('data')).tojson()   # block 1, what Net() builds
+    ops = [node['op'] for node in json.loads(graph)['nodes'] if node['op'] != 'null']
+    assert ops == ['Convolution', 'Activation', 'Pooling', 'Convolution', 'Activation',
+                   'Pooling', 'FullyConnected']
+
+
+def test_a_transformer_at_conv1_sees_the_plain_channels():
+    model = net.Net(model='cnn', transform='affine', places=('input', 'conv1'), width=37,
+                    channel_block=16)
+    assert not any(isinstance(layer, net.FirstChannels) for layer in model.classifier)
+    model.initialize()
+    model(mx.nd.zeros((1, 1, 28, 28)))
+    assert model.feature_stn.localisation[0].weight.shape == (8, 37, 1, 1)
+
+
+def test_the_block_follows_the_cpu_and_the_environment_wins(monkeypatch):
+    monkeypatch.delenv(runtime.CHANNEL_BLOCK, raising=False)
+    monkeypatch.setattr(runtime, 'cpu', lambda: ('some CPU', ['AVX2', 'AVX-512']))
+    assert runtime.channel_block() == 16
+    monkeypatch.setattr(runtime, 'cpu', lambda: ('some CPU', ['AVX2']))
+    assert runtime.channel_block() == 8
+    monkeypatch.setenv(runtime.CHANNEL_BLOCK, '1')
+    assert runtime.channel_block() == 1
+    for bad in ('0', 'sixteen', '-8'):
+        monkeypatch.setenv(runtime.CHANNEL_BLOCK, bad)
+        with pytest.raises(SystemExit, match=runtime.CHANNEL_BLOCK):
+            runtime.channel_block()
+
+
+@needs_mnist
+def test_a_run_records_its_block_and_exports_plain_convolutions_that_score_as_it_did(tmp_path):
+    train.main(['--data-dir', REAL_DIR, '--out', str(tmp_path), '--model', 'cnn', '--no-stn',
+                '--train-size', '2000', '--epochs', '1'])
+    config = json.load(open(tmp_path / 'config.json'))
+    assert config['execution']['channel_block'] == runtime.channel_block()
+    graph = json.loads((tmp_path / 'model-symbol.json').read_text())
+    assert [int(node['attrs']['num_filter']) for node in graph['nodes']
+            if node['op'] == 'Convolution'] == [config['width'], 2 * config['width']]
+    assert not any(node['op'] in ('slice_axis', 'repeat') for node in graph['nodes'])
+    exported = gluon.SymbolBlock.imports(str(tmp_path / 'model-symbol.json'), ['data'],
+                                         str(tmp_path / 'model-0001.params'))
+    _, _, x, y = mnist.load_mnist(REAL_DIR, allow_download=False)
+    accuracy = np.mean(np.concatenate([exported(mx.nd.array(x[i:i + 1000])).asnumpy().argmax(1)
+                                       for i in range(0, len(x), 1000)]) == y)
+    last = open(tmp_path / 'metrics.csv').read().splitlines()[-1].split(',')
+    assert accuracy == pytest.approx(float(last[4]), abs=0.002)
