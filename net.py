@@ -89,39 +89,48 @@ class InBfloat16:
                           dtype='float32')
 
 
-class ChannelPaddedConv2D(nn.Conv2D):
-    """``nn.Conv2D`` computed on channels zero-padded to a multiple of ``block``: the same
-    parameters (names, shapes) and the same function, about twice as fast on CPUs for the
-    CNN's 36-44 filters. MXNet 1.9.1's oneDNN (2.4) runs its AVX-512 convolution kernels only
-    on channel counts that are multiples of 16 and otherwise falls back to its AVX2 or gemm
-    kernels; newer oneDNNs pad by themselves. ``runtime.channel_block`` picks the block.
+class PaddedChannels:
+    """A convolution computed on channels zero-padded to a multiple of ``block``: the same
+    parameters (names, shapes) and the same function, about twice as fast
+    on CPUs for the CNN's 36-44 filters. MXNet 1.9.1's oneDNN (2.4) runs its AVX-512
+    convolution kernels only on channel counts that are multiples of 16 and otherwise falls
+    back to its AVX2 or gemm kernels; newer oneDNNs pad by themselves.
+    ``runtime.channel_block`` picks the block.
 
     The weight and bias gain zero rows up to the padded output channels, which therefore
     come out zero (before and after the ReLU), and the layer's output keeps them. With
-    ``in_channels`` given, the input arrives with that many channels padded the same way
-    (a ChannelPaddedConv2D's output) and the weight gains zero columns to match; with the
-    input's channels inferred (``in_channels=0``) it is taken as it comes. ``FirstChannels``
-    drops the padding. ``block=1``: exactly ``nn.Conv2D``."""
+    ``padded_input=c``, the input arrives as c channels padded the same way (a padded
+    convolution's output) and the weight gains zero columns to match; otherwise it is taken
+    as it comes. ``FirstChannels`` drops the padding. ``block=1``: the convolution as it is.
+    (A padded input fixes the weight's shape at construction, so that it is initialised
+    before the layers whose shapes wait for the first batch, not after.)"""
 
-    def __init__(self, channels, kernel_size, block=1, in_channels=0, **kwargs):
-        super().__init__(channels, kernel_size, in_channels=in_channels, **kwargs)
-        self._pad_in, self._pad_out = -in_channels % block, -channels % block
+    def __init__(self, channels, kernel_size, block=1, padded_input=0, **kwargs):
+        self._pad_in, self._pad_out = -padded_input % block, -channels % block
+        if self._pad_in:   # the weight's input channels, which MXNet cannot infer through concat
+            kwargs['in_channels'] = padded_input
+        super().__init__(channels, kernel_size, **kwargs)
         self._kwargs['num_filter'] = channels + self._pad_out
 
     def hybrid_forward(self, F, x, weight, bias=None):
-        def zeros_after(a, count, axis):   # a, then ``count`` zero slices along ``axis``
-            zeros = F.zeros_like(F.slice_axis(a, axis=axis, begin=0, end=1))
-            return F.concat(a, F.repeat(zeros, repeats=count, axis=axis), dim=axis)
+        def zeros(count, axis):   # the weight's shape with ``count`` along ``axis``
+            other = tuple(a for a in range(4) if a != axis)
+            shape = tuple(count if a == axis else 1 for a in range(4))
+            return F.broadcast_like(F.zeros(shape), weight, lhs_axes=other, rhs_axes=other)
         if self._pad_in:
-            weight = zeros_after(weight, self._pad_in, 1)
+            weight = F.concat(weight, zeros(self._pad_in, 1), dim=1)
         if self._pad_out:
-            weight = zeros_after(weight, self._pad_out, 0)
-            bias = None if bias is None else zeros_after(bias, self._pad_out, 0)
+            weight = F.concat(weight, zeros(self._pad_out, 0), dim=0)
+            bias = None if bias is None else F.concat(bias, F.zeros((self._pad_out,)), dim=0)
         return super().hybrid_forward(F, x, weight, bias)
 
 
+class ChannelPaddedConv2D(PaddedChannels, nn.Conv2D):
+    """nn.Conv2D on padded channels (``PaddedChannels``)."""
+
+
 class FirstChannels(nn.HybridBlock):
-    """(N, C, H, W) -> (N, channels, H, W): a ChannelPaddedConv2D's output without its padding."""
+    """(N, C, H, W) -> (N, channels, H, W): a padded convolution's output without its padding."""
 
     def __init__(self, channels, **kwargs):
         super().__init__(**kwargs)
@@ -131,7 +140,7 @@ class FirstChannels(nn.HybridBlock):
         return F.slice_axis(x, axis=1, begin=0, end=self.channels)
 
 
-class Conv2DBfloat16(InBfloat16, ChannelPaddedConv2D):
+class Conv2DBfloat16(PaddedChannels, InBfloat16, nn.Conv2D):   # padded, then cast
     ALIAS = 'conv'
 
 
@@ -172,14 +181,14 @@ def cnn(num_classes=10, width=DEFAULT_WIDTH['cnn'], precision='float32', channel
     -> maxpool 2x2 -> Dense(num_classes), ReLU after each conv. The first conv is unpadded;
     the second is zero-padded by 2, the least with which a 21x21 input still fits (21 -> 13
     -> 6 -> 4 -> 2; 28 -> 20 -> 10 -> 8 -> 4). ``channel_block``: the convolutions compute
-    on channels padded to a multiple of it (``ChannelPaddedConv2D``), the same function."""
+    on channels padded to a multiple of it (``PaddedChannels``), the same function."""
     Conv2D, Dense = PRECISIONS[precision]
     net = nn.HybridSequential(prefix='cnn_')
     with net.name_scope():
         net.add(Conv2D(width, kernel_size=9, activation='relu', block=channel_block),
                 nn.MaxPool2D(2, 2),
-                Conv2D(2 * width, kernel_size=7, padding=2, activation='relu', in_channels=width,
-                       block=channel_block),
+                Conv2D(2 * width, kernel_size=7, padding=2, activation='relu',
+                       block=channel_block, padded_input=width),
                 nn.MaxPool2D(2, 2))
         if (2 * width) % channel_block:
             net.add(FirstChannels(2 * width))
@@ -317,7 +326,7 @@ class Net(nn.HybridBlock):
     compositional steps and whether each step has its own localisation net
     (``SpatialTransformer``'s iterations and per_step: IC-STN, c-STN). ``channel_block``:
     the CNN classifier's convolutions compute on channels padded to a multiple of it
-    (``ChannelPaddedConv2D``; the same parameters and function, faster where oneDNN wants
+    (``PaddedChannels``; the same parameters and function, faster where oneDNN wants
     it: ``runtime.channel_block``); not with a transformer at conv1.
     """
 

@@ -259,7 +259,7 @@ def execution_settings(config, opts, argv):
 def execution(model):
     """The settings MXNet runs this process and ``model`` with (runtime.py), for config.json
     and the header: engine, wait policy, threads, sampler, and the channel block of the CNN's
-    convolutions (1: none; net.ChannelPaddedConv2D)."""
+    convolutions (1: none; net.PaddedChannels)."""
     return {'engine': os.environ.get(runtime.ENGINE, runtime.DEFAULT[runtime.ENGINE]),
             'omp_wait_policy': os.environ.get(runtime.WAIT), 'omp_threads': runtime.threads(),
             'sampler': sampler.name(), 'channel_block': getattr(model, 'channel_block', 1)}

@@ -12,7 +12,8 @@ environment's where it sets them); the sampler is the one train.py would run (sa
 PyTorch runs at its own defaults with as many threads. The step (forward, backward,
 optimizer update on a batch already in memory) is timed over --steps steps after --warmup
 steps, and so is train.py's own loop (``engine.GluonModel.fit_epoch``, feeding included)
-over as many images, as the rate it reports in metrics.csv. The two frameworks alternate,
+over as many images or a second's worth if more (up to 20,000), as the rate it reports in
+metrics.csv. The two frameworks alternate,
 workload by workload, repeat by repeat, and the table gives the median images/s of the
 repeats, the peak resident memory of each process and the ratio stn-gluon / PyTorch. The
 PyTorch twins (same layers, same parameter count, which is checked; the same Adam with the

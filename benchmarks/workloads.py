@@ -38,6 +38,9 @@ def config_of(flags):
     return RunConfig.from_flags(flags).resolved()
 
 
+LOOP_SECONDS, LOOP_IMAGES = 1.0, 20_000   # how long train.py's loop is timed (measure_mxnet)
+
+
 def time_steps(step, batch, warmup, steps, sync):
     for _ in range(warmup):
         step()
@@ -75,8 +78,11 @@ def measure_mxnet(flags, warmup, steps):
         model.trainer.step(shape[0])
     rate = time_steps(step, shape[0], warmup, steps, mx.nd.waitall)
     # train.py's own loop (engine.GluonModel.fit_epoch: the set sent to the device, batches
-    # taken there, the loss summed and checked) over as many images, as train.py reports it.
-    x = rng.rand(steps * shape[0], *shape[1:]).astype(np.float32)
+    # taken there, the loss summed and checked), as train.py reports it, over as many images
+    # or about LOOP_SECONDS of them if more (at most LOOP_IMAGES): an epoch's set-up weighs
+    # on a short one as it does not on train.py's epochs of 60,000.
+    images = max(steps, min(int(rate * LOOP_SECONDS), LOOP_IMAGES) // shape[0]) * shape[0]
+    x = rng.rand(images, *shape[1:]).astype(np.float32)
     y = rng.randint(0, 10, len(x)).astype(np.int32)
     model.fit_epoch(1, x[:warmup * shape[0]], y[:warmup * shape[0]])
     _, loop = model.fit_epoch(2, x, y)

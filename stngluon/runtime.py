@@ -108,7 +108,7 @@ CHANNEL_BLOCK = 'STN_CHANNEL_BLOCK'
 
 def channel_block():
     """The multiple of channels the CNN's convolutions compute with on a CPU
-    (net.ChannelPaddedConv2D): 16 where the CPU has AVX-512 (MXNet 1.9.1's oneDNN runs its
+    (net.PaddedChannels): 16 where the CPU has AVX-512 (MXNet 1.9.1's oneDNN runs its
     AVX-512 convolutions on channels in 16s only, and its AVX2 or gemm ones, half as fast,
     on the CNN's 36-44 filters otherwise), 8 elsewhere (its AVX2 kernels' blocks).
     $STN_CHANNEL_BLOCK wins (1: the channels as they are). The same function either way;
@@ -128,11 +128,12 @@ def channel_block():
 
 def host_key():
     """What a choice holds for: CPU model and instruction sets, usable cores, OpenMP
-    threads, MXNet version."""
+    threads, MXNet version, the CNN's channel block (channel_block)."""
     from importlib.metadata import version
     model, isa = cpu()
     return (f'{model} ({", ".join(isa)}) | {len(os.sched_getaffinity(0))} cores | '
-            f'{os.environ.get("OMP_NUM_THREADS", "?")} threads | mxnet {version("mxnet")}')
+            f'{os.environ.get("OMP_NUM_THREADS", "?")} threads | mxnet {version("mxnet")} | '
+            f'channels in {channel_block()}s')
 
 
 def read_cache(path):

@@ -1,4 +1,4 @@
-"""The CNN's convolutions on padded channels (net.ChannelPaddedConv2D): the same parameters
+"""The CNN's convolutions on padded channels (net.PaddedChannels): the same parameters
 and the same function as nn.Conv2D, forward and backward, for any block; train.py picks the
 block from the CPU (runtime.channel_block), records it, and exports the plain network."""
 import json
@@ -112,3 +112,17 @@ def test_a_run_records_its_block_and_exports_plain_convolutions_that_score_as_it
                                        for i in range(0, len(x), 1000)]) == y)
     last = open(tmp_path / 'metrics.csv').read().splitlines()[-1].split(',')
     assert accuracy == pytest.approx(float(last[4]), abs=0.002)
+
+
+@pytest.mark.skipif(not runtime.bfloat16_native(), reason='bfloat16 needs a CPU with AVX-512 bf16')
+def test_a_bfloat16_classifier_pads_in_float32_then_casts():
+    plain, padded = twins(16, width=37, transform='none')
+    bf16 = net.Net(model='cnn', transform='none', width=37, precision='bfloat16', channel_block=16)
+    bf16.initialize()
+    bf16(mx.nd.zeros((2, 1, 28, 28)))
+    for name, param in plain.collect_params().items():
+        bf16.collect_params()[name].set_data(param.data())
+    x = mx.nd.random.uniform(shape=(8, 1, 28, 28))
+    y0, y1 = plain(x).asnumpy(), bf16(x).asnumpy()
+    assert y1.dtype == np.float32
+    assert np.abs(y1 - y0).max() < 0.05 * np.abs(y0).max()

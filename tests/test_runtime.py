@@ -50,9 +50,10 @@ def test_the_fastest_candidate_is_chosen_once_and_reused(cache):
     assert len(timer.calls) == 8
 
 
-@pytest.mark.parametrize('change', ['cpu', 'instruction sets', 'mxnet', 'threads'])
+@pytest.mark.parametrize('change', ['cpu', 'instruction sets', 'mxnet', 'threads', 'channels'])
 def test_another_host_or_mxnet_version_or_thread_count_measures_again(cache, monkeypatch, change):
     monkeypatch.setattr(runtime, 'cpu', lambda: ('AMD EPYC', ['AVX2']))
+    monkeypatch.delenv(runtime.CHANNEL_BLOCK, raising=False)
     timer = Timer()
     runtime.choose('net', timer, log=lambda _: None)
     if change == 'cpu':
@@ -61,6 +62,8 @@ def test_another_host_or_mxnet_version_or_thread_count_measures_again(cache, mon
         monkeypatch.setattr(runtime, 'cpu', lambda: ('AMD EPYC', ['AVX2', 'AVX-512']))
     elif change == 'mxnet':
         monkeypatch.setattr('importlib.metadata.version', lambda name: '1.9.2')
+    elif change == 'channels':   # the CNN's convolutions computed another way
+        monkeypatch.setenv(runtime.CHANNEL_BLOCK, '1')
     else:
         monkeypatch.setenv('OMP_NUM_THREADS', '7')
     runtime.choose('net', timer, log=lambda _: None)
