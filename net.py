@@ -91,8 +91,8 @@ class InBfloat16:
 
 class PaddedChannels:
     """A convolution computed on channels zero-padded to a multiple of ``block``: the same
-    parameters (names, shapes) and the same function, about twice as fast
-    on CPUs for the CNN's 36-44 filters. MXNet 1.9.1's oneDNN (2.4) runs its AVX-512
+    parameters (names, shapes) and the same function, about twice as fast on CPUs for the
+    CNN's 36-44 filters. MXNet 1.9.1's oneDNN (2.4) runs its AVX-512
     convolution kernels only on channel counts that are multiples of 16 and otherwise falls
     back to its AVX2 or gemm kernels; newer oneDNNs pad by themselves.
     ``runtime.channel_block`` picks the block.
@@ -149,7 +149,8 @@ class DenseBfloat16(InBfloat16, nn.Dense):
 
 
 # the classifier's weight layers, by train.py's --precision: (Conv2D, Dense)
-PRECISIONS = {'float32': (ChannelPaddedConv2D, nn.Dense), 'bfloat16': (Conv2DBfloat16, DenseBfloat16)}
+PRECISIONS = {'float32': (ChannelPaddedConv2D, nn.Dense),
+              'bfloat16': (Conv2DBfloat16, DenseBfloat16)}
 
 
 def lenet(num_classes=10, width=None, precision='float32'):

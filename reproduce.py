@@ -772,6 +772,9 @@ def estimate(args, chosen, seconds=6.0):
         named = Cell.named(cell)
         model = as_flags({k: v for k, v in named.settings.items() if k != 'dataset'})
         networks.setdefault((distort.image_shape(named.dataset), tuple(model)), []).append(cell)
+    from importlib.metadata import version
+    cpu_model, isa = runtime.cpu()
+    print(f'host: {cpu_model} ({", ".join(isa)}), {CORES} usable cores; MXNet {version("mxnet")}')
     print(f'{len(chosen)} cells x {len(args.seeds)} seeds, {images:,d} training images each '
           f'({label(args)}), {args.jobs} at a time on {threads} thread(s) each; timing each '
           f'network for {seconds:g} s:')

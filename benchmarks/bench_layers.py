@@ -1,5 +1,6 @@
 """Benchmark: the CNN baselines' two convolutions alone, forward and backward, in MXNet
-(float32 and bfloat16, as train.py --precision runs them) and in PyTorch (float32).
+(float32 on the channels as they are, and as train.py computes them, padded to the CPU's
+channel block, in float32 and bfloat16) and in PyTorch (float32).
 
     python benchmarks/bench_layers.py            # one thread
     OMP_NUM_THREADS=2 python benchmarks/bench_layers.py
@@ -46,7 +47,10 @@ def time_it(step, steps):
     return (time.perf_counter() - start) / steps * 1000
 
 
-def measure_mxnet(precision, steps):
+def measure_mxnet(precision, block, steps, only):
+    """{layer: ms} of the layer named ``only`` in MXNet, the channels padded to a multiple
+    of ``block`` as train.py's CNN computes them (net.PaddedChannels; a later layer's input
+    arrives padded)."""
     sys.path.insert(0, ROOT)
     import net
     from stngluon import compat  # noqa: F401  (before mxnet)
@@ -54,9 +58,15 @@ def measure_mxnet(precision, steps):
     from mxnet import autograd
     out = {}
     for name, (shape, filters, kernel, pad) in layers().items():
-        layer = net.PRECISIONS[precision][0](filters, kernel, padding=pad)
+        if name != only:
+            continue
+        later = shape[1] > 1
+        layer = net.PRECISIONS[precision][0](filters, kernel, padding=pad, block=block,
+                                             padded_input=shape[1] if later else 0)
         layer.initialize()
         layer.hybridize(static_alloc=True, static_shape=True)
+        if later:
+            shape = (shape[0], shape[1] + -shape[1] % block, *shape[2:])
         x = mx.nd.random.uniform(shape=shape)
         if shape[1] > 1:
             x.attach_grad()   # a later layer: its input's gradient is needed too
@@ -70,19 +80,25 @@ def measure_mxnet(precision, steps):
     return out
 
 
-def measure_torch(steps):
+def measure_torch(steps, only):
     import torch
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '1')))
     out = {}
     for name, (shape, filters, kernel, pad) in layers().items():
+        if name != only:
+            continue
         layer = torch.nn.Conv2d(shape[1], filters, kernel, padding=pad)
         x = torch.rand(shape, requires_grad=shape[1] > 1)
         out[name] = time_it(lambda: layer(x).sum().backward(), steps)
     return out
 
 
-def child(what, steps):
-    call = f'measure_torch({steps})' if what == 'torch' else f'measure_mxnet({what!r}, {steps})'
+def child(what, steps, layer):
+    """Measure ``layer`` in ``what`` ('torch', or (precision, block) in MXNet) in a fresh
+    process (one layer a process: in one process, a layer measured after others ran up to
+    three times slower)."""
+    call = (f'measure_torch({steps}, {layer!r})' if what == 'torch'
+            else f'measure_mxnet(*{what!r}, {steps}, {layer!r})')
     code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); '
             f'from benchmarks import bench_layers as b; '
             f'print(json.dumps(b.{call}))')
@@ -102,19 +118,21 @@ def main(argv=None):
     print(f'host: {model} ({", ".join(isa)}), {len(os.sched_getaffinity(0))} usable cores; '
           f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "1")}, MXNet\'s engine and wait '
           f'policy as the environment sets them')
-    kinds = ['float32', 'bfloat16', 'torch']
+    block = runtime.channel_block()
+    kinds = [('float32', 1), ('float32', block), ('bfloat16', block), 'torch']
     runs = {k: [] for k in kinds}
     for _ in range(args.repeats):
         for kind in kinds:
-            result = child(kind, args.steps)
-            if result:
-                runs[kind].append(result)
+            results = [child(kind, args.steps, layer) for layer in layers()]
+            if all(results):
+                runs[kind].append({k: v for r in results for k, v in r.items()})
     print(f'ms per forward and backward pass of a batch of 64, median of {args.repeats}')
-    print(f'{"layer":32s} {"MXNet float32":>14s} {"MXNet bfloat16":>15s} {"PyTorch float32":>16s}')
+    heads = ['MXNet float32', f'in {block}s', f'bfloat16, in {block}s', 'PyTorch float32']
+    print(f'{"layer":32s} ' + ' '.join(f'{h:>16s}' for h in heads))
     for name in layers():
         cells = [f'{statistics.median(r[name] for r in runs[k]):.1f}' if runs[k] else 'failed'
                  for k in kinds]
-        print(f'{name:32s} {cells[0]:>14s} {cells[1]:>15s} {cells[2]:>16s}')
+        print(f'{name:32s} ' + ' '.join(f'{c:>16s}' for c in cells))
 
 
 if __name__ == '__main__':
