@@ -13,9 +13,9 @@ PyTorch runs at its own defaults with as many threads. The step (forward, backwa
 optimizer update on a batch already in memory) is timed over --steps steps after --warmup
 steps, and so is train.py's own loop (``engine.GluonModel.fit_epoch``, feeding included)
 over as many images or a second's worth if more (up to 20,000), as the rate it reports in
-metrics.csv. The two frameworks alternate,
-workload by workload, repeat by repeat, and the table gives the median images/s of the
-repeats, the peak resident memory of each process and the ratio stn-gluon / PyTorch. The
+metrics.csv. The two frameworks alternate, workload by workload, repeat by repeat, and the
+table gives the median images/s of the repeats, the peak resident memory of each process
+and the ratio stn-gluon / PyTorch. The
 PyTorch twins (same layers, same parameter count, which is checked; the same Adam with the
 localisation at --loc-lr-mult's rate) are timed when torch imports (pip install -r
 requirements-bench.txt); they are not needed otherwise.
