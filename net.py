@@ -91,25 +91,24 @@ class InBfloat16:
 
 class PaddedChannels:
     """A convolution computed on channels zero-padded to a multiple of ``block``: the same
-    parameters (names, shapes) and the same function, about twice as fast on CPUs for the
-    CNN's 36-44 filters. MXNet 1.9.1's oneDNN (2.4) runs its AVX-512
-    convolution kernels only on channel counts that are multiples of 16 and otherwise falls
-    back to its AVX2 or gemm kernels; newer oneDNNs pad by themselves.
-    ``runtime.channel_block`` picks the block.
+    parameters (names, shapes, initial values) and the same function, about twice as fast on
+    CPUs for the CNN's 36-44 filters. MXNet 1.9.1's oneDNN (2.4) runs its AVX-512 convolution
+    kernels only on channel counts that are multiples of 16 and otherwise falls back to its
+    AVX2 or gemm kernels; newer oneDNNs pad by themselves. ``runtime.channel_block`` picks
+    the block.
 
     The weight and bias gain zero rows up to the padded output channels, which therefore
     come out zero (before and after the ReLU), and the layer's output keeps them. With
     ``padded_input=c``, the input arrives as c channels padded the same way (a padded
     convolution's output) and the weight gains zero columns to match; otherwise it is taken
     as it comes. ``FirstChannels`` drops the padding. ``block=1``: the convolution as it is.
-    (A padded input fixes the weight's shape at construction, so that it is initialised
-    before the layers whose shapes wait for the first batch, not after.)"""
+    The weight's shape waits for the first batch as nn.Conv2D's does, so a seed draws the
+    same initial weights at any block."""
 
     def __init__(self, channels, kernel_size, block=1, padded_input=0, **kwargs):
-        self._pad_in, self._pad_out = -padded_input % block, -channels % block
-        if self._pad_in:   # the weight's input channels, which MXNet cannot infer through concat
-            kwargs['in_channels'] = padded_input
         super().__init__(channels, kernel_size, **kwargs)
+        self._pad_in, self._pad_out = -padded_input % block, -channels % block
+        self._padded_input = padded_input
         self._kwargs['num_filter'] = channels + self._pad_out
 
     def hybrid_forward(self, F, x, weight, bias=None):
@@ -117,7 +116,9 @@ class PaddedChannels:
             other = tuple(a for a in range(4) if a != axis)
             shape = tuple(count if a == axis else 1 for a in range(4))
             return F.broadcast_like(F.zeros(shape), weight, lhs_axes=other, rhs_axes=other)
-        if self._pad_in:
+        if self._pad_in:   # its shape, which MXNet infers through a reshape, not through concat
+            weight = F.reshape(weight, (self._channels, self._padded_input,
+                                        *self._kwargs['kernel']))
             weight = F.concat(weight, zeros(self._pad_in, 1), dim=1)
         if self._pad_out:
             weight = F.concat(weight, zeros(self._pad_out, 0), dim=0)
@@ -328,7 +329,8 @@ class Net(nn.HybridBlock):
     (``SpatialTransformer``'s iterations and per_step: IC-STN, c-STN). ``channel_block``:
     the CNN classifier's convolutions compute on channels padded to a multiple of it
     (``PaddedChannels``; the same parameters and function, faster where oneDNN wants
-    it: ``runtime.channel_block``); not with a transformer at conv1.
+    it: ``runtime.channel_block``); not with a transformer at conv1. ``self.channel_block``:
+    the block the classifier computes in (1 where nothing is padded).
     """
 
     def __init__(self, transform='affine', num_classes=10, loc_lr_mult=1.0, model='lenet',
@@ -365,8 +367,9 @@ class Net(nn.HybridBlock):
                 self.stn = ParallelTransformers(transformers, lambda k: make(f'stn{k}_'),
                                                 per_channel=per_channel, prefix='')
             self.pool = nn.AvgPool2D(2, 2) if pool_after_stn and self.stn is not None else None
-            padding = {'channel_block': 1 if 'conv1' in places else channel_block} \
-                if model == 'cnn' else {}   # a transformer at conv1 sees unpadded channels
+            # the block the classifier computes in (a transformer at conv1 sees plain channels)
+            self.channel_block = channel_block if model == 'cnn' and 'conv1' not in places else 1
+            padding = {'channel_block': self.channel_block} if model == 'cnn' else {}
             self.classifier = CLASSIFIERS[model](num_classes, width or DEFAULT_WIDTH.get(model),
                                                  precision, **padding)
             if transform != 'none' and 'conv1' in places:

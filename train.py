@@ -432,8 +432,8 @@ def train(config, opts, argv, kvstore='device', watchdog=None):
           + (f', worker {kvstore.rank} of {workers}' if workers > 1 else '')
           + ', {engine}, OpenMP {omp_threads} threads {omp_wait_policy}, {sampler}'.format(
               **execution(model))
-          + (f', channels in {model.channel_block}s' if config.model == 'cnn'
-             and getattr(model, 'channel_block', 1) > 1 else ''),
+          + (f', channels in {model.channel_block}s'
+             if getattr(model, 'channel_block', 1) > 1 else ''),
           flush=True)   # seen at once in a worker's log
     if writer:
         print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')

@@ -189,9 +189,9 @@ class GluonModel:
         self.ctx = self.contexts[0]
         num, *image_shape = data_shape
         # on CPUs the CNN's convolutions compute on padded channels (runtime.channel_block)
-        self.channel_block = (runtime.channel_block() if all(
+        self.net = net.build(config, runtime.channel_block() if all(
             c.device_type == 'cpu' for c in self.contexts) else 1)
-        self.net = net.build(config, self.channel_block)
+        self.channel_block = self.net.channel_block   # 1 where the network pads nothing
         self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=self.contexts)
         self.net.hybridize(static_alloc=True, static_shape=True)
         # Deferred init, so that shapes are known. In train mode: an inference-mode forward
@@ -346,7 +346,7 @@ class GluonModel:
         if self.config.precision == 'float32' and self.channel_block == 1:
             return self.net
         plain = net.build(dataclasses.replace(self.config, precision='float32'))
-        plain.initialize(ctx=self.ctx)
+        plain.initialize(mx.init.Zero(), ctx=self.ctx)   # draws nothing: the weights follow
         plain.hybridize(static_alloc=True, static_shape=True)
         plain(mx.nd.zeros((1, *self.config.image_shape), ctx=self.ctx))
         trained = self.net.collect_params()

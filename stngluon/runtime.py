@@ -110,9 +110,9 @@ def channel_block():
     """The multiple of channels the CNN's convolutions compute with on a CPU
     (net.PaddedChannels): 16 where the CPU has AVX-512 (MXNet 1.9.1's oneDNN runs its
     AVX-512 convolutions on channels in 16s only, and its AVX2 or gemm ones, half as fast,
-    on the CNN's 36-44 filters otherwise), 8 elsewhere (its AVX2 kernels' blocks).
-    $STN_CHANNEL_BLOCK wins (1: the channels as they are). The same function either way;
-    results differ in the last bits between blocks, as between hosts."""
+    on the CNN's 36-44 filters otherwise), 8 with AVX2 (its AVX2 kernels' block), else 1.
+    $STN_CHANNEL_BLOCK wins (1: the channels as they are). The same function and initial
+    weights either way; results differ in the rounding between blocks, as between hosts."""
     if os.environ.get(CHANNEL_BLOCK):
         try:
             block = int(os.environ[CHANNEL_BLOCK])
@@ -123,7 +123,8 @@ def channel_block():
                              f'whole number of channels >= 1: unset it (chosen by the CPU) '
                              f'or set it to 1, 8 or 16')
         return block
-    return 16 if 'AVX-512' in cpu()[1] else 8
+    isa = cpu()[1]
+    return 16 if 'AVX-512' in isa else 8 if 'AVX2' in isa else 1
 
 
 def host_key():

@@ -54,6 +54,29 @@ def test_padded_channels_compute_the_same_function_and_gradients(block, width):
         assert np.allclose(g1[name], g0[name], rtol=1e-3, atol=1e-5 * np.abs(g0[name]).max()), name
 
 
+@pytest.mark.parametrize('net_kwargs', [{'transform': 'affine'}, {'transform': 'none'},
+                                        {'transform': 'affine', 'transformers': 2}])
+def test_a_seed_draws_the_same_initial_weights_at_any_block(net_kwargs):
+    nets = []
+    for block in (1, 16):
+        mx.random.seed(3)
+        model = net.Net(model='cnn', width=37, channel_block=block, **net_kwargs)
+        model.initialize(mx.init.Xavier(magnitude=2.24))
+        model.hybridize(static_alloc=True, static_shape=True)
+        model(mx.nd.ones((2, 1, 28, 28)))
+        nets.append(model)
+    for name, param in nets[0].collect_params().items():
+        assert np.array_equal(param.data().asnumpy(),
+                              nets[1].collect_params()[name].data().asnumpy()), name
+
+
+def test_two_transformers_side_by_side_feed_the_padded_classifier_two_channels():
+    plain, padded = twins(16, width=37, transform='affine', transformers=2)
+    x = mx.nd.random.uniform(shape=(4, 1, 28, 28))
+    assert padded.classifier[0].weight.shape == (37, 2, 9, 9)
+    assert np.allclose(padded(x).asnumpy(), plain(x).asnumpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_the_convolutions_compute_on_padded_channels_and_the_output_drops_them():
     width, block = 37, 16
     _, padded = twins(block, width=width, transform='none')
@@ -87,6 +110,8 @@ def test_the_block_follows_the_cpu_and_the_environment_wins(monkeypatch):
     assert runtime.channel_block() == 16
     monkeypatch.setattr(runtime, 'cpu', lambda: ('some CPU', ['AVX2']))
     assert runtime.channel_block() == 8
+    monkeypatch.setattr(runtime, 'cpu', lambda: ('some CPU', ['no AVX2']))
+    assert runtime.channel_block() == 1
     monkeypatch.setenv(runtime.CHANNEL_BLOCK, '1')
     assert runtime.channel_block() == 1
     for bad in ('0', 'sixteen', '-8'):
@@ -96,11 +121,14 @@ def test_the_block_follows_the_cpu_and_the_environment_wins(monkeypatch):
 
 
 @needs_mnist
-def test_a_run_records_its_block_and_exports_plain_convolutions_that_score_as_it_did(tmp_path):
+def test_a_run_records_its_block_and_exports_plain_convolutions_that_score_as_it_did(tmp_path,
+                                                                                    capsys):
     train.main(['--data-dir', REAL_DIR, '--out', str(tmp_path), '--model', 'cnn', '--no-stn',
                 '--train-size', '2000', '--epochs', '1'])
     config = json.load(open(tmp_path / 'config.json'))
-    assert config['execution']['channel_block'] == runtime.channel_block()
+    block = runtime.channel_block()
+    assert config['execution']['channel_block'] == block
+    assert (f'channels in {block}s' in capsys.readouterr().out) == (block > 1)
     graph = json.loads((tmp_path / 'model-symbol.json').read_text())
     assert [int(node['attrs']['num_filter']) for node in graph['nodes']
             if node['op'] == 'Convolution'] == [config['width'], 2 * config['width']]
@@ -116,9 +144,10 @@ def test_a_run_records_its_block_and_exports_plain_convolutions_that_score_as_it
 
 @pytest.mark.skipif(not runtime.bfloat16_native(), reason='bfloat16 needs a CPU with AVX-512 bf16')
 def test_a_bfloat16_classifier_pads_in_float32_then_casts():
-    plain, padded = twins(16, width=37, transform='none')
+    plain, _ = twins(16, width=37, transform='none')
     bf16 = net.Net(model='cnn', transform='none', width=37, precision='bfloat16', channel_block=16)
     bf16.initialize()
+    bf16.hybridize(static_alloc=True, static_shape=True)
     bf16(mx.nd.zeros((2, 1, 28, 28)))
     for name, param in plain.collect_params().items():
         bf16.collect_params()[name].set_data(param.data())
