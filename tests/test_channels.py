@@ -8,12 +8,13 @@ import pytest
 
 from stngluon import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
-from mxnet import autograd, gluon
+from mxnet import autograd
 
 import net
 import train
-from stngluon import mnist, runtime
+from stngluon import runtime
 from test_mnist import REAL_DIR, needs_mnist
+from test_precision import export_and_run_accuracy
 
 
 def outputs_and_gradients(model, x):
@@ -132,14 +133,10 @@ def test_a_run_records_its_block_and_exports_plain_convolutions_that_score_as_it
     graph = json.loads((tmp_path / 'model-symbol.json').read_text())
     assert [int(node['attrs']['num_filter']) for node in graph['nodes']
             if node['op'] == 'Convolution'] == [config['width'], 2 * config['width']]
-    assert not any(node['op'] in ('slice_axis', 'Concat', 'broadcast_like') for node in graph['nodes'])
-    exported = gluon.SymbolBlock.imports(str(tmp_path / 'model-symbol.json'), ['data'],
-                                         str(tmp_path / 'model-0001.params'))
-    _, _, x, y = mnist.load_mnist(REAL_DIR, allow_download=False)
-    accuracy = np.mean(np.concatenate([exported(mx.nd.array(x[i:i + 1000])).asnumpy().argmax(1)
-                                       for i in range(0, len(x), 1000)]) == y)
-    last = open(tmp_path / 'metrics.csv').read().splitlines()[-1].split(',')
-    assert accuracy == pytest.approx(float(last[4]), abs=0.002)
+    assert not any(node['op'] in ('slice_axis', 'Concat', 'broadcast_like')
+                   for node in graph['nodes'])
+    exported, trained = export_and_run_accuracy(tmp_path)
+    assert exported == pytest.approx(trained, abs=0.002)
 
 
 @pytest.mark.skipif(not runtime.bfloat16_native(), reason='bfloat16 needs a CPU with AVX-512 bf16')

@@ -72,13 +72,19 @@ def test_a_bfloat16_run_exports_a_float32_network_that_scores_as_it_did(tmp_path
     assert json.load(open(tmp_path / 'config.json'))['precision'] == 'bfloat16'
     graph = (tmp_path / 'model-symbol.json').read_text()
     assert 'amp_cast' not in graph and 'Convolution' in graph
-    exported = gluon.SymbolBlock.imports(str(tmp_path / 'model-symbol.json'), ['data'],
-                                         str(tmp_path / 'model-0001.params'))
+    exported, trained = export_and_run_accuracy(tmp_path)
+    assert exported == pytest.approx(trained, abs=0.005)   # float32 against bfloat16
+
+
+def export_and_run_accuracy(out):
+    """(the accuracy of the run in ``out``'s export, SymbolBlock.imports, on MNIST's test
+    set; the test accuracy its last metrics.csv row gives)."""
+    exported = gluon.SymbolBlock.imports(str(out / 'model-symbol.json'), ['data'],
+                                         str(out / 'model-0001.params'))
     _, _, x, y = mnist.load_mnist(REAL_DIR, allow_download=False)
     accuracy = np.mean(np.concatenate([exported(mx.nd.array(x[i:i + 1000])).asnumpy().argmax(1)
                                        for i in range(0, len(x), 1000)]) == y)
-    last = open(tmp_path / 'metrics.csv').read().splitlines()[-1].split(',')
-    assert accuracy == pytest.approx(float(last[4]), abs=0.005)   # float32 against bfloat16
+    return accuracy, float(open(out / 'metrics.csv').read().splitlines()[-1].split(',')[4])
 
 
 def test_bfloat16_on_a_cpu_without_it_is_a_clear_error(tmp_path, monkeypatch):
