@@ -56,41 +56,33 @@ def measure_mxnet(precision, block, steps, only):
     from stngluon import compat  # noqa: F401  (before mxnet)
     import mxnet as mx
     from mxnet import autograd
-    out = {}
-    for name, (shape, filters, kernel, pad) in layers().items():
-        if name != only:
-            continue
-        later = shape[1] > 1
-        layer = net.PRECISIONS[precision][0](filters, kernel, padding=pad, block=block,
-                                             padded_input=shape[1] if later else 0)
-        layer.initialize()
-        layer.hybridize(static_alloc=True, static_shape=True)
-        if later:
-            shape = (shape[0], shape[1] + -shape[1] % block, *shape[2:])
-        x = mx.nd.random.uniform(shape=shape)
-        if shape[1] > 1:
-            x.attach_grad()   # a later layer: its input's gradient is needed too
+    shape, filters, kernel, pad = layers()[only]
+    later = shape[1] > 1   # a later layer: its input arrives padded, and its gradient is needed
+    layer = net.PRECISIONS[precision][0](filters, kernel, padding=pad, block=block,
+                                         padded_input=shape[1] if later else 0)
+    layer.initialize()
+    layer.hybridize(static_alloc=True, static_shape=True)
+    if later:
+        shape = (shape[0], shape[1] + -shape[1] % block, *shape[2:])
+    x = mx.nd.random.uniform(shape=shape)
+    if later:
+        x.attach_grad()
 
-        def step():
-            with autograd.record():
-                y = layer(x)
-            y.backward()
-            mx.nd.waitall()
-        out[name] = time_it(step, steps)
-    return out
+    def step():
+        with autograd.record():
+            y = layer(x)
+        y.backward()
+        mx.nd.waitall()
+    return {only: time_it(step, steps)}
 
 
 def measure_torch(steps, only):
     import torch
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '1')))
-    out = {}
-    for name, (shape, filters, kernel, pad) in layers().items():
-        if name != only:
-            continue
-        layer = torch.nn.Conv2d(shape[1], filters, kernel, padding=pad)
-        x = torch.rand(shape, requires_grad=shape[1] > 1)
-        out[name] = time_it(lambda: layer(x).sum().backward(), steps)
-    return out
+    shape, filters, kernel, pad = layers()[only]
+    layer = torch.nn.Conv2d(shape[1], filters, kernel, padding=pad)
+    x = torch.rand(shape, requires_grad=shape[1] > 1)
+    return {only: time_it(lambda: layer(x).sum().backward(), steps)}
 
 
 def child(what, steps, layer):

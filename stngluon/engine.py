@@ -191,7 +191,6 @@ class GluonModel:
         # on CPUs the CNN's convolutions compute on padded channels (runtime.channel_block)
         self.net = net.build(config, runtime.channel_block() if all(
             c.device_type == 'cpu' for c in self.contexts) else 1)
-        self.channel_block = self.net.channel_block   # 1 where the network pads nothing
         self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=self.contexts)
         self.net.hybridize(static_alloc=True, static_shape=True)
         # Deferred init, so that shapes are known. In train mode: an inference-mode forward
@@ -339,6 +338,11 @@ class GluonModel:
         for name, param in sorted(self.net.collect_params().items()):
             digest.update(name.encode() + param.data(self.ctx).asnumpy().tobytes())
         return digest.hexdigest()[:16]
+
+    @property
+    def channel_block(self):
+        """The channel block the network computes in (1 where it pads nothing)."""
+        return self.net.channel_block
 
     def float32_net(self):
         """The network, or where it computes in bfloat16 or on padded channels, the plain
