@@ -14,10 +14,10 @@ train: $(VENV) ops
 test: $(VENV) ops
 	$(VENV)/bin/python -m pytest -q tests
 
-# The threaded bilinear sampler (stngluon/sampler.py): g++ and the mxnet wheel's headers; where it
-# cannot be built, training uses MXNet's BilinearSampler (same results) and make goes on.
+# The operator library (stngluon/ops.py: the threaded sampler, the fused Adam): g++ and the mxnet wheel's headers; where it
+# cannot be built, training uses MXNet's own operators (same results) and make goes on.
 ops: $(VENV)
-	-$(VENV)/bin/python -m stngluon.sampler
+	-$(VENV)/bin/python -m stngluon.ops
 
 $(VENV): requirements.txt
 	@$(if $(PYTHON),$(PYTHON) -c '$(SUPPORTED)' 2>/dev/null,false) || { echo 'error: stn-gluon needs Python 3.10, 3.11 or 3.12 (mxnet 1.9.1 needs numpy < 2, which has no wheels for 3.13), and $(if $(PYTHON),PYTHON=$(PYTHON) is not one,none of python3 python3.12 python3.11 python3.10 on PATH is one). Install one of them, or pass PYTHON=/path/to/python3.12.' >&2; exit 1; }

@@ -43,7 +43,7 @@ finally:
 
 import net
 import stn
-from stngluon import runtime, sampler
+from stngluon import optim, runtime, sampler
 
 LR_MODES = ('step', 'cosine')
 
@@ -205,8 +205,12 @@ class GluonModel:
             if isinstance(kvstore, mx.kvstore.KVStore) else (0, 1)
         # update_on_kvstore=False: every worker applies the same update to the summed
         # gradients, so every worker holds the weights and its optimizer state to checkpoint.
-        self.trainer = gluon.Trainer(self.net.collect_params(), config.optimizer,
-                                     optimizer_params(config, self.schedule), kvstore=kvstore,
+        # optim.Adam updates every parameter in one call; a dist kvstore that updates on its
+        # servers (one worker) gets MXNet's own optimizer, which they can unpickle.
+        on_servers = isinstance(kvstore, mx.kvstore.KVStore) and self.workers == 1
+        optimizer = (mx.optimizer.create if on_servers else optim.create)(
+            config.optimizer, **optimizer_params(config, self.schedule))
+        self.trainer = gluon.Trainer(self.net.collect_params(), optimizer, kvstore=kvstore,
                                      update_on_kvstore=False if self.workers > 1 else None)
         if self.workers > 1:
             self.start_from_rank_0()
@@ -368,6 +372,7 @@ class GluonModel:
         self.net.load_parameters(stem + '.params', ctx=self.contexts)
         with old_checkpoints():
             self.trainer.load_states(stem + '.states')   # the optimizer, with its update count
+        optim.adopt(self.trainer)   # a checkpoint of MXNet's Adam: updates in one call again
         self.trainer.optimizer.lr_scheduler = self.schedule   # this run's schedule
 
     def export(self, prefix, epoch):

@@ -13,7 +13,7 @@ from stngluon import compat, runtime  # noqa: F401
 import mxnet as mx
 
 from stngluon import rundir
-from stngluon import sampler
+from stngluon import ops, sampler
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,12 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope='module')
 def threaded():
     """The library, built as `make ops` builds it (where g++ and the headers are), loaded."""
-    if not sampler.fresh(sampler.library_path()):
+    if not ops.fresh(ops.library_path()):
         try:
-            sampler.build()
+            ops.build()
         except RuntimeError as e:
-            pytest.skip(f'the threaded sampler cannot be built here: {e}')
-    assert sampler.load()
+            pytest.skip(f'the operator library cannot be built here: {e}')
+    assert ops.load()
     return getattr(mx.nd, sampler.OP)
 
 
@@ -83,7 +83,7 @@ def test_a_transformer_runs_the_threaded_sampler_on_two_threads(threaded):
 def test_it_is_not_used_where_the_library_is_missing_or_on_one_thread(tmp_path):
     code = ('from stngluon import sampler; import stn, mxnet as mx; b = stn.SpatialTransformer(transform="affine"); '
             'b.initialize(); b(mx.nd.ones((2, 1, 28, 28))); print(sampler.name())')
-    assert in_child(code, STN_SAMPLER_LIBRARY=str(tmp_path / 'missing.so'),
+    assert in_child(code, STN_OPS_LIBRARY=str(tmp_path / 'missing.so'),
                     OMP_NUM_THREADS='2') == 'BilinearSampler'
     assert in_child(code, OMP_NUM_THREADS='1') == 'BilinearSampler'
     assert in_child(code, STN_SAMPLER='builtin', OMP_NUM_THREADS='2') == 'BilinearSampler'
@@ -93,13 +93,13 @@ def test_a_library_older_than_its_source_is_not_loaded(tmp_path):
     stale = tmp_path / 'stale.so'
     stale.write_bytes(b'not a library')
     os.utime(stale, (0, 0))
-    assert not sampler.fresh(str(stale))
-    assert not sampler.fresh(str(tmp_path / 'missing.so'))
+    assert not ops.fresh(str(stale))
+    assert not ops.fresh(str(tmp_path / 'missing.so'))
 
 
 def test_without_a_compiler_building_is_a_clear_error_and_writes_nothing(tmp_path):
     with pytest.raises(RuntimeError, match='no-such-compiler'):
-        sampler.build(str(tmp_path / 'lib.so'), compiler='no-such-compiler')
+        ops.build(str(tmp_path / 'lib.so'), compiler='no-such-compiler')
     assert os.listdir(tmp_path) == []
 
 
@@ -118,7 +118,7 @@ def test_an_exported_model_needs_only_mxnets_operators(threaded, tmp_path):
             f'net = mx.gluon.SymbolBlock.imports({str(tmp_path / "model-symbol.json")!r}, '
             f'["data"], {str(tmp_path / "model-0001.params")!r}); '
             f'print(net(mx.nd.array(np.load({str(tmp_path / "x.npy")!r}))).asnumpy().tolist())')
-    out = in_child(code, STN_SAMPLER_LIBRARY=str(tmp_path / 'missing.so'))
+    out = in_child(code, STN_OPS_LIBRARY=str(tmp_path / 'missing.so'))
     np.testing.assert_allclose(np.array(json.loads(out)), expected, rtol=1e-6, atol=1e-7)
 
 
@@ -130,7 +130,7 @@ def test_training_with_either_sampler_gives_the_same_run(threaded, tmp_path):
         out = tmp_path / choice
         subprocess.run([sys.executable, 'train.py', '--data-dir', REAL_DIR, '--out', str(out),
                         '--train-size', '1000', '--epochs', '1', '--batch-size', '32'],
-                       cwd=ROOT, check=True, capture_output=True, timeout=600,
+                       cwd=ROOT, check=True, timeout=600,
                        env=dict(os.environ, STN_SAMPLER=choice, OMP_NUM_THREADS='2'))
         config = json.load(open(out / 'config.json'))
         rows = [{k: v for k, v in row.items() if k not in ('imgs_per_s', 'epoch_s')}

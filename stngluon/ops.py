@@ -1,0 +1,89 @@
+"""The project's compiled operators: one external-operator library built from ops/*.cc.
+
+MXNet loads operators from a shared library at run time (``mx.library.load``); the wheel
+ships the headers to build one (``mxnet/include``, ``mxnet/src/lib_api.cc``). Ours holds
+
+    stn_bilinear_sampler   BilinearSampler with the batch across OpenMP threads (sampler.py)
+    stn_adam_update        adam_update for every parameter in one vectorised call (optim.py)
+
+each computing the same bits as the built-in operator it stands in for. ``make ops`` (or
+``python -m stngluon.ops``) compiles it with g++; where it is missing, older than its
+sources or fails to load, every caller uses MXNet's own operators, with the same results.
+"""
+import glob
+import os
+import subprocess
+import sys
+
+from stngluon import ROOT, atomic
+
+SOURCES = sorted(glob.glob(os.path.join(ROOT, 'ops', '*.cc')))
+_loaded = None   # None: not tried yet; else whether the library is loaded
+
+
+def library_path():
+    """build/libstn_ops-mxnet<version>.so (a library is built for one MXNet), or
+    $STN_OPS_LIBRARY."""
+    if os.environ.get('STN_OPS_LIBRARY'):
+        return os.path.abspath(os.environ['STN_OPS_LIBRARY'])
+    from importlib.metadata import version
+    return os.path.join(ROOT, 'build', f'libstn_ops-mxnet{version("mxnet")}.so')
+
+
+def build(path=None, compiler='g++'):
+    """Compile ops/*.cc into ``path`` (atomically). Raises RuntimeError with the compiler's
+    message if it cannot. Without fused multiply-adds (-ffp-contract=off): each operator
+    rounds as the built-in one does; the vectorised loops are compiled for AVX-512, AVX2
+    and plain x86-64, and the CPU picks one when the library loads."""
+    import mxnet
+    path = path or library_path()
+    include = os.path.join(os.path.dirname(mxnet.__file__), 'include')
+    lib_api = os.path.join(os.path.dirname(mxnet.__file__), 'src', 'lib_api.cc')
+
+    def compile_to(tmp):
+        command = [compiler, '-std=c++11', '-O3', '-fopenmp', '-ffp-contract=off',
+                   '-fno-math-errno', '-shared', '-fPIC', f'-I{include}',
+                   f'-I{os.path.join(include, "mxnet")}', *SOURCES, lib_api, '-o', tmp]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True)
+        except OSError as e:
+            raise RuntimeError(f'{compiler}: {e.strerror}') from None
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip()[-2000:] or f'{compiler} failed')
+    atomic.atomic_write(path, compile_to)
+    return path
+
+
+def fresh(path):
+    """Whether the library at ``path`` exists and is newer than every source."""
+    try:
+        return os.path.getmtime(path) >= max(os.path.getmtime(s) for s in SOURCES)
+    except OSError:
+        return False
+
+
+def load():
+    """Load the library once per process; whether it is loaded. A library that is
+    missing, older than its sources or fails to load is not used (no error)."""
+    global _loaded
+    if _loaded is None:
+        _loaded = False
+        path = library_path()
+        if fresh(path):
+            import mxnet as mx
+            try:
+                mx.library.load(path, verbose=False)
+                _loaded = True
+            except mx.base.MXNetError:
+                pass
+    return _loaded
+
+
+if __name__ == '__main__':
+    if fresh(library_path()):
+        sys.exit(0)
+    try:
+        print(f'built {build()}')
+    except RuntimeError as e:
+        sys.exit(f'error: could not build the operator library ({e}); training uses '
+                 f'MXNet\'s own operators instead (the same results, slower)')

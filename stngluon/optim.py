@@ -1,0 +1,101 @@
+"""The optimizer gluon.Trainer runs: MXNet's Adam, with every parameter updated in one call.
+
+MXNet 1.9.1 updates each parameter with its own ``adam_update`` call, a loop compiled for
+any x86-64 CPU: on the FCN's first weight (1764 x w) it takes longer than the layer's
+forward pass. ``Adam`` is ``mx.optimizer.Adam`` (same hyper-parameters, state, checkpoint
+and bias-corrected rate: Kingma & Ba 2015, Algorithm 1) whose updates go to
+``stn_adam_update`` (ops/adam_update.cc): all the parameters at once, vectorised, the
+same bits as ``adam_update``. Where the operator library is missing, or a parameter is not
+a dense float32 array on a CPU, it updates as ``mx.optimizer.Adam`` does.
+"""
+import ctypes
+import math
+
+from stngluon import compat  # noqa: F401  (before mxnet)
+import mxnet as mx
+import numpy as np
+
+from stngluon import ops
+
+OP = 'stn_adam_update'
+
+
+def plain_layout(arrays):
+    """Put each of ``arrays`` back in MXNet's own (row-major) memory layout, in place.
+
+    An inference-mode convolution (evaluation, the pictures) has oneDNN store its weight in
+    a blocked layout of its own (dense layers' weights stay plain), and the next
+    training-mode one asks for it back later, on the engine's schedule. Built-in operators
+    read either; an external operator's output must be plain (MXNet stops with "We can't
+    generate TBlob for MKLDNN data"). After the array's pending writes (the reorder among
+    them), MXNDArrayGetData reorders it back."""
+    pointer = ctypes.c_void_p()
+    for a in arrays:
+        a.wait_to_read()
+        mx.base.check_call(mx.base._LIB.MXNDArrayGetData(a.handle, ctypes.byref(pointer)))
+
+
+class Adam(mx.optimizer.Adam):
+    """``mx.optimizer.Adam``, updating every parameter in one ``stn_adam_update`` call."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.aggregate_num = 1 << 16   # the Updater hands every parameter over at once
+
+    def __getstate__(self):   # a checkpoint; whether the library loads is this process's to find
+        state = super().__getstate__()
+        state.pop('_fused', None)
+        return state
+
+    def fused(self, index, weights, grads):
+        """Whether ``stn_adam_update`` can update the parameters ``index`` (asked once)."""
+        known = self.__dict__.setdefault('_fused', {})
+        if tuple(index) not in known:
+            known[tuple(index)] = ops.load() and all(
+                a.dtype == np.float32 and a.stype == 'default' and a.context.device_type == 'cpu'
+                for a in (*weights, *grads))
+        return known[tuple(index)]
+
+    def update_multi_precision(self, index, weight, grad, state):
+        if not isinstance(index, (list, tuple)):
+            index, weight, grad, state = [index], [weight], [grad], [state]
+        if not self.fused(index, weight, grad):
+            for i, w, g, s in zip(index, weight, grad, state):
+                super().update_multi_precision(i, w, g, s)
+            return
+        self._update_count(index)
+        lrs, wds = self._get_lrs(index), self._get_wds(index)
+        for k, i in enumerate(index):   # the bias correction, as mx.optimizer.Adam.update
+            t = self._index_update_count[i]
+            coef1, coef2 = 1. - self.beta1 ** t, 1. - self.beta2 ** t
+            lrs[k] *= math.sqrt(coef2) / coef1
+        kwargs = {'beta1': self.beta1, 'beta2': self.beta2, 'epsilon': self.epsilon,
+                  'rescale_grad': self.rescale_grad}
+        if self.clip_gradient:
+            kwargs['clip_gradient'] = self.clip_gradient
+        plain_layout([w for w in weight if w.ndim > 2])   # convolutions' weights
+        inputs = [a for w, g, (mean, var) in zip(weight, grad, state) for a in (w, g, mean, var)]
+        getattr(mx.nd, OP)(*inputs, num_weights=len(weight), lrs=','.join(map(str, lrs)),
+                           wds=','.join(map(str, wds)), out=list(weight), **kwargs)
+
+
+def create(name, **params):
+    """The optimizer ``name`` ('adam', or any of MXNet's) with ``params``, as
+    ``mx.optimizer.create``; 'adam' is ``Adam``."""
+    return Adam(**params) if name == 'adam' else mx.optimizer.create(name, **params)
+
+
+def adopt(trainer):
+    """After ``trainer.load_states``: a checkpoint written before ``Adam`` existed brings back
+    ``mx.optimizer.Adam``; it becomes ``Adam`` with the same state (the Trainer's updaters
+    hand it every parameter at once)."""
+    kvstore_updater = getattr(trainer._kvstore, '_updater', None)
+    for updater in [*trainer._updaters, *([kvstore_updater] if kvstore_updater else [])]:
+        if type(updater.optimizer) is mx.optimizer.Adam:
+            optimizer = Adam.__new__(Adam)
+            optimizer.__dict__.update(updater.optimizer.__dict__, aggregate_num=1 << 16)
+            updater.optimizer = optimizer
+        updater.aggregate_updates = updater.optimizer.aggregate_num > 0
+    in_use = kvstore_updater if trainer._update_on_kvstore else trainer._updaters[0]
+    if in_use is not None:   # else the servers update (a dist kvstore): they keep theirs
+        trainer._optimizer = in_use.optimizer
