@@ -43,7 +43,7 @@ import threading
 import time
 from collections import namedtuple
 
-from stngluon import atomic, distort, mnist, rundir
+from stngluon import atomic, distort, mnist, rundir, runtime
 from stngluon.config import as_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -250,7 +250,7 @@ def run_cell(cell, seed, args):
         command.append('--resume')
     os.makedirs(folder, exist_ok=True)
     threads = args.threads or max(1, CORES // worker_threads())
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = runtime.with_threads(os.environ, threads)
     log_path = os.path.join(folder, 'train.log')
     with open(log_path, 'a') as log:
         log.write(f'$ {shlex.join(command)}\n')
@@ -763,7 +763,6 @@ def estimate(args, chosen, seconds=6.0):
     grid runs its cells; times the images each cell sees (its epochs x training images)."""
     from concurrent.futures import ThreadPoolExecutor
     environ = dict(os.environ)   # as given, before runtime.configure() adds to it
-    from stngluon import runtime
     threads = args.threads or max(1, CORES // args.jobs)
     run = recipe(args)
     images = run['epochs'] * (args.train_size or TRAIN_IMAGES)

@@ -1,15 +1,16 @@
 """Benchmark: training images/s of train.py's networks, beside the identical PyTorch networks.
 
-    python benchmarks/bench_train.py                        # every Table 1 model kind, 1 and 2 threads
+    python benchmarks/bench_train.py                        # every Table 1 model kind, on 1 and all cores
     python benchmarks/bench_train.py --side-by-side         # and one single-threaded process per core
-    python benchmarks/bench_train.py --workloads default,rts-st-cnn-affine --threads 2 --repeats 5
+    python benchmarks/bench_train.py --workloads default,rts-st-cnn-affine --cores 2 --repeats 5
     python benchmarks/bench_train.py --workloads rts-cnn,tc-cnn --precision bfloat16
 
-Every measurement runs in a fresh process. stn-gluon runs at its defaults: OMP_NUM_THREADS
-set to the thread count under test, and the engine and wait policy that train.py would
-choose for that network on this host (runtime.py: timed once per host, then cached; the
-environment's where it sets them); the sampler is the one train.py would run (sampler.py).
-PyTorch runs at its own defaults with as many threads. The step (forward, backward,
+Every measurement runs in a fresh process, held to the first N usable cores (as taskset
+would: a host with N cores). stn-gluon runs at its defaults there: the engine, wait policy
+and OpenMP thread count that train.py would choose for that network on such a host
+(runtime.py: timed once per host, then cached; the environment's where it sets them); the
+sampler is the one train.py would run (sampler.py). PyTorch runs at its own defaults, a
+thread per core (OMP_NUM_THREADS where the environment sets it). The step (forward, backward,
 optimizer update on a batch already in memory) is timed over --steps steps after --warmup
 steps, and so is train.py's own loop (``engine.GluonModel.fit_epoch``, feeding included)
 over as many images or a second's worth if more (up to 20,000), as the rate it reports in
@@ -43,7 +44,7 @@ def measure_torch(flags, warmup, steps, wait_policy=None):
         os.environ['OMP_WAIT_POLICY'] = wait_policy
     import numpy as np
     import torch
-    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', os.cpu_count())))
+    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', len(os.sched_getaffinity(0)))))
     from benchmarks import twins   # torch, in the measuring process only
     model, side = twins.twin(args)
     local = [p for n, p in model.named_parameters() if n.startswith('stn.')]
@@ -66,29 +67,33 @@ def measure_torch(flags, warmup, steps, wait_policy=None):
 
 
 def label(settings):
-    """'Naive ACTIVE', 'Threaded PASSIVE', or 'environment'."""
+    """'Naive ACTIVE x2', 'Threaded PASSIVE x1', or 'environment'."""
     from stngluon import runtime
-    if not settings:
-        return 'environment'
-    return (settings[runtime.ENGINE].replace('EnginePerDevice', '').replace('Engine', '')
-            + ' ' + settings[runtime.WAIT])
+    return runtime.label(settings) if settings else 'environment'
 
 
-def child(framework, flags, threads, warmup, steps, settings=None):
-    """One measurement in a fresh process (stn-gluon's with ``settings``, a dict of
-    environment variables); its JSON result, or None if it failed."""
+def first_cores(count):
+    """The first ``count`` cores this process may use."""
+    return sorted(os.sched_getaffinity(0))[:count]
+
+
+def child(framework, flags, cores, warmup, steps, settings=None, threads=None):
+    """One measurement in a fresh process on the first ``cores`` usable cores (stn-gluon's
+    with ``settings``, a dict of environment variables; on ``threads`` OpenMP threads if
+    given); its JSON result, or None if it failed."""
     from stngluon import runtime
-    env = dict(ENVIRON, OMP_NUM_THREADS=str(threads))
+    env = runtime.with_threads(ENVIRON, threads) if threads else dict(ENVIRON)
     if framework == 'mxnet' and settings:
         env.update(settings, **{runtime.CHOSEN: '1'})
     extra = f', {ENVIRON.get("OMP_WAIT_POLICY")!r}' if framework == 'torch' else ''
     module = 'workloads' if framework == 'mxnet' else 'bench_train'
     code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from benchmarks import {module} as b; '
             f'print(json.dumps(b.measure_{framework}({flags!r}, {warmup}, {steps}{extra})))')
+    cpus = first_cores(cores)
     result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
-                            timeout=900)
+                            timeout=900, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     if result.returncode != 0:
-        print(f'  {framework} {" ".join(flags)} at {threads} thread(s) failed:\n{result.stderr[-2000:]}',
+        print(f'  {framework} {" ".join(flags)} on {cores} core(s) failed:\n{result.stderr[-2000:]}',
               file=sys.stderr)
         return None
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -99,8 +104,8 @@ def side_by_side(flags, cores, warmup, steps, settings):
     (the Table 1 grid's cells side by side), or None if one failed."""
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(cores) as pool:
-        runs = list(pool.map(lambda _: child('mxnet', flags, 1, warmup, steps, settings),
-                             range(cores)))
+        runs = list(pool.map(lambda _: child('mxnet', flags, cores, warmup, steps, settings,
+                                             threads=1), range(cores)))
     return None if None in runs else sum(r['imgs_per_s'] for r in runs)
 
 
@@ -113,7 +118,8 @@ def parser():
     p.add_argument('--workloads', default=','.join(TABLE1_KINDS),
                    help=f'comma-separated, of: {", ".join(WORKLOADS)} (default: one per '
                         f'Table 1 model kind)')
-    p.add_argument('--threads', default='1,2', help='comma-separated OpenMP thread counts')
+    p.add_argument('--cores', default=None,
+                   help='comma-separated counts of usable cores to time on (default: 1 and all)')
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--warmup', type=int, default=10)
     p.add_argument('--steps', type=int, default=50)
@@ -126,21 +132,21 @@ def parser():
     return p
 
 
-def measure_all(args, workloads, threads, frameworks, flags, settings, cores):
-    """{(workload, threads, framework): [each repeat's result]} and {(workload, 'side'):
+def measure_all(args, workloads, counts, frameworks, flags, settings, cores):
+    """{(workload, cores, framework): [each repeat's result]} and {(workload, 'side'):
     [total images/s]}, the frameworks alternating within each repeat."""
     results = {}
     for repeat in range(args.repeats):
         for workload in workloads:
-            for t in threads:
+            for n in counts:
                 for framework in frameworks:
-                    r = child(framework, flags[workload], t, args.warmup, args.steps,
-                              settings[(workload, t)])
+                    r = child(framework, flags[workload], n, args.warmup, args.steps,
+                              settings[(workload, n)])
                     if r:
-                        results.setdefault((workload, t, framework), []).append(r)
+                        results.setdefault((workload, n, framework), []).append(r)
             if args.side_by_side:
                 total = side_by_side(flags[workload], cores, args.warmup, args.steps,
-                                     settings[(workload, 1)])
+                                     settings[(workload, 'side')])
                 if total:
                     results.setdefault((workload, 'side'), []).append(total)
     return results
@@ -148,7 +154,7 @@ def measure_all(args, workloads, threads, frameworks, flags, settings, cores):
 
 def table_row(workload, t, frameworks, results, settings):
     """One line of the table: medians, peak MB, the loop against the step, the ratio."""
-    row, rates = f'{workload:20s} {t:7d} {label(settings[(workload, t)]):>16s}', {}
+    row, rates = f'{workload:20s} {t:7d} {label(settings[(workload, t)]):>19s}', {}
     for framework in frameworks:
         runs = results.get((workload, t, framework))
         if not runs:
@@ -168,22 +174,23 @@ def table_row(workload, t, frameworks, results, settings):
     return row
 
 
-def print_table(workloads, threads, frameworks, results, settings):
+def print_table(workloads, counts, frameworks, results, settings):
     versions = sorted({r[0]['version'] for key, r in results.items() if key[1] != 'side'})
-    samplers = sorted({f'{r[0]["sampler"]} at {key[1]}' for key, r in results.items()
+    samplers = sorted({f'{r[0]["sampler"]} on {key[1]} core(s)' for key, r in results.items()
                        if key[1] != 'side' and key[2] == 'mxnet'})
-    print(', '.join(versions) + '; PyTorch at its own defaults; threads: OMP_NUM_THREADS; '
-          'stn-gluon\'s sampler: ' + ', '.join(samplers))
-    header = (f'{"workload":20s} {"threads":>7s} {"settings":>16s} {"stn-gluon":>16s} '
+    print(', '.join(versions) + '; PyTorch at its own defaults; cores: usable cores (affinity); '
+          'stn-gluon\'s settings: engine, wait policy x OpenMP threads; its sampler: '
+          + ', '.join(samplers))
+    header = (f'{"workload":20s} {"cores":>7s} {"settings":>19s} {"stn-gluon":>16s} '
               f'{"train.py loop":>13s} {"loop/step":>9s}')
     print(header + (f' {"PyTorch":>16s} {"ratio":>6s}' if 'torch' in frameworks else ''))
     for workload in workloads:
-        for t in threads:
+        for t in counts:
             print(table_row(workload, t, frameworks, results, settings), flush=True)
 
 
 def print_side_by_side(workloads, results, cores):
-    print(f'\n{cores} single-threaded processes at once against one with {cores} threads '
+    print(f'\n{cores} single-threaded processes at once against one on {cores} cores '
           f'(stn-gluon, total images/s, median):')
     for workload in workloads:
         side, one = results.get((workload, 'side')), results.get((workload, cores, 'mxnet'))
@@ -199,10 +206,12 @@ def main(argv=None):
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         p.error(f'unknown workloads {unknown}; choose from {", ".join(WORKLOADS)}')
-    threads = [int(t) for t in args.threads.split(',')]
     cores = len(os.sched_getaffinity(0))
-    if args.side_by_side and cores not in threads:
-        threads.append(cores)
+    counts = [int(n) for n in args.cores.split(',')] if args.cores else sorted({1, cores})
+    if any(not 1 <= n <= cores for n in counts):
+        p.error(f'--cores: this process may use 1 to {cores} cores')
+    if args.side_by_side and cores not in counts:
+        counts.append(cores)
     frameworks = ['mxnet'] + ([] if args.no_torch or not torch_available() else ['torch'])
     from stngluon import runtime
     print(f'host: {host()}', flush=True)
@@ -213,12 +222,15 @@ def main(argv=None):
               f'float32', flush=True)
     print('the execution settings train.py chooses (timed once per host and network, cached)...',
           flush=True)
-    settings = {(w, t): runtime.chosen_for(flags[w], t, ENVIRON) for w in workloads
-                for t in set(threads) | ({1} if args.side_by_side else set())}
+    given = ENVIRON.get('OMP_NUM_THREADS')   # the environment's thread count, else chosen
+    settings = {(w, n): runtime.chosen_for(flags[w], given, ENVIRON, first_cores(n))
+                for w in workloads for n in counts}
+    if args.side_by_side:
+        settings.update({(w, 'side'): runtime.chosen_for(flags[w], 1, ENVIRON) for w in workloads})
     print(f'{args.repeats} repeats of {args.steps} steps after {args.warmup}, frameworks '
           f'alternating; median images/s (peak MB)', flush=True)
-    results = measure_all(args, workloads, threads, frameworks, flags, settings, cores)
-    print_table(workloads, threads, frameworks, results, settings)
+    results = measure_all(args, workloads, counts, frameworks, flags, settings, cores)
+    print_table(workloads, counts, frameworks, results, settings)
     if args.side_by_side:
         print_side_by_side(workloads, results, cores)
 

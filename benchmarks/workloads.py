@@ -120,5 +120,5 @@ def host():
     settings = ', '.join(f'{k}={ENVIRON.get(k, default)}' for k, default in (
         ('MXNET_ENGINE_TYPE', 'per row (runtime.py)'),
         ('OMP_WAIT_POLICY', 'per row (runtime.py)'),
-        ('OMP_NUM_THREADS', 'per row')))
+        ('OMP_NUM_THREADS', 'chosen per row')))
     return f'{model} ({", ".join(isa)}), {cores} usable cores of {os.cpu_count()}; {settings}'

@@ -1,20 +1,27 @@
 """How this process runs MXNet's operators, chosen by measurement on the host it runs on.
 
-Two settings decide how fast the same network trains on a CPU, and which is faster
-depends on the host and on what else runs there (measured: docs/execution_settings.txt):
+Three settings decide how fast the same network trains on a CPU, and which is faster
+depends on the host, the network and what else runs there (measured:
+docs/execution_settings.txt):
 
     MXNET_ENGINE_TYPE   ThreadedEnginePerDevice (MXNet's default: operators run on an
                         engine thread) or NaiveEngine (they run in the calling thread)
     OMP_WAIT_POLICY     ACTIVE (idle OpenMP threads spin) or PASSIVE (they sleep)
+    OMP_NUM_THREADS     one thread per usable core, or one (a network whose operators
+                        take microseconds, the FCN, loses more to waking threads than
+                        it gains from them)
 
-Neither changes a result: for a given OpenMP thread count every candidate trains the
-same weights. ``choose`` times the candidates on the run's own network (a short
-training loop on random data, each in a fresh process, a few seconds in all) the first
-time a network kind trains on a host, and keeps the fastest in the user's cache
-folder, per host (CPU model and instruction sets, usable cores, OpenMP threads, MXNet
-version) and network kind; later runs read it. Either variable set in the environment
-wins over the choice (and skips the measurement). A process of a distributed run
-(DMLC_ROLE set) keeps the threaded engine: the parameter server's requests need it.
+Engine and wait policy change no result: for a given OpenMP thread count every
+candidate trains the same weights; another thread count sums in another order (the
+last bits differ), and config.json records the count. ``choose`` times the candidates
+on the run's own network (a short training loop on random data, each in a fresh
+process, a few seconds in all) the first time a network kind trains on a host, and
+keeps the fastest in the user's cache folder, per host (CPU model and instruction sets,
+usable cores, MXNet version) and network kind; later runs read it. The engine or wait
+policy set in the environment wins over the choice (and skips the measurement);
+OMP_NUM_THREADS set there fixes the thread count, and the other two are chosen for it.
+A process of a distributed run (DMLC_ROLE set) keeps the threaded engine: the
+parameter server's requests need it.
 """
 import json
 import os
@@ -24,13 +31,14 @@ import time
 
 from stngluon import ROOT, atomic
 
-ENGINE, WAIT = 'MXNET_ENGINE_TYPE', 'OMP_WAIT_POLICY'
-CANDIDATES = [{ENGINE: engine, WAIT: wait} for engine in ('ThreadedEnginePerDevice', 'NaiveEngine')
-              for wait in ('ACTIVE', 'PASSIVE')]
-DEFAULT = CANDIDATES[0]   # where nothing is measured: MXNet's engine, spinning threads
+ENGINE, WAIT, THREADS = 'MXNET_ENGINE_TYPE', 'OMP_WAIT_POLICY', 'OMP_NUM_THREADS'
+ENGINES = ('ThreadedEnginePerDevice', 'NaiveEngine')
+# where nothing is measured: MXNet's engine, spinning threads (a thread per core)
+DEFAULT = {ENGINE: ENGINES[0], WAIT: 'ACTIVE'}
 CHOSEN = 'STN_SETTINGS_CHOSEN'   # set in a process that runs with its chosen settings
-# A wait policy set by ``configure``, not by the user, is listed in STN_DEFAULTED, which
-# child processes inherit with it: for them it is not given either, and their choice stays theirs.
+# A wait policy or thread count set by ``configure`` or chosen, not by the user, is listed in
+# STN_DEFAULTED, which child processes inherit with it: for them it is not given either, and
+# their choice stays theirs.
 DEFAULTED = 'STN_DEFAULTED'
 
 
@@ -42,10 +50,10 @@ def configure():
     OMP_WAIT_POLICY in the environment win. Results repeat exactly for a given thread count
     and differ slightly between thread counts (sums are taken in another order);
     config.json records the count a run used. Returns that count."""
-    if WAIT not in os.environ:
-        os.environ[WAIT] = DEFAULT[WAIT]
-        os.environ[DEFAULTED] = ','.join(sorted(_defaulted() | {WAIT}))
-    os.environ.setdefault('OMP_NUM_THREADS', str(len(os.sched_getaffinity(0))))
+    for name, value in ((WAIT, DEFAULT[WAIT]), (THREADS, str(len(os.sched_getaffinity(0))))):
+        if name not in os.environ:
+            os.environ[name] = value
+            os.environ[DEFAULTED] = ','.join(sorted(_defaulted() | {name}))
     return threads()
 
 
@@ -64,8 +72,35 @@ def _defaulted():
 
 
 def given():
-    """The execution settings the user's environment sets (``configure``'s default left out)."""
-    return {k: os.environ[k] for k in (ENGINE, WAIT) if k in os.environ and k not in _defaulted()}
+    """The execution settings the user's environment sets (``configure``'s defaults and
+    earlier choices left out)."""
+    return {k: os.environ[k] for k in (ENGINE, WAIT, THREADS)
+            if k in os.environ and k not in _defaulted()}
+
+
+def with_threads(environ, count):
+    """A copy of ``environ`` for a child process that runs on ``count`` OpenMP threads, given
+    (None: as many as the child chooses)."""
+    env = dict(environ)
+    env[DEFAULTED] = ','.join(sorted(set(filter(None, env.get(DEFAULTED, '').split(',')))
+                                     - {THREADS}))
+    if count is None:
+        env.pop(THREADS, None)
+    else:
+        env[THREADS] = str(count)
+    return env
+
+
+def candidates():
+    """The settings ``choose`` times: each engine (the threaded one only in a distributed
+    process) with each wait policy on a thread per usable core, and each engine on one
+    thread (where no thread waits); on the given thread count only, where OMP_NUM_THREADS
+    is given."""
+    engines = ENGINES[:1] if 'DMLC_ROLE' in os.environ else ENGINES
+    cores = len(os.sched_getaffinity(0))
+    counts = [threads()] if THREADS in given() else sorted({cores, 1}, reverse=True)
+    return [{ENGINE: engine, WAIT: wait, THREADS: str(count)} for count in counts
+            for engine in engines for wait in (('ACTIVE', 'PASSIVE') if count > 1 else ('PASSIVE',))]
 
 
 def cache_path():
@@ -129,12 +164,13 @@ def channel_block():
 
 def host_key():
     """What a choice holds for: CPU model and instruction sets, usable cores, OpenMP
-    threads, MXNet version, the CNN's channel block (channel_block)."""
+    threads (where given; else they are chosen), MXNet version, the CNN's channel block
+    (channel_block)."""
     from importlib.metadata import version
     model, isa = cpu()
+    count = f'{threads()} threads' if THREADS in given() else 'threads chosen'
     return (f'{model} ({", ".join(isa)}) | {len(os.sched_getaffinity(0))} cores | '
-            f'{os.environ.get("OMP_NUM_THREADS", "?")} threads | mxnet {version("mxnet")} | '
-            f'channels in {channel_block()}s')
+            f'{count} | mxnet {version("mxnet")} | channels in {channel_block()}s')
 
 
 def read_cache(path):
@@ -147,26 +183,26 @@ def read_cache(path):
 
 
 def choose(network, measure, log=print):
-    """The settings (a dict of ENGINE and WAIT) for training ``network`` (a name of its kind)
-    here: {} when the environment sets either, else the cached choice for this host and
-    network, else the fastest candidate by ``measure(settings) -> images/s`` (cached)."""
-    if given():
+    """The settings (a dict of ENGINE, WAIT and THREADS) for training ``network`` (a name of
+    its kind) here: {} when the environment sets the engine or wait policy, else the cached
+    choice for this host and network, else the fastest of ``candidates()`` by
+    ``measure(settings) -> images/s`` (cached)."""
+    if ENGINE in given() or WAIT in given():
         return {}
-    candidates = CANDIDATES if 'DMLC_ROLE' not in os.environ else \
-        [c for c in CANDIDATES if c[ENGINE] != 'NaiveEngine']
+    candidates_ = candidates()
     key, path = f'{host_key()} | {network}', cache_path()
     cached = read_cache(path).get(key)
-    if cached in candidates:
+    if cached in candidates_:
         return cached
-    log(f'timing {len(candidates)} execution settings on {network} (once for this host; '
+    log(f'timing {len(candidates_)} execution settings on {network} (once for this host; '
         f'kept in {path})')
-    rates = [(measure(c), k) for k, c in enumerate(candidates)]
+    rates = [(measure(c), k) for k, c in enumerate(candidates_)]
     if max(rates)[0] <= 0:   # nothing could be timed: MXNet's own settings, not kept
         log('  no candidate could be timed; using MXNet\'s defaults')
         return DEFAULT
-    best = candidates[max(rates)[1]]
-    log('  ' + ', '.join(f'{c[ENGINE].replace("EnginePerDevice", "")} {c[WAIT]}: {rate:,.0f}'
-                         for (rate, _), c in zip(rates, candidates)) + ' images/s')
+    best = candidates_[max(rates)[1]]
+    log('  ' + ', '.join(f'{label(c)}: {rate:,.0f}' for (rate, _), c in zip(rates, candidates_))
+        + ' images/s')
     cache = read_cache(path)   # another run may have written its choice meanwhile
     cache[key] = best
     try:
@@ -174,6 +210,12 @@ def choose(network, measure, log=print):
     except OSError as e:   # a read-only home: measured again next time
         log(f'  (not kept: {e.strerror or e})')
     return best
+
+
+def label(settings):
+    """'Threaded ACTIVE x2', 'Naive PASSIVE x1': engine, wait policy, OpenMP threads."""
+    engine = settings[ENGINE].replace('EnginePerDevice', '').replace('Engine', '')
+    return f'{engine} {settings[WAIT]}' + (f' x{settings[THREADS]}' if THREADS in settings else '')
 
 
 def measure_in_child(flags, seconds=1.5, threads=None):
@@ -186,7 +228,7 @@ def measure_in_child(flags, seconds=1.5, threads=None):
                 f'print(runtime.loop_rate(RunConfig.from_flags({flags!r}).resolved(), {seconds}))')
         env = dict(os.environ, **settings, **{CHOSEN: '1'})
         if threads is not None:
-            env['OMP_NUM_THREADS'] = str(threads)
+            env = with_threads(env, threads)
         try:
             done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
                                   text=True, timeout=300)
@@ -196,17 +238,19 @@ def measure_in_child(flags, seconds=1.5, threads=None):
     return measure
 
 
-def chosen_for(flags, threads, environ=None):
+def chosen_for(flags, threads, environ=None, cpus=None):
     """The settings train.py would run ``flags``' network with on ``threads`` OpenMP threads
-    here (``choose``: cached, or timed now), asked of a fresh process with ``environ``
-    (default os.environ) so that this one loads no MXNet with other settings."""
+    (None: as many as it chooses) here, or on the cores ``cpus`` only (``choose``: cached,
+    or timed now), asked of a fresh process with ``environ`` (default os.environ) so that
+    this one loads no MXNet with other settings."""
+    env = with_threads(environ or os.environ, threads)
     code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from stngluon import runtime; '
             f'runtime.configure(); from stngluon.config import RunConfig; '
             f'c = RunConfig.from_flags({flags!r}); '
             f'print(json.dumps(runtime.choose(c.network_name, runtime.measure_in_child(c.flags()), '
             f'log=lambda *_: None)))')
-    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          env=dict(environ or os.environ, OMP_NUM_THREADS=str(threads)))
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
+                          preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     if done.returncode != 0:
         raise RuntimeError(f'could not choose the settings for {" ".join(flags)}: '
                            f'{done.stderr.strip()[-1000:]}')
@@ -243,11 +287,11 @@ def settle(network, flags, log=print):
     process's, run the script again in their place with them (os.execve; MXNet reads
     them when it loads). Returns the settings this process runs with."""
     if os.environ.get(CHOSEN):
-        return {k: os.environ.get(k) for k in (ENGINE, WAIT)}
+        return {k: os.environ.get(k) for k in (ENGINE, WAIT, THREADS)}
     chosen = choose(network, measure_in_child(flags), log)
     current = {ENGINE: os.environ.get(ENGINE, DEFAULT[ENGINE]),
-               WAIT: os.environ.get(WAIT, DEFAULT[WAIT])}
-    if chosen and chosen != current:
+               WAIT: os.environ.get(WAIT, DEFAULT[WAIT]), THREADS: os.environ.get(THREADS)}
+    if any(current[k] != v for k, v in chosen.items()):
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.argv],

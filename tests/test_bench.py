@@ -11,13 +11,13 @@ from benchmarks import bench_train, workloads
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_the_benchmark_prints_a_row_per_workload_and_thread_count():
+def test_the_benchmark_prints_a_row_per_workload_and_core_count():
     result = subprocess.run([sys.executable, 'benchmarks/bench_train.py', '--workloads', 'default',
-                             '--threads', '1', '--repeats', '1', '--warmup', '1', '--steps', '2',
+                             '--cores', '1', '--repeats', '1', '--warmup', '1', '--steps', '2',
                              '--no-torch'], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     row = [line.split() for line in result.stdout.splitlines() if line.startswith('default ')]
-    # workload, threads, the execution settings (the environment's: conftest.py sets them),
+    # workload, cores, the execution settings (the environment's: conftest.py sets them),
     # images/s of the step, (peak MB), of train.py's loop, loop / step
     assert len(row) == 1 and row[0][1:3] == ['1', 'environment']
     assert float(row[0][3].replace(',', '')) > 0 and float(row[0][6].replace(',', '')) > 0

@@ -172,11 +172,11 @@ def test_the_quick_starts_accuracy_is_the_committed_default_runs():
 
 
 def bench_rows():
-    """{(workload, threads): (stn-gluon, PyTorch, ratio)} of docs/bench_train.txt."""
+    """{(workload, cores): (stn-gluon, PyTorch, ratio)} of docs/bench_train.txt."""
     rows = {}
     with open(os.path.join(ROOT, 'docs', 'bench_train.txt')) as f:
         for line in f:
-            m = re.match(r'([a-z][\w-]+)\s+(\d)\s+\w+ \w+\s+([\d,]+) \(.*?\)\s+[\d,]+\s+[\d.]+'
+            m = re.match(r'([a-z][\w-]+)\s+(\d)\s+\w+ \w+(?: x\d+)?\s+([\d,]+) \(.*?\)\s+[\d,]+\s+[\d.]+'
                          r'\s+([\d,]+) \(.*?\)\s+([\d.]+)$', line.strip())
             if m:
                 name, threads, ours, torch, ratio = m.groups()

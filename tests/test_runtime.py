@@ -1,6 +1,6 @@
-"""runtime.py: the engine and OpenMP wait policy are measured once per host and network
-kind, kept, reused, measured again on another host or MXNet version, and never override
-what the environment sets."""
+"""runtime.py: the engine, the OpenMP wait policy and thread count are measured once per
+host and network kind, kept, reused, measured again on another host or MXNet version, and
+never override what the environment sets."""
 import json
 import os
 import subprocess
@@ -8,27 +8,30 @@ import sys
 
 import pytest
 
-from stngluon import rundir, runtime, sampler
+from stngluon import rundir, runtime
 from stngluon.config import RunConfig
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAIVE_PASSIVE = {runtime.ENGINE: 'NaiveEngine', runtime.WAIT: 'PASSIVE'}
+FASTEST = {**NAIVE_PASSIVE, runtime.THREADS: '1'}   # Timer's
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """A cache file of the test's own, and an environment that sets neither setting."""
+    """A cache file of the test's own, two usable cores, and an environment that sets none
+    of the settings."""
     path = tmp_path / 'settings.json'
     monkeypatch.setenv('STN_SETTINGS_CACHE', str(path))
-    for name in (runtime.ENGINE, runtime.WAIT, runtime.DEFAULTED):
+    for name in (runtime.ENGINE, runtime.WAIT, runtime.THREADS, runtime.DEFAULTED, 'DMLC_ROLE'):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv('DMLC_ROLE', raising=False)
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1})
     return path
 
 
 class Timer:
-    """A measure for runtime.choose: NaiveEngine with PASSIVE fastest; counts its calls."""
+    """A measure for runtime.choose: NaiveEngine with PASSIVE on one thread fastest; counts
+    its calls."""
 
     def __init__(self):
         self.calls = []
@@ -36,21 +39,48 @@ class Timer:
     def __call__(self, settings):
         self.calls.append(settings)
         return 100 + 50 * (settings[runtime.ENGINE] == 'NaiveEngine') + 10 * (
-            settings[runtime.WAIT] == 'PASSIVE')
+            settings[runtime.WAIT] == 'PASSIVE') + 5 * (settings[runtime.THREADS] == '1')
 
 
 def test_the_fastest_candidate_is_chosen_once_and_reused(cache):
     timer = Timer()
-    assert runtime.choose('net', timer, log=lambda _: None) == NAIVE_PASSIVE
-    assert len(timer.calls) == len(runtime.CANDIDATES) == 4
-    assert runtime.choose('net', timer, log=lambda _: None) == NAIVE_PASSIVE   # from the cache
-    assert len(timer.calls) == 4
-    assert list(json.loads(cache.read_text()).values()) == [NAIVE_PASSIVE]
+    assert runtime.choose('net', timer, log=lambda _: None) == FASTEST
+    # each engine and wait policy on two threads, each engine on one (where nothing waits)
+    assert len(timer.calls) == len(runtime.candidates()) == 6
+    assert {c[runtime.THREADS] for c in timer.calls} == {'1', '2'}
+    assert runtime.choose('net', timer, log=lambda _: None) == FASTEST   # from the cache
+    assert len(timer.calls) == 6
+    assert list(json.loads(cache.read_text()).values()) == [FASTEST]
     runtime.choose('another net', timer, log=lambda _: None)   # each network kind its own
-    assert len(timer.calls) == 8
+    assert len(timer.calls) == 12
 
 
-@pytest.mark.parametrize('change', ['cpu', 'instruction sets', 'mxnet', 'threads', 'channels'])
+def test_a_thread_count_the_environment_gives_is_kept_and_the_rest_chosen_for_it(cache,
+                                                                               monkeypatch):
+    monkeypatch.setenv(runtime.THREADS, '2')
+    timer = Timer()
+    assert runtime.choose('net', timer, log=lambda _: None) == {**NAIVE_PASSIVE,
+                                                                runtime.THREADS: '2'}
+    assert len(timer.calls) == 4 and {c[runtime.THREADS] for c in timer.calls} == {'2'}
+
+
+def test_on_one_usable_core_only_one_thread_is_timed(cache, monkeypatch):
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0})
+    timer = Timer()
+    assert runtime.choose('net', timer, log=lambda _: None) == FASTEST
+    assert len(timer.calls) == 2
+
+
+def test_a_child_given_a_thread_count_keeps_it_though_the_parents_was_chosen(cache):
+    runtime.configure()   # a script's own: its thread count not given, so chosen
+    assert runtime.THREADS not in runtime.given()
+    child = runtime.with_threads(os.environ, 1)
+    assert child[runtime.THREADS] == '1' and runtime.THREADS not in child[runtime.DEFAULTED]
+    assert runtime.THREADS not in runtime.with_threads(os.environ, None)
+
+
+@pytest.mark.parametrize('change', ['cpu', 'instruction sets', 'mxnet', 'threads', 'cores',
+                                    'channels'])
 def test_another_host_or_mxnet_version_or_thread_count_measures_again(cache, monkeypatch, change):
     monkeypatch.setattr(runtime, 'cpu', lambda: ('AMD EPYC', ['AVX2']))
     monkeypatch.delenv(runtime.CHANNEL_BLOCK, raising=False)
@@ -64,10 +94,13 @@ def test_another_host_or_mxnet_version_or_thread_count_measures_again(cache, mon
         monkeypatch.setattr('importlib.metadata.version', lambda name: '1.9.2')
     elif change == 'channels':   # the CNN's convolutions computed another way
         monkeypatch.setenv(runtime.CHANNEL_BLOCK, '1')
-    else:
-        monkeypatch.setenv('OMP_NUM_THREADS', '7')
+    elif change == 'cores':
+        monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1, 2, 3})
+    else:   # given now, chosen before
+        monkeypatch.setenv(runtime.THREADS, '2')
+    first = len(timer.calls)
     runtime.choose('net', timer, log=lambda _: None)
-    assert len(timer.calls) == 8 and len(json.loads(cache.read_text())) == 2
+    assert len(timer.calls) > first and len(json.loads(cache.read_text())) == 2
 
 
 def test_the_environment_wins_and_nothing_is_measured(cache, monkeypatch):
@@ -84,7 +117,7 @@ def test_a_wait_policy_set_by_configure_is_not_given_to_child_processes():
             'runtime.configure(); print(sorted(runtime.given()))"], capture_output=True, '
             'text=True, check=True).stdout.strip())')
     env = {k: v for k, v in os.environ.items() if k not in (runtime.WAIT, runtime.ENGINE,
-                                                              runtime.DEFAULTED)}
+                                                              runtime.THREADS, runtime.DEFAULTED)}
     child = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
                            text=True, check=True).stdout.strip()
     assert child == '[]'
@@ -105,8 +138,8 @@ def test_a_distributed_process_keeps_the_threaded_engine(cache, monkeypatch):
 def test_a_damaged_cache_is_measured_again_and_rewritten(cache, text):
     cache.write_text(text)
     timer = Timer()
-    assert runtime.choose('net', timer, log=lambda _: None) == NAIVE_PASSIVE
-    assert len(timer.calls) == 4 and list(json.loads(cache.read_text()).values()) == [NAIVE_PASSIVE]
+    assert runtime.choose('net', timer, log=lambda _: None) == FASTEST
+    assert len(timer.calls) == 6 and list(json.loads(cache.read_text()).values()) == [FASTEST]
 
 
 def test_nothing_timed_is_mxnets_defaults_and_not_kept(cache):
@@ -127,14 +160,15 @@ def test_train_py_runs_with_the_cached_choice_and_records_it(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in (runtime.ENGINE, runtime.WAIT)}
     env['STN_SETTINGS_CACHE'] = str(cache)
     key = f'{runtime.host_key()} | STN (affine) + LeNet on mnist, batch 64'
-    cache.write_text(json.dumps({key: NAIVE_PASSIVE}))
+    assert 'threads chosen' in key
+    cache.write_text(json.dumps({key: FASTEST}))
     out = tmp_path / 'run'
     done = subprocess.run([sys.executable, 'train.py', '--data-dir', REAL_DIR, '--out', str(out),
                            '--train-size', '200', '--epochs', '1'], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert 'timing' not in done.stdout   # read, not measured
-    assert f'NaiveEngine, OpenMP {runtime.threads()} threads PASSIVE' in done.stdout
+    assert 'NaiveEngine, OpenMP 1 threads PASSIVE' in done.stdout
     assert rundir.read_config(str(out))['execution'] == {
-        'engine': 'NaiveEngine', 'omp_wait_policy': 'PASSIVE', 'omp_threads': runtime.threads(),
-        'sampler': sampler.name(), 'channel_block': 1}   # LeNet: nothing padded
+        'engine': 'NaiveEngine', 'omp_wait_policy': 'PASSIVE', 'omp_threads': 1,
+        'sampler': 'BilinearSampler', 'channel_block': 1}   # one thread; LeNet pads nothing
