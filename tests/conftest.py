@@ -30,3 +30,16 @@ def quick_run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f'quick-{request.param}')
     train.main(['--data-dir', REAL_DIR, '--out', str(out), '--api', request.param, *QUICK])
     return out
+
+
+@pytest.fixture(scope='session')
+def op_library():
+    """The operator library (stngluon/ops.py), built as `make ops` builds it (where g++ and
+    the mxnet wheel's headers are), loaded."""
+    from stngluon import ops
+    if not ops.fresh(ops.library_path()):
+        try:
+            ops.build()
+        except RuntimeError as e:
+            pytest.skip(f'the operator library cannot be built here: {e}')
+    assert ops.load()

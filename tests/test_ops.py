@@ -18,17 +18,6 @@ from stngluon import ops, optim
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def library():
-    """The library, built as `make ops` builds it (where g++ and the headers are), loaded."""
-    if not ops.fresh(ops.library_path()):
-        try:
-            ops.build()
-        except RuntimeError as e:
-            pytest.skip(f'the operator library cannot be built here: {e}')
-    assert ops.load()
-
-
 def bits(array):
     return array.asnumpy().view(np.int32)
 
@@ -47,7 +36,7 @@ def test_without_a_compiler_building_is_a_clear_error_and_writes_nothing(tmp_pat
     assert os.listdir(tmp_path) == []
 
 
-def test_one_call_updates_every_parameter_to_the_bits_adam_update_gives(library):
+def test_one_call_updates_every_parameter_to_the_bits_adam_update_gives(op_library):
     """Several parameters (large ones across threads), each with its own rate and weight
     decay, gradient clipping on and off, zero and subnormal gradients, 60 steps."""
     rng = np.random.RandomState(0)
@@ -78,7 +67,7 @@ def test_one_call_updates_every_parameter_to_the_bits_adam_update_gives(library)
             np.testing.assert_array_equal(bits(a), bits(b))
 
 
-def test_a_list_of_rates_that_does_not_match_the_parameters_is_refused(library):
+def test_a_list_of_rates_that_does_not_match_the_parameters_is_refused(op_library):
     w, g, m, v = (mx.nd.ones(3) for _ in range(4))
     with pytest.raises(mx.base.MXNetError, match='one float per parameter'):
         getattr(mx.nd, optim.OP)(w, g, m, v, num_weights=1, lrs='0.1,0.2', wds='0', out=w)
@@ -126,7 +115,7 @@ def adam():
 
 
 def test_the_trainer_with_it_trains_the_weights_mxnets_adam_trains_in_one_call_a_step(
-        library, monkeypatch):
+        op_library, monkeypatch):
     calls = []
     op = getattr(mx.nd, optim.OP)
     monkeypatch.setattr(mx.nd, optim.OP, lambda *a, **k: calls.append(k['num_weights']) or op(*a, **k))
@@ -139,7 +128,7 @@ def test_the_trainer_with_it_trains_the_weights_mxnets_adam_trains_in_one_call_a
 
 
 @pytest.mark.parametrize('first', ['mxnet', 'fused'])
-def test_a_checkpoint_of_either_adam_resumes_into_it_as_an_uninterrupted_run(library, tmp_path,
+def test_a_checkpoint_of_either_adam_resumes_into_it_as_an_uninterrupted_run(op_library, tmp_path,
                                                                            first):
     """20 steps with MXNet's Adam (a checkpoint written before optim.Adam) or this one, saved,
     loaded, 10 more with this one: the weights of 30 uninterrupted steps."""
@@ -167,7 +156,7 @@ def test_a_checkpoint_of_either_adam_resumes_into_it_as_an_uninterrupted_run(lib
         np.testing.assert_array_equal(weights(resumed)[name], w, err_msg=name)
 
 
-def test_parameters_it_cannot_update_get_mxnets_own_update(library):
+def test_parameters_it_cannot_update_get_mxnets_own_update(op_library):
     """float16 weights (with multi_precision) are left to mx.optimizer.Adam, bit for bit."""
     w = mx.nd.array(np.random.RandomState(1).randn(50)).astype('float16')
     g = mx.nd.array(np.random.RandomState(2).randn(50)).astype('float16')
@@ -196,7 +185,7 @@ def test_where_the_library_is_missing_it_updates_as_mxnets_adam_does(tmp_path):
     assert done.stdout.split() == ['False', 'True']
 
 
-def test_it_pickles_as_the_trainer_saves_it_without_what_it_found_in_this_process(library):
+def test_it_pickles_as_the_trainer_saves_it_without_what_it_found_in_this_process(op_library):
     """A resumed run loads the library afresh (or finds it missing)."""
     _, trainer = train(adam(), steps=2)
     again = pickle.loads(pickle.dumps(trainer._optimizer))
@@ -205,7 +194,7 @@ def test_it_pickles_as_the_trainer_saves_it_without_what_it_found_in_this_proces
 
 
 def test_weights_an_inference_forward_left_in_onednns_layout_are_updated_as_mxnet_updates_them(
-        library):
+        op_library):
     """Evaluation between epochs has oneDNN keep a convolution's weight in its blocked
     layout; the next update must neither stop nor differ."""
     results = []

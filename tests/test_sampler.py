@@ -13,21 +13,15 @@ from stngluon import compat, runtime  # noqa: F401
 import mxnet as mx
 
 from stngluon import rundir
-from stngluon import ops, sampler
+from stngluon import sampler
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def threaded():
-    """The library, built as `make ops` builds it (where g++ and the headers are), loaded."""
-    if not ops.fresh(ops.library_path()):
-        try:
-            ops.build()
-        except RuntimeError as e:
-            pytest.skip(f'the operator library cannot be built here: {e}')
-    assert ops.load()
+def threaded(op_library):
+    """The threaded sampler, from the operator library (conftest.py)."""
     return getattr(mx.nd, sampler.OP)
 
 
@@ -87,20 +81,6 @@ def test_it_is_not_used_where_the_library_is_missing_or_on_one_thread(tmp_path):
                     OMP_NUM_THREADS='2') == 'BilinearSampler'
     assert in_child(code, OMP_NUM_THREADS='1') == 'BilinearSampler'
     assert in_child(code, STN_SAMPLER='builtin', OMP_NUM_THREADS='2') == 'BilinearSampler'
-
-
-def test_a_library_older_than_its_source_is_not_loaded(tmp_path):
-    stale = tmp_path / 'stale.so'
-    stale.write_bytes(b'not a library')
-    os.utime(stale, (0, 0))
-    assert not ops.fresh(str(stale))
-    assert not ops.fresh(str(tmp_path / 'missing.so'))
-
-
-def test_without_a_compiler_building_is_a_clear_error_and_writes_nothing(tmp_path):
-    with pytest.raises(RuntimeError, match='no-such-compiler'):
-        ops.build(str(tmp_path / 'lib.so'), compiler='no-such-compiler')
-    assert os.listdir(tmp_path) == []
 
 
 def test_an_exported_model_needs_only_mxnets_operators(threaded, tmp_path):
