@@ -45,11 +45,12 @@ DEFAULTED = 'STN_DEFAULTED'
 def configure():
     """Every script calls this first, before MXNet loads (OpenMP reads its variables then):
     one OpenMP thread per core this process may use (the PyPI MXNet runs its operators on
-    one thread unless told otherwise; all the cores train fastest, docs/speed.md), and the
-    spinning wait policy (DEFAULT) where the environment sets none. OMP_NUM_THREADS and
-    OMP_WAIT_POLICY in the environment win. Results repeat exactly for a given thread count
-    and differ slightly between thread counts (sums are taken in another order);
-    config.json records the count a run used. Returns that count."""
+    one thread unless told otherwise), and the spinning wait policy (DEFAULT), where the
+    environment sets none; ``settle`` may then run a script on what it measured faster
+    (one thread, another engine or policy). OMP_NUM_THREADS and OMP_WAIT_POLICY in the
+    environment win. Results repeat exactly for a given thread count and differ slightly
+    between thread counts (sums are taken in another order); config.json records the count
+    a run used. Returns that count."""
     for name, value in ((WAIT, DEFAULT[WAIT]), (THREADS, str(len(os.sched_getaffinity(0))))):
         if name not in os.environ:
             os.environ[name] = value
