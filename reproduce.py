@@ -534,6 +534,29 @@ def compositional_table(where=HERE, rows=None):
         params = next(iter(runs.values()))[1].get('num_params')
         lines.append(f'| {dataset} | {model} | {params:,d} | **{mean_and_spread(errors)}** | '
                      f'{seeds} |')
+    return lines + [''] + compositional_comparison(rows or compositional_runs())
+
+
+def compositional_comparison(rows):
+    """Markdown lines comparing each compositional model of a set with that set's single
+    ST-CNN (``rows`` as ``compositional_runs()`` gives them), where both have two seeds or
+    more: the difference of the mean test errors, the larger of the two seed spreads
+    (sample standard deviations), whether the model is below by more than that spread,
+    and whether every one of its seeds is below every ST-CNN seed."""
+    errors = {(dataset, model.split()[0]): [e for e, _ in runs.values()]
+              for dataset, model, _, runs in rows}
+    lines = ['| set | model | against the ST-CNN (points) | larger seed spread | '
+             'below by more than the spread | every seed below every ST-CNN seed |',
+             '|---|---|---|---|---|---|']
+    for (dataset, kind), ours in errors.items():
+        reference = errors.get((dataset, 'ST-CNN'), [])
+        if kind in ('CNN', 'ST-CNN') or len(ours) < 2 or len(reference) < 2:
+            continue
+        difference = statistics.mean(ours) - statistics.mean(reference)
+        spread = max(statistics.stdev(ours), statistics.stdev(reference))
+        yes_no = lambda claim: 'yes' if claim else 'no'   # noqa: E731
+        lines.append(f'| {dataset} | {kind} | {difference:+.2f} | {spread:.2f} | '
+                     f'{yes_no(difference < -spread)} | {yes_no(max(ours) < min(reference))} |')
     return lines
 
 

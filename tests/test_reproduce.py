@@ -690,3 +690,17 @@ def test_the_compositional_tables_average_the_finished_seeds_and_leave_out_unfin
     assert reproduce.compositional_summary() == [
         '| set | CNN | IC-STN-4 |', '|---|---|---|',
         '| perturbed | 1.50 ± 0.71 (2) |  |', '| P |  | 50.00 (1) |']
+
+
+def test_the_compositional_comparison_says_whether_a_model_is_below_the_st_cnn_by_more_than_the_spread():
+    def runs(*errors):
+        return {seed: (error, {}) for seed, error in enumerate(errors, 1)}
+    rows = [('perturbed', 'CNN', 'cnn', runs(2.5, 2.7)),
+            ('perturbed', 'ST-CNN projective', 'st', runs(1.6, 1.5, 1.7)),   # mean 1.6, std 0.1
+            ('perturbed', 'IC-STN-4 projective', 'ic4', runs(1.3, 1.4, 1.2)),  # 0.3 below
+            ('perturbed', 'IC-STN-2 projective', 'ic2', runs(1.5, 1.6, 1.4)),  # 0.1 below: the spread
+            ('perturbed', 'c-STN-2 projective', 'c2', runs(1.0)),              # one seed: left out
+            ('P', 'IC-STN-4 projective', 'p', runs(0.6, 0.7))]                 # no ST-CNN: left out
+    assert reproduce.compositional_comparison(rows)[2:] == [
+        '| perturbed | IC-STN-4 | -0.30 | 0.10 | yes | yes |',
+        '| perturbed | IC-STN-2 | -0.10 | 0.10 | no | no |']
