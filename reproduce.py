@@ -487,7 +487,17 @@ COMPOSITIONAL = [
     ('P', 'IC-STN-4 projective', 'icstn/p-ic-stn-4-proj'),
     ('RTS', 'ST-CNN projective', 'table1/rts-st-cnn-proj-cosine-20ep-fresh-loc1'),
     ('RTS', 'IC-STN-4 projective', 'icstn/rts-ic-stn-4-proj'),
+    ('perturbed, FCN', 'FCN', 'icstn/perturbed-fcn'),
+    ('perturbed, FCN', 'ST-FCN projective', 'icstn/perturbed-st-fcn-proj'),
+    ('perturbed, FCN', 'IC-STN-4 projective + FCN', 'icstn/perturbed-ic-stn-4-fcn-proj'),
 ]
+
+
+def role(model):
+    """A COMPOSITIONAL model's column in the README's table: 'no ST' (CNN, FCN), 'ST' (the
+    single transformer: ST-CNN, ST-FCN), or its first word ('c-STN-2', 'IC-STN-4', ...)."""
+    kind = model.split()[0]
+    return {'CNN': 'no ST', 'FCN': 'no ST', 'ST-CNN': 'ST', 'ST-FCN': 'ST'}.get(kind, kind)
 
 
 def finished_seeds(stem):
@@ -539,18 +549,18 @@ def compositional_table(where=HERE, rows=None):
 
 def compositional_comparison(rows):
     """Markdown lines comparing each compositional model of a set with that set's single
-    ST-CNN (``rows`` as ``compositional_runs()`` gives them), where both have two seeds or
-    more: the difference of the mean test errors, the larger of the two seed spreads
-    (sample standard deviations), whether the model is below by more than that spread,
-    and whether every one of its seeds is below every ST-CNN seed."""
-    errors = {(dataset, model.split()[0]): [e for e, _ in runs.values()]
+    transformer, ``role`` 'ST' (``rows`` as ``compositional_runs()`` gives them), where both
+    have two seeds or more: the difference of the mean test errors, the larger of the two
+    seed spreads (sample standard deviations), whether the model is below by more than
+    that spread, and whether every one of its seeds is below every seed of the single one."""
+    errors = {(dataset, role(model)): [e for e, _ in runs.values()]
               for dataset, model, _, runs in rows}
-    lines = ['| set | model | against the ST-CNN (points) | larger seed spread | '
-             'below by more than the spread | every seed below every ST-CNN seed |',
+    lines = ['| set | model | against the single ST (points) | larger seed spread | '
+             'below by more than the spread | every seed below every single-ST seed |',
              '|---|---|---|---|---|---|']
     for (dataset, kind), ours in errors.items():
-        reference = errors.get((dataset, 'ST-CNN'), [])
-        if kind in ('CNN', 'ST-CNN') or len(ours) < 2 or len(reference) < 2:
+        reference = errors.get((dataset, 'ST'), [])
+        if kind in ('no ST', 'ST') or len(ours) < 2 or len(reference) < 2:
             continue
         difference = statistics.mean(ours) - statistics.mean(reference)
         spread = max(statistics.stdev(ours), statistics.stdev(reference))
@@ -562,11 +572,11 @@ def compositional_comparison(rows):
 
 def compositional_summary(rows=None):
     """The README's short form of ``compositional_table`` (``rows`` likewise): a row per set,
-    a column per kind of model (its first word: 'CNN', 'ST-CNN', 'IC-STN-4', ...),
+    a column per ``role`` of model ('no ST', 'ST', 'c-STN-2', ..., 'IC-STN-4'),
     'mean ± std (seeds)'."""
     kinds, sets, cells = [], [], {}
     for dataset, model, _, runs in rows or compositional_runs():
-        kind = model.split()[0]
+        kind = role(model)
         kinds += [kind] if kind not in kinds else []
         sets += [dataset] if dataset not in sets else []
         errors = [e for e, _ in runs.values()]
