@@ -489,6 +489,8 @@ COMPOSITIONAL = [
     ('RTS', 'IC-STN-4 projective', 'icstn/rts-ic-stn-4-proj'),
     ('perturbed, FCN', 'FCN', 'icstn/perturbed-fcn'),
     ('perturbed, FCN', 'ST-FCN projective', 'icstn/perturbed-st-fcn-proj'),
+    ('perturbed, FCN', 'c-STN-4 projective + FCN', 'icstn/perturbed-c-stn-4-fcn-proj'),
+    ('perturbed, FCN', 'IC-STN-2 projective + FCN', 'icstn/perturbed-ic-stn-2-fcn-proj'),
     ('perturbed, FCN', 'IC-STN-4 projective + FCN', 'icstn/perturbed-ic-stn-4-fcn-proj'),
 ]
 
