@@ -95,13 +95,18 @@ def minor_label(value, _):
     return f'{value:g}' if round(mantissa) in (2, 5) else ''
 
 
+LEGEND_ROW = 0.2   # inches of curves.png's height per run, for the legend under the panels
+
+
 def curves_figure(run_dirs):
-    """Loss (train dashed, test solid) and test error per epoch, one colour per run folder."""
-    fig, (loss_ax, error_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    """Loss (train dashed, test solid) and test error per epoch, one colour per run folder;
+    one legend under both panels, a line per run with its last test error."""
+    height = 4 + LEGEND_ROW * len(run_dirs)
+    fig, (loss_ax, error_ax) = plt.subplots(1, 2, figsize=(10, height))
     for k, run_dir in enumerate(run_dirs):
         m, color, label = metric_arrays(run_dir), f'C{k}', run_label(run_dir)
-        loss_ax.plot(m['epoch'], m['train_loss'], '--', color=color, label=f'{label} train')
-        loss_ax.plot(m['epoch'], m['test_loss'], '-', color=color, label=f'{label} test')
+        loss_ax.plot(m['epoch'], m['train_loss'], '--', color=color)
+        loss_ax.plot(m['epoch'], m['test_loss'], '-', color=color)
         error = 100 * (1 - m['test_acc'])
         error_ax.plot(m['epoch'], error, 'o-', color=color, markersize=3,
                       label=f'{label}: {error[-1]:.2f}%')
@@ -112,13 +117,17 @@ def curves_figure(run_dirs):
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
         ax.yaxis.set_minor_formatter(FuncFormatter(minor_label))
         ax.grid(True, which='both', alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    loss_ax.legend([plt.Line2D([], [], color='grey', linestyle=style) for style in ('--', '-')],
+                   ['train', 'test'], fontsize=8)
+    fig.legend(*error_ax.get_legend_handles_labels(), loc='lower center', fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, LEGEND_ROW * (len(run_dirs) + 0.5) / height, 1, 1))
     return fig
 
 
 def write_curves(path, run_dirs):
-    """curves.png (1000 x 400 pixels) for the run folders ``run_dirs``."""
+    """curves.png, 1000 pixels wide and 400 high plus 20 a run (the legend), for the run
+    folders ``run_dirs``."""
     fig = curves_figure(run_dirs)
     fig.savefig(path, dpi=100)
     plt.close(fig)

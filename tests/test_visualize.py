@@ -382,16 +382,19 @@ def test_the_command_line_writes_compare_jpg_from_the_run_folder(tmp_path, capsy
 
 # ---- curves.png -----------------------------------------------------------------------
 
-def test_curves_overlay_several_runs_in_one_1000_by_400_png(tmp_path):
+def test_curves_overlay_several_runs_in_one_png_with_a_legend_line_per_run(tmp_path):
     stn = write_metrics(tmp_path / 'rts-stn', [0.90, 0.95, 0.99])
     lenet = write_metrics(tmp_path / 'rts-lenet', [0.85, 0.90, 0.92])
     fig = visualize.curves_figure([stn, lenet])
     loss, error = fig.axes
     assert len(loss.lines) == 4 and len(error.lines) == 2
     np.testing.assert_allclose(error.lines[0].get_ydata(), [10, 5, 1], atol=1e-9)
-    assert error.get_legend().get_texts()[1].get_text().endswith('8.00%')
+    runs = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert runs[0].startswith('rts-stn (') and runs[0].endswith('1.00%')
+    assert runs[1].startswith('rts-lenet (') and runs[1].endswith('8.00%')
+    assert [text.get_text() for text in loss.get_legend().get_texts()] == ['train', 'test']
     visualize.main(['--curves', stn, lenet, '--out', str(tmp_path)])
-    assert Image.open(tmp_path / 'curves.png').size == (1000, 400)
+    assert Image.open(tmp_path / 'curves.png').size == (1000, 440)   # 400 + 20 a run
 
 
 def test_curves_of_a_folder_without_metrics_exit_with_a_message(tmp_path):
