@@ -258,9 +258,15 @@ def chosen_for(flags, threads, environ=None, cpus=None):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+LOOP_IMAGES = 60_000   # loop_rate's largest set: a training epoch (the sets of train.py's runs)
+
+
 def loop_rate(args, seconds):
     """Images/s of ``engine.GluonModel.fit_epoch`` on random images of the run's shape
-    (``args`` with its width resolved), after a warm-up, over about ``seconds``."""
+    (``args`` with its width resolved), after a warm-up, over about ``seconds``: on a set
+    doubled from 8 batches until one pass takes ``seconds / 2`` or the set is an epoch of
+    LOOP_IMAGES, then passes over that epoch until ``seconds / 2`` have gone (a fast network
+    on a large canvas would otherwise need gigabytes of images)."""
     from stngluon import compat  # noqa: F401  (before mxnet)
     import mxnet as mx
     import numpy as np
@@ -269,17 +275,22 @@ def loop_rate(args, seconds):
     from stngluon import engine
     shape = distort.image_shape(args.dataset)
     model = engine.GluonModel(args, (args.batch_size * 8, *shape), mx.cpu())
-    rng = np.random.RandomState(0)
+    rng = np.random.default_rng(0)
     batches = 8
     while True:
-        x = rng.rand(batches * args.batch_size, *shape).astype(np.float32)
-        y = rng.randint(0, distort.num_classes(args.dataset), len(x)).astype(np.int32)
+        count = min(batches * args.batch_size, LOOP_IMAGES)
+        x = rng.random((count, *shape), dtype=np.float32)
+        y = rng.integers(0, distort.num_classes(args.dataset), count).astype(np.int32)
         model.fit_epoch(1, x[:2 * args.batch_size], y[:2 * args.batch_size])   # warm-up
-        start = time.perf_counter()
-        model.fit_epoch(2, x, y)
-        took = time.perf_counter() - start
-        if took >= seconds / 2 or batches >= 4096:
-            return len(x) / took
+        start, seen = time.perf_counter(), 0
+        while True:
+            model.fit_epoch(2, x, y)
+            seen += count
+            took = time.perf_counter() - start
+            if took >= seconds / 2 or count < LOOP_IMAGES:
+                break
+        if took >= seconds / 2 or count == LOOP_IMAGES:
+            return seen / took
         batches *= 2
 
 

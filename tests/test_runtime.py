@@ -152,6 +152,20 @@ def test_the_loop_rate_is_measured_on_the_runs_network():
     assert runtime.loop_rate(config, 0.05) > 0
 
 
+def test_the_loop_rate_repeats_an_epoch_rather_than_growing_the_set_past_it(monkeypatch):
+    from stngluon import engine
+    passes, fit_epoch = [], engine.GluonModel.fit_epoch
+
+    def recorded(model, epoch, x, y):
+        passes.append((epoch, len(x)))
+        return fit_epoch(model, epoch, x, y)
+    monkeypatch.setattr(engine.GluonModel, 'fit_epoch', recorded)
+    monkeypatch.setattr(runtime, 'LOOP_IMAGES', 48)   # an 'epoch' of 3 batches of 16
+    assert runtime.loop_rate(RunConfig(model='fcn', width=8, batch_size=16), 0.2) > 0
+    timed = [n for epoch, n in passes if epoch == 2]
+    assert passes[0] == (1, 32) and len(timed) > 1 and set(timed) == {48}
+
+
 @needs_mnist
 def test_train_py_runs_with_the_cached_choice_and_records_it(tmp_path):
     """The cached choice (as if measured) is the one train.py trains with: it runs itself
