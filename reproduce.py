@@ -534,9 +534,10 @@ def compositional_table(where=HERE, rows=None):
     """The markdown lines of the compositional-transformer table from the committed runs
     (``rows``: ``compositional_runs()``, read if not given): per model its parameters and
     test error, mean +- std over the finished seeds (each linked, relative to ``where``)."""
+    rows = rows or compositional_runs()
     lines = ['| set | model | parameters | test error (%), mean ± std | seeds |',
              '|---|---|---|---|---|']
-    for dataset, model, stem, runs in rows or compositional_runs():
+    for dataset, model, stem, runs in rows:
         if not runs:
             lines.append(f'| {dataset} | {model} | | not run yet | |')
             continue
@@ -546,7 +547,7 @@ def compositional_table(where=HERE, rows=None):
         params = next(iter(runs.values()))[1].get('num_params')
         lines.append(f'| {dataset} | {model} | {params:,d} | **{mean_and_spread(errors)}** | '
                      f'{seeds} |')
-    return lines + [''] + compositional_comparison(rows or compositional_runs())
+    return lines + [''] + compositional_comparison(rows)
 
 
 def compositional_comparison(rows):
