@@ -196,9 +196,12 @@ def test_it_pickles_as_the_trainer_saves_it_without_what_it_found_in_this_proces
 def test_weights_an_inference_forward_left_in_onednns_layout_are_updated_as_mxnet_updates_them(
         op_library):
     """Evaluation between epochs has oneDNN keep a convolution's weight in its blocked
-    layout; the next update must neither stop nor differ."""
+    layout; the next update must neither stop nor differ from MXNet's Adam training the
+    same convolution with no inference forwards (MXNet's own adam_update on a weight in that
+    layout is not a reference: under the threaded engine it gave other weights about one
+    process in thirty, a race inside MXNet 1.9.1)."""
     results = []
-    for optimizer in ('adam', adam()):
+    for optimizer, evaluate in (('adam', False), (adam(), True)):
         mx.random.seed(3)
         conv = gluon.nn.Conv2D(16, 3, in_channels=8)
         conv.initialize()
@@ -207,7 +210,8 @@ def test_weights_an_inference_forward_left_in_onednns_layout_are_updated_as_mxne
         rng = np.random.RandomState(0)
         for _ in range(3):
             x = mx.nd.array(rng.randn(4, 8, 10, 10))
-            conv(x).asnumpy()   # inference mode: the weight goes to oneDNN's layout
+            if evaluate:
+                conv(x).asnumpy()   # inference mode: the weight goes to oneDNN's layout
             for _ in range(2):
                 with autograd.record():
                     loss = (conv(x) ** 2).mean()
