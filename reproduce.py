@@ -62,7 +62,7 @@ PAPER = {
     'st-cnn-tps':   {'r': 0.7, 'rts': 0.5, 'p': 0.8, 'e': 1.1},
 }
 PAPER_COLUMNS = ['r', 'rts', 'p', 'e', 'tc']   # Table 1's columns, in its order
-TRAIN_IMAGES = mnist.FILES['train-images-idx3-ubyte'][2][0]   # every set's: MNIST's 60,000
+TRAIN_IMAGES = mnist.TRAIN_IMAGES   # every set's: MNIST's 60,000
 FAMILY_ABBREVIATIONS = {'aff': 'affine', 'proj': 'projective', 'tps': 'tps'}
 
 # The schedules: the first pass's ('ours', 5 epochs), the paper's (150k iterations of
@@ -561,15 +561,15 @@ def compositional_comparison(rows):
     lines = ['| set | model | against the single ST (points) | larger seed spread | '
              'below by more than the spread | every seed below every single-ST seed |',
              '|---|---|---|---|---|---|']
+    yes_no = {True: 'yes', False: 'no'}
     for (dataset, kind), ours in errors.items():
         reference = errors.get((dataset, 'ST'), [])
         if kind in ('no ST', 'ST') or len(ours) < 2 or len(reference) < 2:
             continue
         difference = statistics.mean(ours) - statistics.mean(reference)
         spread = max(statistics.stdev(ours), statistics.stdev(reference))
-        yes_no = lambda claim: 'yes' if claim else 'no'   # noqa: E731
         lines.append(f'| {dataset} | {kind} | {difference:+.2f} | {spread:.2f} | '
-                     f'{yes_no(difference < -spread)} | {yes_no(max(ours) < min(reference))} |')
+                     f'{yes_no[difference < -spread]} | {yes_no[max(ours) < min(reference)]} |')
     return lines
 
 

@@ -41,6 +41,7 @@ FILES = {
     't10k-labels-idx1-ubyte': ('ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2',
                                2049, (10000,)),
 }
+TRAIN_IMAGES = FILES['train-images-idx3-ubyte'][2][0]   # 60,000: every set's training set
 
 HOW_TO_SUPPLY = ('Put the four MNIST files (train-images-idx3-ubyte, train-labels-idx1-ubyte, '
                  't10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; raw or .gz) in one folder and '

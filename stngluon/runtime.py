@@ -258,14 +258,14 @@ def chosen_for(flags, threads, environ=None, cpus=None):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-LOOP_IMAGES = 60_000   # loop_rate's largest set: a training epoch (the sets of train.py's runs)
+LOOP_IMAGES = None   # loop_rate's largest set; None: a training epoch (mnist.TRAIN_IMAGES)
 
 
 def loop_rate(args, seconds):
     """Images/s of ``engine.GluonModel.fit_epoch`` on random images of the run's shape
     (``args`` with its width resolved), after a warm-up, over about ``seconds``: on a set
-    doubled from 8 batches until one pass takes ``seconds / 2`` or the set is an epoch of
-    LOOP_IMAGES, then passes over that epoch until ``seconds / 2`` have gone (a fast network
+    doubled from 8 batches until one pass takes ``seconds / 2`` or the set is an epoch
+    (LOOP_IMAGES), then passes over that epoch until ``seconds / 2`` have gone (a fast network
     on a large canvas would otherwise need gigabytes of images)."""
     from stngluon import compat  # noqa: F401  (before mxnet)
     import mxnet as mx
@@ -273,12 +273,14 @@ def loop_rate(args, seconds):
 
     from stngluon import distort
     from stngluon import engine
+    from stngluon import mnist   # numpy: not imported before configure() has run
+    epoch = LOOP_IMAGES or mnist.TRAIN_IMAGES
     shape = distort.image_shape(args.dataset)
     model = engine.GluonModel(args, (args.batch_size * 8, *shape), mx.cpu())
     rng = np.random.default_rng(0)
     batches = 8
     while True:
-        count = min(batches * args.batch_size, LOOP_IMAGES)
+        count = min(batches * args.batch_size, epoch)
         x = rng.random((count, *shape), dtype=np.float32)
         y = rng.integers(0, distort.num_classes(args.dataset), count).astype(np.int32)
         model.fit_epoch(1, x[:2 * args.batch_size], y[:2 * args.batch_size])   # warm-up
@@ -287,7 +289,7 @@ def loop_rate(args, seconds):
             model.fit_epoch(2, x, y)
             seen += count
             took = time.perf_counter() - start
-            if took >= seconds / 2 or count < LOOP_IMAGES:
+            if took >= seconds / 2 or count < epoch:
                 break
         if took >= seconds / 2:
             return seen / took
