@@ -16,6 +16,7 @@ network with mx.mod.Module. Both take their learning rate from one ``Schedule``.
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import math
 import os
 import sys
@@ -165,6 +166,18 @@ def old_checkpoints():
 
 
 GATHER = 32   # batches fit_epoch takes from the training set at once
+CHECK_EVERY = 50   # batches between fit_epoch's checks of the running loss (check_loss)
+
+
+def loss_sums(losses):
+    """``[loss.sum() for loss in losses]`` as float32 numpy, bit for bit, in an operator or
+    two for each run of (N,) arrays ``losses`` of one length (each row of their stack is
+    summed in the order of the array alone) and one read."""
+    if not losses:
+        return np.zeros(0, np.float32)
+    runs = [mx.nd.stack(*run).sum(axis=1)
+            for _, run in itertools.groupby(losses, key=lambda loss: loss.shape)]
+    return mx.nd.concat(*runs, dim=0).asnumpy()
 
 
 def to_device(x, ctx):
@@ -262,7 +275,9 @@ class GluonModel:
             self.on_device = x, to_device(x, ctx), mx.nd.array(y, ctx=ctx)
         _, x_nd, y_nd = self.on_device
         order = mx.nd.array(epoch_order(config, epoch, len(x)), ctx=ctx, dtype='int64')
-        total, seen = mx.nd.zeros(1, ctx=ctx), 0
+        # The running loss: each batch's losses are kept (no operator per batch) and summed
+        # at every check, in batch order in float32 as ``total += loss.sum()`` would.
+        total, seen, pending = np.float32(0), 0, []
         progress = progress_bar(epoch, math.ceil(len(x) / config.batch_size), show=self.rank == 0)
         gather = GATHER * config.batch_size
         for step, i in enumerate(range(0, len(x), config.batch_size), 1):
@@ -282,17 +297,19 @@ class GluonModel:
                 with autograd.record():
                     losses = [loss_fn(self.net(d), t) for d, t in zip(data, label)]
                 autograd.backward(losses)
-                for loss in losses:
-                    total += loss.sum().as_in_context(ctx)
+                pending += [loss.detach().as_in_context(ctx) for loss in losses]
                 seen += end - first
             self.trainer.step(batch)
             self.beat()
             progress.update()
-            if seen and (step % 50 == 0 or i + config.batch_size >= len(x)):
-                check_loss(total.asscalar() / seen, epoch, step)
-                progress.set_postfix(loss=f'{total.asscalar() / seen:.4f}')
+            if seen and (step % CHECK_EVERY == 0 or i + config.batch_size >= len(x)):
+                for loss_sum in loss_sums(pending):
+                    total = np.float32(total + loss_sum)
+                pending = []
+                check_loss(total / seen, epoch, step)
+                progress.set_postfix(loss=f'{total / seen:.4f}')
         progress.close()
-        return total.asscalar() / max(seen, 1), seen * self.workers / (time.time() - start)
+        return total / max(seen, 1), seen * self.workers / (time.time() - start)
 
     def evaluate(self, x, y, batch_size=1000):
         """Mean cross-entropy and accuracy over every example of (x, y)."""

@@ -56,6 +56,33 @@ def test_both_apis_train_with_the_rates_of_one_schedule_and_report_the_last_one(
     assert len(set(np.round(rates, 8))) == 3   # the rate really changed from epoch to epoch
 
 
+def test_the_sums_of_a_list_of_losses_are_each_losss_own_sum_bit_for_bit():
+    rng = np.random.RandomState(0)
+    losses = [mx.nd.array(rng.rand(n).astype(np.float32) * 3) for n in (64, 64, 64, 17, 64, 5, 5)]
+    sums = engine.loss_sums(losses)
+    assert sums.dtype == np.float32
+    np.testing.assert_array_equal(sums, [loss.sum().asscalar() for loss in losses])
+    assert engine.loss_sums([]).shape == (0,)
+
+
+@pytest.mark.parametrize('check_every', [2, 50])
+def test_the_epochs_loss_is_every_batchs_loss_summed_in_order_in_float32(monkeypatch, check_every):
+    # 100 images in batches of 32: a last batch of 4, inside a stretch between checks or not
+    monkeypatch.setattr(engine, 'CHECK_EVERY', check_every)
+    args = RunConfig.from_flags(['--batch-size', '32'])
+    rng = np.random.RandomState(0)
+    x, y = rng.rand(100, 1, 28, 28).astype(np.float32), rng.randint(0, 10, 100)
+    model, batch_losses = engine.GluonModel(args, x.shape, mx.cpu()), []
+    loss_fn = model.loss_fn
+    model.loss_fn = lambda logits, label: batch_losses.append(loss_fn(logits, label)) or batch_losses[-1]
+    mean, _ = model.fit_epoch(1, x, y)
+    assert [len(loss) for loss in batch_losses] == [32, 32, 32, 4]
+    total = mx.nd.zeros(1)
+    for loss in batch_losses:   # what the loop once ran: an operator or two per batch
+        total += loss.sum()
+    assert mean == total.asscalar() / 100
+
+
 @pytest.mark.parametrize('order', ['stngluon.engine, torch', 'torch, stngluon.engine'])
 def test_training_imports_beside_a_pytorch_2_that_gluoncv_would_refuse(tmp_path, order):
     import os
