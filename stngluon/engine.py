@@ -322,7 +322,16 @@ class GluonModel:
             accuracy.update(label, logits)
             mean_loss.update(None, loss_fn(logits, label))
         assert accuracy.num_inst == len(x)
+        self.plain_weights()
         return mean_loss.get()[1], accuracy.get()[1]
+
+    def plain_weights(self):
+        """After inference-mode forwards (evaluation, the pictures): every convolution weight
+        back in MXNet's own layout (optim.plain_layout). oneDNN keeps them in a blocked layout
+        of its own, and MXNet 1.9.1's built-in updates of a weight in that layout race under
+        the threaded engine (another result about one process in thirty)."""
+        optim.plain_layout([a for p in self.net.collect_params().values()
+                            for a in p.list_data() if a.ndim > 2])
 
     def regions(self, images):
         """What each transformer makes of ``images`` (N, C, H, W), for the pictures: (outputs
@@ -351,7 +360,9 @@ class GluonModel:
                                         shape, a, b)
             outputs.append(mx.nd.BilinearSampler(x, region))
             grids.append(region)
-        return (mx.nd.concat(*outputs, dim=1).asnumpy(), mx.nd.concat(*grids, dim=1).asnumpy())
+        outputs, grids = mx.nd.concat(*outputs, dim=1).asnumpy(), mx.nd.concat(*grids, dim=1).asnumpy()
+        self.plain_weights()
+        return outputs, grids
 
     def fingerprint(self):
         """A short hash of every weight's bytes: equal on workers that hold equal weights."""

@@ -17,7 +17,7 @@ from stngluon import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
 import numpy as np
 
-from stngluon import rundir
+from stngluon import optim, rundir
 from stngluon.engine import (Schedule, check_loss, epoch_order, old_checkpoints, optimizer_params,
                              progress_bar)
 from net import MEAN, STD
@@ -158,6 +158,9 @@ class ModuleModel:
         probs = self.mod.predict(mx.io.NDArrayIter(x, y, batch_size,
                                                    label_name='softmax_label')).asnumpy()
         assert len(probs) == len(x)
+        # the convolutions' weights back in MXNet's layout, as engine.GluonModel.plain_weights
+        optim.plain_layout([a for arrays in self.mod._exec_group.param_arrays for a in arrays
+                            if a.ndim > 2])
         picked = probs[np.arange(len(y)), y]
         return float(-np.log(np.maximum(picked, 1e-12)).mean()), float((probs.argmax(1) == y).mean())
 

@@ -219,3 +219,34 @@ def test_weights_an_inference_forward_left_in_onednns_layout_are_updated_as_mxne
                 trainer.step(4)
         results.append(conv.weight.data().asnumpy())
     np.testing.assert_array_equal(results[0].view(np.int32), results[1].view(np.int32))
+
+
+@pytest.mark.parametrize('after', ['evaluate', 'regions', 'symbolic evaluate'])
+def test_after_evaluation_and_the_pictures_every_convolution_weight_is_in_mxnets_layout(
+        op_library, after):
+    """Inference-mode forwards leave convolution weights in oneDNN's blocked layout, where
+    MXNet's built-in updates race (engine.GluonModel.plain_weights). Observed through the
+    external operator, whose output must be in MXNet's layout: it writes into every weight
+    (learning rate 0) with no "can't generate TBlob for MKLDNN data"."""
+    from stngluon import engine, symbolic
+    from stngluon.config import RunConfig
+    rng = np.random.RandomState(0)
+    x, y = rng.rand(64, 1, 28, 28).astype(np.float32), rng.randint(0, 10, 64)
+    config = RunConfig.from_flags(['--optimizer', 'sgd'])
+    if after == 'symbolic evaluate':
+        model = symbolic.ModuleModel(config, x.shape, mx.cpu())
+        model.fit_epoch(1, x, y)
+        model.evaluate(x, y)
+        arrays = [a for each in model.mod._exec_group.param_arrays for a in each]
+    else:
+        model = engine.GluonModel(config, x.shape, mx.cpu())
+        model.fit_epoch(1, x, y)
+        model.evaluate(x, y) if after == 'evaluate' else model.regions(x[:8])
+        arrays = [a for p in model.net.collect_params().values() for a in p.list_data()]
+    weights = [a for a in arrays if a.ndim > 2]
+    assert len(weights) >= 3   # LeNet's two convolutions and the localisation net's
+    for w in weights:
+        before = w.asnumpy()
+        zeros = [mx.nd.zeros(w.shape) for _ in range(3)]
+        getattr(mx.nd, optim.OP)(w, *zeros, num_weights=1, lrs='0', wds='0', out=w)
+        np.testing.assert_array_equal(w.asnumpy(), before)
