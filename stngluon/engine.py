@@ -230,6 +230,7 @@ class GluonModel:
         self.num_params = net.trainable_params(self.net)   # grid constants excluded
         self.beat = lambda: None   # called after every step (train.py: a Watchdog's beat)
         self.on_device = None   # (numpy training images, the same on ctx, labels on ctx)
+        self.picked = None   # the images and labels fit_epoch takes its batches into
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
         self.loss_fn.hybridize()   # one operator call per batch instead of four
 
@@ -271,19 +272,27 @@ class GluonModel:
         # The whole set goes to the device once (again only when it changes, as with
         # --fresh-distortions; to_device); GATHER batches at a time are taken from it there,
         # in one operator each for images and labels, and every batch is a view of those.
+        # They are taken into two arrays kept from epoch to epoch: no allocation of GATHER
+        # batches every GATHER batches, which the C library may hand back and ask again.
+        gather = GATHER * config.batch_size
         if self.on_device is None or self.on_device[0] is not x:
             self.on_device = x, to_device(x, ctx), mx.nd.array(y, ctx=ctx)
         _, x_nd, y_nd = self.on_device
+        shape = (min(gather, len(x)), *x.shape[1:])
+        if self.picked is None or self.picked[0].shape != shape:
+            self.picked = mx.nd.empty(shape, ctx=ctx), mx.nd.empty(shape[0], ctx=ctx)
+        x_picked, y_picked = self.picked
         order = mx.nd.array(epoch_order(config, epoch, len(x)), ctx=ctx, dtype='int64')
         # The running loss: each batch's losses are kept (no operator per batch) and summed
         # at every check, in batch order in float32 as ``total += loss.sum()`` would.
         total, seen, pending = np.float32(0), 0, []
         progress = progress_bar(epoch, math.ceil(len(x) / config.batch_size), show=self.rank == 0)
-        gather = GATHER * config.batch_size
         for step, i in enumerate(range(0, len(x), config.batch_size), 1):
             if i % gather == 0:
                 picked = order[i:i + gather]
-                x_picked, y_picked = mx.nd.take(x_nd, picked), mx.nd.take(y_nd, picked)
+                n = len(picked)
+                mx.nd.take(x_nd, picked, out=x_picked if n == len(x_picked) else x_picked[:n])
+                mx.nd.take(y_nd, picked, out=y_picked if n == len(y_picked) else y_picked[:n])
             batch = min(config.batch_size, len(x) - i)   # the gradients' sum is divided by it
             # this worker's share of the batch (all of it with one worker), within the gathered
             first, end = (i % gather + batch * k // self.workers
