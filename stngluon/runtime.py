@@ -17,8 +17,9 @@ last bits differ), and config.json records the count. ``choose`` times the candi
 on the run's own network (a short training loop on random data, each in a fresh
 process, a few seconds in all) the first time a network kind trains on a host, and
 keeps the fastest in the user's cache folder, per host (CPU model and instruction sets,
-usable cores, MXNet version) and network kind; later runs read it. The engine or wait
-policy set in the environment wins over the choice (and skips the measurement);
+usable cores, MXNet version, the training loop's version) and network kind; later runs
+read it. The engine or wait policy set in the environment wins over the choice (and
+skips the measurement);
 OMP_NUM_THREADS set there fixes the thread count, and the other two are chosen for it.
 A process of a distributed run (DMLC_ROLE set) keeps the threaded engine: the
 parameter server's requests need it.
@@ -163,15 +164,21 @@ def channel_block():
     return 16 if 'AVX-512' in isa else 8 if 'AVX2' in isa else 1
 
 
+# The training loop the choices were timed on: raised whenever engine.GluonModel.fit_epoch's
+# work per batch changes, so that a choice timed on an older loop is timed again.
+LOOP_VERSION = 2
+
+
 def host_key():
     """What a choice holds for: CPU model and instruction sets, usable cores, OpenMP
     threads (where given; else they are chosen), MXNet version, the CNN's channel block
-    (channel_block)."""
+    (channel_block), the loop's version (LOOP_VERSION)."""
     from importlib.metadata import version
     model, isa = cpu()
     count = f'{threads()} threads' if THREADS in given() else 'threads chosen'
     return (f'{model} ({", ".join(isa)}) | {len(os.sched_getaffinity(0))} cores | '
-            f'{count} | mxnet {version("mxnet")} | channels in {channel_block()}s')
+            f'{count} | mxnet {version("mxnet")} | channels in {channel_block()}s | '
+            f'loop {LOOP_VERSION}')
 
 
 def read_cache(path):

@@ -80,7 +80,7 @@ def test_a_child_given_a_thread_count_keeps_it_though_the_parents_was_chosen(cac
 
 
 @pytest.mark.parametrize('change', ['cpu', 'instruction sets', 'mxnet', 'threads', 'cores',
-                                    'channels'])
+                                    'channels', 'loop'])
 def test_another_host_or_mxnet_version_or_thread_count_measures_again(cache, monkeypatch, change):
     monkeypatch.setattr(runtime, 'cpu', lambda: ('AMD EPYC', ['AVX2']))
     monkeypatch.delenv(runtime.CHANNEL_BLOCK, raising=False)
@@ -96,6 +96,8 @@ def test_another_host_or_mxnet_version_or_thread_count_measures_again(cache, mon
         monkeypatch.setenv(runtime.CHANNEL_BLOCK, '1')
     elif change == 'cores':
         monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1, 2, 3})
+    elif change == 'loop':   # fit_epoch's work per batch changed
+        monkeypatch.setattr(runtime, 'LOOP_VERSION', runtime.LOOP_VERSION + 1)
     else:   # given now, chosen before
         monkeypatch.setenv(runtime.THREADS, '2')
     first = len(timer.calls)
