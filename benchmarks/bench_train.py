@@ -11,13 +11,13 @@ and OpenMP thread count that train.py would choose for that network on such a ho
 (runtime.py: timed once per host, then cached; the environment's where it sets them); the
 sampler is the one train.py would run (sampler.py). PyTorch runs at its own defaults, a
 thread per core (OMP_NUM_THREADS where the environment sets it). The step (forward, backward,
-optimizer update on a batch already in memory) is timed over --steps steps after --warmup
-steps, and so is train.py's own loop (``engine.GluonModel.fit_epoch``, feeding included)
-over as many images or a second's worth if more (up to 20,000), as the rate it reports in
-metrics.csv. The two frameworks alternate, workload by workload, repeat by repeat, and the
-table gives the median images/s of the repeats, the peak resident memory of each process
-and the ratio stn-gluon / PyTorch. The
-PyTorch twins (same layers, same parameter count, which is checked; the same Adam with the
+optimizer update on a batch already in memory) is timed after --warmup steps in rounds of
+--steps steps until a second has gone, and so is train.py's own loop
+(``engine.GluonModel.fit_epoch``, feeding included), as the rate it reports in metrics.csv,
+in passes over as many random images as --steps steps take or a second's worth if more
+(up to 20,000). The two frameworks alternate, workload by workload, repeat by repeat, and
+the table gives the median images/s of the repeats, the peak resident memory of each
+process and the ratio stn-gluon / PyTorch. The PyTorch twins (same layers, same parameter count, which is checked; the same Adam with the
 localisation at --loc-lr-mult's rate) are timed when torch imports (pip install -r
 requirements-bench.txt); they are not needed otherwise.
 """
@@ -29,8 +29,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
-from benchmarks.workloads import (ENVIRON, ROOT, TABLE1_KINDS, WORKLOADS, config_of,  # noqa: E402
-                                  host, peak_mb, resolved, time_steps)
+from benchmarks.workloads import (ENVIRON, ROOT, SECONDS, TABLE1_KINDS, WORKLOADS,  # noqa: E402
+                                  config_of, host, peak_mb, resolved, time_steps)
 
 
 
@@ -227,8 +227,8 @@ def main(argv=None):
                 for w in workloads for n in counts}
     if args.side_by_side:
         settings.update({(w, 'side'): runtime.chosen_for(flags[w], 1, ENVIRON) for w in workloads})
-    print(f'{args.repeats} repeats of {args.steps} steps after {args.warmup}, frameworks '
-          f'alternating; median images/s (peak MB)', flush=True)
+    print(f'{args.repeats} repeats; each: {args.warmup} steps, then rounds of {args.steps} until '
+          f'{SECONDS:g} s have gone; frameworks alternating; median images/s (peak MB)', flush=True)
     results = measure_all(args, workloads, counts, frameworks, flags, settings, cores)
     print_table(workloads, counts, frameworks, results, settings)
     if args.side_by_side:

@@ -38,18 +38,27 @@ def config_of(flags):
     return RunConfig.from_flags(flags).resolved()
 
 
-LOOP_SECONDS, LOOP_IMAGES = 1.0, 20_000   # how long train.py's loop is timed (measure_mxnet)
+# How long each column is timed: at least SECONDS (a scheduler's time slice would weigh on
+# the 40 ms that 50 steps of the FCN take), at least --steps steps; the loop's set of random
+# images is at most LOOP_IMAGES (memory), passed over again until the time is up.
+SECONDS, LOOP_IMAGES = 1.0, 20_000
 
 
 def time_steps(step, batch, warmup, steps, sync):
+    """Images/s of ``step()`` on batches of ``batch`` after ``warmup`` steps: rounds of
+    ``steps`` steps, each ended by ``sync()``, until SECONDS have gone."""
     for _ in range(warmup):
         step()
     sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return steps * batch / (time.perf_counter() - start)
+    start, done = time.perf_counter(), 0
+    while True:
+        for _ in range(steps):
+            step()
+        sync()
+        done += steps
+        took = time.perf_counter() - start
+        if took >= SECONDS:
+            return done * batch / took
 
 
 def measure_mxnet(flags, warmup, steps):
@@ -78,14 +87,19 @@ def measure_mxnet(flags, warmup, steps):
         model.trainer.step(shape[0])
     rate = time_steps(step, shape[0], warmup, steps, mx.nd.waitall)
     # train.py's own loop (engine.GluonModel.fit_epoch: the set sent to the device, batches
-    # taken there, the loss summed and checked), as train.py reports it, over as many images
-    # or about LOOP_SECONDS of them if more (at most LOOP_IMAGES): an epoch's set-up weighs
-    # on a short one as it does not on train.py's epochs of 60,000.
-    images = max(steps, min(int(rate * LOOP_SECONDS), LOOP_IMAGES) // shape[0]) * shape[0]
+    # taken there, the loss summed and checked), as train.py reports it, on as many images
+    # as --steps steps take or about SECONDS' worth if more (at most LOOP_IMAGES), passed
+    # over until SECONDS have gone: an epoch's set-up weighs on a short one as it does not
+    # on train.py's epochs of 60,000.
+    images = max(steps, min(int(rate * SECONDS), LOOP_IMAGES) // shape[0]) * shape[0]
     x = rng.rand(images, *shape[1:]).astype(np.float32)
     y = rng.randint(0, 10, len(x)).astype(np.int32)
     model.fit_epoch(1, x[:warmup * shape[0]], y[:warmup * shape[0]])
-    _, loop = model.fit_epoch(2, x, y)
+    start, seen = time.perf_counter(), 0
+    while time.perf_counter() - start < SECONDS:
+        model.fit_epoch(2, x, y)
+        seen += images
+    loop = seen / (time.perf_counter() - start)
     return {'imgs_per_s': rate, 'loop_imgs_per_s': loop, 'params': model.num_params,
             'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}', 'sampler': sampler.name()}
 

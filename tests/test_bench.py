@@ -26,6 +26,18 @@ def test_the_benchmark_prints_a_row_per_workload_and_core_count():
     assert 'MXNET_ENGINE_TYPE=' in header and 'OMP_WAIT_POLICY=' in header
 
 
+def test_a_step_is_timed_in_whole_rounds_until_the_time_is_up(monkeypatch):
+    """50 steps of the FCN take 40 ms, which one time slice of the scheduler would skew."""
+    import time
+    monkeypatch.setattr(workloads, 'SECONDS', 0.05)
+    calls, syncs = [], []
+    rate = workloads.time_steps(lambda: calls.append(time.sleep(0.002)), 64, 3, 4,
+                                lambda: syncs.append(len(calls)))
+    timed = len(calls) - 3
+    assert timed % 4 == 0 and timed >= 0.05 / 0.002 * 0.5 and syncs[-1] == len(calls)
+    assert rate == pytest.approx(64 / 0.002, rel=0.5)
+
+
 def test_an_unknown_workload_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         bench_train.main(['--workloads', 'vgg'])
