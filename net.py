@@ -358,9 +358,13 @@ class Net(nn.HybridBlock):
         self.mean, self.std = INPUT_NORMS[input_norm]
         with self.name_scope():
             self.stn = self.feature_stn = None
-            make = lambda name, localisation=LOCALISATIONS[model]: SpatialTransformer(  # noqa: E731
-                localisation=localisation, loc_lr_mult=loc_lr_mult, transform=transform,
-                tps_grid=tps_grid, iterations=iterations, per_step=loc_per_step, prefix=name)
+            def make(name, localisation=LOCALISATIONS[model], input_grad=False):
+                """A transformer: on the input the images need no gradient (input_grad), at
+                conv1 the features do."""
+                return SpatialTransformer(
+                    localisation=localisation, loc_lr_mult=loc_lr_mult, transform=transform,
+                    tps_grid=tps_grid, iterations=iterations, per_step=loc_per_step,
+                    input_grad=input_grad, prefix=name)
             if transform != 'none' and 'input' in places and transformers == 1:
                 self.stn = make('stn_')
             elif transform != 'none' and 'input' in places:
@@ -373,7 +377,7 @@ class Net(nn.HybridBlock):
             self.classifier = CLASSIFIERS[model](num_classes, width or DEFAULT_WIDTH.get(model),
                                                  precision, **padding)
             if transform != 'none' and 'conv1' in places:
-                self.feature_stn = make('stn_conv1_', feature_localisation)
+                self.feature_stn = make('stn_conv1_', feature_localisation, input_grad=True)
 
     def forward(self, x, *args):
         if self.stn is not None:

@@ -67,13 +67,14 @@ def affine_sample(F, data, theta, target_shape):
     return F.BilinearSampler(data, affine_grid(F, theta, target_shape))
 
 
-def sample(F, data, grid, name='bilinearsampler0'):
+def sample(F, data, grid, name='bilinearsampler0', input_grad=True):
     """Paper eq. 5 with the bilinear kernel (eqs. 6-7), zero padding: ``data`` (N, C, H, W)
     read at ``grid`` (N, 2, H', W') -> (N, C, H', W'). MXNet's ``BilinearSampler``, or the
     same computation with the batch across threads (sampler.py); in a graph the node is
-    PREFIX_``name`` either way."""
+    PREFIX_``name`` either way. ``input_grad=False`` where ``data`` needs no gradient (the
+    network's images): the threaded sampler then leaves it at zero, saving time."""
     if sampler.use_threaded():
-        return getattr(F, sampler.OP)(data, grid, name=name)
+        return getattr(F, sampler.OP if input_grad else sampler.OP_GRID_ONLY)(data, grid, name=name)
     return F.BilinearSampler(data, grid, name=name)
 
 
@@ -300,10 +301,13 @@ class SpatialTransformer(nn.HybridBlock):
     (``COMPOSABLE``). The intermediate grids and samples are PREFIX_step{k}_grid and
     PREFIX_step{k}_bilinearsampler in a graph; the final ones keep the names above, and
     theta is the composed one. ``steps(x)`` gives the parameters after each step.
+
+    ``input_grad=False`` where the input needs no gradient (the network's images): the
+    sampler's backward pass then computes the grid's gradient only (``sample``).
     """
 
     def __init__(self, target_shape=None, localisation=None, loc_lr_mult=1.0, transform='affine',
-                 tps_grid=4, iterations=1, per_step=False, **kwargs):
+                 tps_grid=4, iterations=1, per_step=False, input_grad=True, **kwargs):
         super().__init__(**kwargs)
         if int(iterations) != iterations or iterations < 1:
             raise ValueError(f'iterations must be an int >= 1, not {iterations!r}')
@@ -314,6 +318,7 @@ class SpatialTransformer(nn.HybridBlock):
             raise ValueError('per_step makes a localisation net for every step: pass a function '
                              'that returns one, not a block')
         self.transform, self.iterations, self.per_step = transform, int(iterations), bool(per_step)
+        self.input_grad = bool(input_grad)
         self.tps_grid = tps_shape(tps_grid)
         identity = identity_theta(transform, self.tps_grid)
         constant_name = family(transform).constant_name
@@ -377,7 +382,7 @@ class SpatialTransformer(nn.HybridBlock):
     def hybrid_forward(self, F, x, grid_constant=None):
         theta = self.composed(F, x, grid_constant)[-1]
         grid = FAMILIES[self.transform].grid(F, theta, grid_constant, self.target_shape)
-        return sample(F, x, grid), theta
+        return sample(F, x, grid, input_grad=self.input_grad), theta
 
     def composed(self, F, x, grid_constant=None):
         """The K thetas (N, T) after each step, composed so far: step 1 reads ``x`` itself,
@@ -386,7 +391,8 @@ class SpatialTransformer(nn.HybridBlock):
         thetas = [self.regressor(self.localisation(x))]
         for k in range(1, self.iterations):
             seen = sample(F, x, grid_of(F, thetas[-1], grid_constant, self.target_shape,
-                                        f'step{k}_grid'), f'step{k}_bilinearsampler')
+                                        f'step{k}_grid'), f'step{k}_bilinearsampler',
+                          self.input_grad)
             localisation, regressor = self.step(k)
             thetas.append(compose(F, thetas[-1], regressor(localisation(seen)), self.transform))
         return thetas

@@ -11,6 +11,9 @@
 //   data (N, C, H, W), grid (N, 2, H', W') -> out (N, C, H', W')
 //   backward: d out -> d data (N, C, H, W), d grid (N, 2, H', W')
 //
+// stn_bilinear_sampler_grid_only is the same operator whose backward pass leaves d data at
+// zero: for a sampler that reads the network's input, whose gradient nothing uses.
+//
 // Built by `make ops` against the headers the mxnet wheel ships; loaded by sampler.py with
 // mx.library.load. The Python side falls back to BilinearSampler where it cannot be built.
 #include <cmath>
@@ -69,10 +72,12 @@ static void forward_image(float* out, const float* data, const float* grid,
   }
 }
 
-// One image of MXNet's BilinearSamplerBackward, both gradients written (zeroed first).
+// One image of MXNet's BilinearSamplerBackward, both gradients written (zeroed first);
+// the input's left at zero unless ``input_grad``.
 static void backward_image(float* g_input, float* grad_grid, const float* grad,
                            const float* data, const float* grid_src,
-                           int o_c, int o_h, int o_w, int i_c, int i_h, int i_w) {
+                           int o_c, int o_h, int o_w, int i_c, int i_h, int i_w,
+                           bool input_grad) {
   typedef float DType;
   std::memset(g_input, 0, sizeof(float) * i_c * i_h * i_w);
   std::memset(grad_grid, 0, sizeof(float) * 2 * o_h * o_w);
@@ -92,21 +97,21 @@ static void backward_image(float* g_input, float* grad_grid, const float* grad,
         int data_index = c * i_h * i_w + top_left_y * i_w + top_left_x;
         DType top_left_v = 0, top_right_v = 0, bottom_left_v = 0, bottom_right_v = 0;
         if (between(top_left_x, 0, i_w - 1) && between(top_left_y, 0, i_h - 1)) {
-          *(g_input + data_index) += *(grad + grad_index) * top_left_y_w * top_left_x_w;
+          if (input_grad) *(g_input + data_index) += *(grad + grad_index) * top_left_y_w * top_left_x_w;
           top_left_v = *(data + data_index);
         }
         if (between(top_left_x + 1, 0, i_w - 1) && between(top_left_y, 0, i_h - 1)) {
-          *(g_input + data_index + 1) +=
+          if (input_grad) *(g_input + data_index + 1) +=
               *(grad + grad_index) * top_left_y_w * (1.0 - top_left_x_w);
           top_right_v = *(data + data_index + 1);
         }
         if (between(top_left_x, 0, i_w - 1) && between(top_left_y + 1, 0, i_h - 1)) {
-          *(g_input + data_index + i_w) +=
+          if (input_grad) *(g_input + data_index + i_w) +=
               *(grad + grad_index) * (1.0 - top_left_y_w) * top_left_x_w;
           bottom_left_v = *(data + data_index + i_w);
         }
         if (between(top_left_x + 1, 0, i_w - 1) && between(top_left_y + 1, 0, i_h - 1)) {
-          *(g_input + data_index + i_w + 1) +=
+          if (input_grad) *(g_input + data_index + i_w + 1) +=
               *(grad + grad_index) * (1.0 - top_left_y_w) * (1.0 - top_left_x_w);
           bottom_right_v = *(data + data_index + i_w + 1);
         }
@@ -142,9 +147,9 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   return MX_SUCCESS;
 }
 
-// inputs: d out, data, grid, out; outputs: d data, d grid
-MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
-                       std::vector<MXTensor>* outputs, const OpResource& res) {
+// inputs: d out, data, grid, out; outputs: d data (zero unless ``input_grad``), d grid
+static MXReturnValue backward_both(std::vector<MXTensor>* inputs,
+                                   std::vector<MXTensor>* outputs, bool input_grad) {
   const MXTensor& ograd = (*inputs)[0];
   const MXTensor& data = (*inputs)[1];
   const MXTensor& grid = (*inputs)[2];
@@ -161,8 +166,21 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                    gg + static_cast<size_t>(k) * 2 * o_h * o_w,
                    og + static_cast<size_t>(k) * i_c * o_h * o_w,
                    d + static_cast<size_t>(k) * i_c * i_h * i_w,
-                   g + static_cast<size_t>(k) * 2 * o_h * o_w, i_c, o_h, o_w, i_c, i_h, i_w);
+                   g + static_cast<size_t>(k) * 2 * o_h * o_w, i_c, o_h, o_w, i_c, i_h, i_w,
+                   input_grad);
   return MX_SUCCESS;
+}
+
+MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                       std::vector<MXTensor>* outputs, const OpResource& res) {
+  return backward_both(inputs, outputs, true);
+}
+
+// stn_bilinear_sampler_grid_only: for a sampler whose input needs no gradient (the network's
+// images): its gradient is left at zero, which saves the scatter of every output pixel.
+MXReturnValue backward_grid_only(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                 std::vector<MXTensor>* outputs, const OpResource& res) {
+  return backward_both(inputs, outputs, false);
 }
 
 MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
@@ -196,6 +214,13 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned i
 REGISTER_OP(stn_bilinear_sampler)
 .setForward(forward, "cpu")
 .setBackward(backward, "cpu")
+.setParseAttrs(parse_attrs)
+.setInferType(infer_type)
+.setInferShape(infer_shape);
+
+REGISTER_OP(stn_bilinear_sampler_grid_only)
+.setForward(forward, "cpu")
+.setBackward(backward_grid_only, "cpu")
 .setParseAttrs(parse_attrs)
 .setInferType(infer_type)
 .setInferShape(infer_shape);

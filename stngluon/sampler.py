@@ -4,7 +4,9 @@ operator with the batch shared out among OpenMP threads (ops/bilinear_sampler.cc
 MXNet 1.9.1's CPU ``BilinearSampler`` is a single-threaded loop over the images. The
 operator library (ops.py: ``make ops``) registers ``stn_bilinear_sampler``: the same loop
 and arithmetic for each image, so the same bits, with one image per thread at a time.
-``use_threaded()`` says whether ``stn.sample`` takes it: where the library is built for
+A second one, ``stn_bilinear_sampler_grid_only``, leaves the input's gradient at zero:
+for the transformer on the network's images, which need none (``stn.sample(...,
+input_grad=False)``). ``use_threaded()`` says whether ``stn.sample`` takes them: where the library is built for
 this MXNet, loads, and the process runs MXNet's operators on more than one OpenMP thread
 (on one thread the built-in operator is as fast). Anything else, and STN_SAMPLER=builtin,
 keeps the built-in operator. Either way the results are identical.
@@ -18,6 +20,9 @@ import os
 from stngluon import ops, runtime
 
 OP = 'stn_bilinear_sampler'
+# the same, for a sampler whose input needs no gradient (the network's images): its backward
+# pass computes the grid's gradient only, the input's left at zero
+OP_GRID_ONLY = 'stn_bilinear_sampler_grid_only'
 
 
 def use_threaded():
@@ -33,7 +38,9 @@ def name():
 
 
 def portable(symbol_json):
-    """An exported graph (JSON text) with the threaded sampler's nodes named as MXNet's
+    """An exported graph (JSON text) with the threaded samplers' nodes named as MXNet's
     built-in ``BilinearSampler``, which computes the same."""
-    return symbol_json.replace(f'"op": "{OP}"', '"op": "BilinearSampler"')
+    for op in (OP, OP_GRID_ONLY):
+        symbol_json = symbol_json.replace(f'"op": "{op}"', '"op": "BilinearSampler"')
+    return symbol_json
 

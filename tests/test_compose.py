@@ -15,7 +15,7 @@ from stngluon import onnx_export, sampler
 from stngluon.config import ConfigError, RunConfig
 
 SHAPE = (5, 1, 28, 28)
-SAMPLERS = ('BilinearSampler', sampler.OP)   # the built-in or the threaded one
+SAMPLERS = ('BilinearSampler', sampler.OP, sampler.OP_GRID_ONLY)   # the built-in or a threaded one
 
 
 def block(transform='affine', iterations=4, per_step=False, seed=0):

@@ -60,6 +60,43 @@ def test_it_computes_the_same_bits_as_BilinearSampler_forward_and_backward(threa
         assert np.array_equal(builtin, ours), what
 
 
+def test_for_an_input_without_gradient_it_computes_the_grid_gradient_alone(threaded):
+    """stn_bilinear_sampler_grid_only: the same output and grid gradient, bit for bit; the
+    input's gradient (which it skips) zero."""
+    rng = np.random.RandomState(0)
+    data, grid = mx.nd.array(rng.randn(6, 2, 42, 42)), mx.nd.array(rng.uniform(-1.2, 1.2, (6, 2, 30, 30)))
+    head = mx.nd.array(rng.randn(6, 2, 30, 30))
+    results = []
+    for op in (threaded, getattr(mx.nd, sampler.OP_GRID_ONLY)):
+        x, g = data.copy(), grid.copy()
+        x.attach_grad()
+        g.attach_grad()
+        with mx.autograd.record():
+            out = op(x, g)
+        out.backward(head)
+        results.append([out.asnumpy(), x.grad.asnumpy(), g.grad.asnumpy()])
+    (out, _, grid_grad), (out2, input_grad, grid_grad2) = results
+    assert np.array_equal(out, out2) and np.array_equal(grid_grad, grid_grad2)
+    assert not input_grad.any()
+
+
+def test_the_networks_input_transformer_skips_the_images_gradient_and_conv1s_does_not(
+        threaded, tmp_path):
+    import net
+    from stngluon.config import RunConfig
+    if runtime.threads() < 2:
+        pytest.skip('one OpenMP thread here: the built-in sampler is used')
+    for flags, expected in ((['--dataset', 'rts', '--model', 'cnn'], [sampler.OP_GRID_ONLY]),
+                            (['--dataset', 'rts', '--model', 'cnn', '--stn-at', 'conv1'], [sampler.OP])):
+        model = net.build(RunConfig.from_flags(flags).resolved())
+        model.initialize()
+        model.hybridize()
+        model(mx.nd.zeros((2, 1, 42, 42)))
+        model.export(str(tmp_path / 'net'))   # HybridBlock.export: the graph as it runs
+        graph = json.load(open(tmp_path / 'net-symbol.json'))
+        assert [n['op'] for n in graph['nodes'] if n['op'].startswith('stn_bilinear')] == expected
+
+
 def test_a_transformer_runs_the_threaded_sampler_on_two_threads(threaded):
     import stn
     if runtime.threads() < 2:
@@ -92,7 +129,7 @@ def test_an_exported_model_needs_only_mxnets_operators(threaded, tmp_path):
     expected = model.net(x).asnumpy()
     model.export(str(tmp_path / 'model'), 1)
     graph = json.load(open(tmp_path / 'model-symbol.json'))
-    assert sampler.OP not in {node['op'] for node in graph['nodes']}
+    assert not {sampler.OP, sampler.OP_GRID_ONLY} & {node['op'] for node in graph['nodes']}
     np.save(tmp_path / 'x.npy', x.asnumpy())
     code = (f'from stngluon import compat; import numpy as np, mxnet as mx; '
             f'net = mx.gluon.SymbolBlock.imports({str(tmp_path / "model-symbol.json")!r}, '
