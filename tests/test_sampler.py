@@ -33,6 +33,18 @@ def in_child(code, **env):
     return done.stdout.strip().splitlines()[-1]
 
 
+def run(op, data, grid, head):
+    """[output, data gradient, grid gradient] of ``op`` on copies of data and grid, the
+    output's gradient ``head``, as numpy arrays."""
+    x, g = data.copy(), grid.copy()
+    x.attach_grad()
+    g.attach_grad()
+    with mx.autograd.record():
+        out = op(x, g)
+    out.backward(head)
+    return [out.asnumpy(), x.grad.asnumpy(), g.grad.asnumpy()]
+
+
 @pytest.mark.parametrize('data_shape, out_hw', [
     ((8, 1, 42, 42), (42, 42)),    # the RTS ST-CNN's
     ((5, 3, 28, 28), (10, 12)),    # channels, a smaller output of another aspect
@@ -47,15 +59,7 @@ def test_it_computes_the_same_bits_as_BilinearSampler_forward_and_backward(threa
     grid[:, :, 0, 0] = [-1, 1]
     grid = mx.nd.array(grid)
     head = mx.nd.array(rng.randn(data_shape[0], data_shape[1], *out_hw))
-    results = []
-    for op in (mx.nd.BilinearSampler, threaded):
-        x, g = data.copy(), grid.copy()
-        x.attach_grad()
-        g.attach_grad()
-        with mx.autograd.record():
-            out = op(x, g)
-        out.backward(head)
-        results.append([out.asnumpy(), x.grad.asnumpy(), g.grad.asnumpy()])
+    results = [run(op, data, grid, head) for op in (mx.nd.BilinearSampler, threaded)]
     for builtin, ours, what in zip(*results, ['output', 'data gradient', 'grid gradient']):
         assert np.array_equal(builtin, ours), what
 
@@ -66,16 +70,8 @@ def test_for_an_input_without_gradient_it_computes_the_grid_gradient_alone(threa
     rng = np.random.RandomState(0)
     data, grid = mx.nd.array(rng.randn(6, 2, 42, 42)), mx.nd.array(rng.uniform(-1.2, 1.2, (6, 2, 30, 30)))
     head = mx.nd.array(rng.randn(6, 2, 30, 30))
-    results = []
-    for op in (threaded, getattr(mx.nd, sampler.OP_GRID_ONLY)):
-        x, g = data.copy(), grid.copy()
-        x.attach_grad()
-        g.attach_grad()
-        with mx.autograd.record():
-            out = op(x, g)
-        out.backward(head)
-        results.append([out.asnumpy(), x.grad.asnumpy(), g.grad.asnumpy()])
-    (out, _, grid_grad), (out2, input_grad, grid_grad2) = results
+    (out, _, grid_grad), (out2, input_grad, grid_grad2) = [
+        run(op, data, grid, head) for op in (threaded, getattr(mx.nd, sampler.OP_GRID_ONLY))]
     assert np.array_equal(out, out2) and np.array_equal(grid_grad, grid_grad2)
     assert not input_grad.any()
 
