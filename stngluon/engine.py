@@ -290,9 +290,8 @@ class GluonModel:
         for step, i in enumerate(range(0, len(x), config.batch_size), 1):
             if i % gather == 0:
                 picked = order[i:i + gather]
-                n = len(picked)
-                mx.nd.take(x_nd, picked, out=x_picked if n == len(x_picked) else x_picked[:n])
-                mx.nd.take(y_nd, picked, out=y_picked if n == len(y_picked) else y_picked[:n])
+                mx.nd.take(x_nd, picked, out=x_picked[:len(picked)])
+                mx.nd.take(y_nd, picked, out=y_picked[:len(picked)])
             batch = min(config.batch_size, len(x) - i)   # the gradients' sum is divided by it
             # this worker's share of the batch (all of it with one worker), within the gathered
             first, end = (i % gather + batch * k // self.workers
