@@ -17,9 +17,10 @@ optimizer update on a batch already in memory) is timed after --warmup steps in 
 in passes over as many random images as --steps steps take or a second's worth if more
 (up to 20,000). The two frameworks alternate, workload by workload, repeat by repeat, and
 the table gives the median images/s of the repeats, the peak resident memory of each
-process and the ratio stn-gluon / PyTorch. The PyTorch twins (same layers, same parameter count, which is checked; the same Adam with the
-localisation at --loc-lr-mult's rate) are timed when torch imports (pip install -r
-requirements-bench.txt); they are not needed otherwise.
+process and the ratio stn-gluon / PyTorch. The PyTorch twins (same layers, same parameter
+count, which is checked; the same Adam with the localisation at --loc-lr-mult's rate) are
+timed when torch imports (pip install -r requirements-bench.txt); they are not needed
+otherwise.
 """
 import argparse
 import json

@@ -338,8 +338,7 @@ class GluonModel:
         back in MXNet's own layout (optim.plain_layout). oneDNN keeps them in a blocked layout
         of its own, and MXNet 1.9.1's built-in updates of a weight in that layout race under
         the threaded engine (another result about one process in thirty)."""
-        optim.plain_layout([a for p in self.net.collect_params().values()
-                            for a in p.list_data() if a.ndim > 2])
+        optim.plain_layout([a for p in self.net.collect_params().values() for a in p.list_data()])
 
     def regions(self, images):
         """What each transformer makes of ``images`` (N, C, H, W), for the pictures: (outputs

@@ -21,7 +21,8 @@ OP = 'stn_adam_update'
 
 
 def plain_layout(arrays):
-    """Put each of ``arrays`` back in MXNet's own (row-major) memory layout, in place.
+    """Put each convolution weight among ``arrays`` (any array of more than two dimensions)
+    back in MXNet's own (row-major) memory layout, in place; the rest are left as they are.
 
     An inference-mode convolution (evaluation, the pictures) has oneDNN store its weight in
     a blocked layout of its own (dense layers' weights stay plain), and the next
@@ -30,7 +31,7 @@ def plain_layout(arrays):
     generate TBlob for MKLDNN data"). After the array's pending writes (the reorder among
     them), MXNDArrayGetData reorders it back."""
     pointer = ctypes.c_void_p()
-    for a in arrays:
+    for a in (a for a in arrays if a.ndim > 2):
         a.wait_to_read()
         mx.base.check_call(mx.base._LIB.MXNDArrayGetData(a.handle, ctypes.byref(pointer)))
 
@@ -73,7 +74,7 @@ class Adam(mx.optimizer.Adam):
                   'rescale_grad': self.rescale_grad}
         if self.clip_gradient:
             kwargs['clip_gradient'] = self.clip_gradient
-        plain_layout([w for w in weight if w.ndim > 2])   # convolutions' weights
+        plain_layout(weight)
         inputs = [a for w, g, (mean, var) in zip(weight, grad, state) for a in (w, g, mean, var)]
         getattr(mx.nd, OP)(*inputs, num_weights=len(weight), lrs=','.join(map(str, lrs)),
                            wds=','.join(map(str, wds)), out=list(weight), **kwargs)

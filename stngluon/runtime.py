@@ -19,8 +19,8 @@ process, a few seconds in all) the first time a network kind trains on a host, a
 keeps the fastest in the user's cache folder, per host (CPU model and instruction sets,
 usable cores, MXNet version, the training loop's version) and network kind; later runs
 read it. The engine or wait policy set in the environment wins over the choice (and
-skips the measurement);
-OMP_NUM_THREADS set there fixes the thread count, and the other two are chosen for it.
+skips the measurement); OMP_NUM_THREADS set there fixes the thread count, and the other
+two are chosen for it.
 A process of a distributed run (DMLC_ROLE set) keeps the threaded engine: the
 parameter server's requests need it.
 """

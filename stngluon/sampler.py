@@ -8,8 +8,8 @@ A second one, ``stn_bilinear_sampler_grid_only``, leaves the input's gradient at
 for the transformer on the network's images, which need none (``stn.sample(...,
 input_grad=False)``). ``use_threaded()`` says whether ``stn.sample`` takes them: where the
 library is built for this MXNet, loads, and the process runs MXNet's operators on more
-than one OpenMP thread (on one thread the built-in operator is as fast). Anything else, and STN_SAMPLER=builtin,
-keeps the built-in operator. Either way the results are identical.
+than one OpenMP thread (on one thread the built-in operator is as fast). Anything else,
+and STN_SAMPLER=builtin, keeps the built-in operator. Either way the results are identical.
 
 ``engine.GluonModel.export`` (what train.py writes) names the built-in operator in the
 graph (``portable``), so a model file never needs this library; ``rundir.load_export``

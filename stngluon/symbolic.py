@@ -159,8 +159,7 @@ class ModuleModel:
                                                    label_name='softmax_label')).asnumpy()
         assert len(probs) == len(x)
         # the convolutions' weights back in MXNet's layout, as engine.GluonModel.plain_weights
-        optim.plain_layout([a for arrays in self.mod._exec_group.param_arrays for a in arrays
-                            if a.ndim > 2])
+        optim.plain_layout([a for arrays in self.mod._exec_group.param_arrays for a in arrays])
         picked = probs[np.arange(len(y)), y]
         return float(-np.log(np.maximum(picked, 1e-12)).mean()), float((probs.argmax(1) == y).mean())
 
