@@ -14,6 +14,7 @@ A trained model is an object with this small interface, which train.py's loop us
 network with mx.mod.Module. Both take their learning rate from one ``Schedule``.
 """
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import itertools
@@ -167,25 +168,85 @@ def old_checkpoints():
 
 GATHER = 32   # batches fit_epoch takes from the training set at once
 CHECK_EVERY = 50   # batches between fit_epoch's checks of the running loss (check_loss)
+HOST = mx.cpu()   # where fit_epoch's batches are
 
 
 def loss_sums(losses):
-    """``[loss.sum() for loss in losses]`` as float32 numpy, bit for bit, in an operator or
-    two for each run of (N,) arrays ``losses`` of one length (each row of their stack is
-    summed in the order of the array alone) and one read."""
-    if not losses:
-        return np.zeros(0, np.float32)
+    """``[loss.sum() for loss in losses]`` as one (len(losses),) NDArray, bit for bit, in an
+    operator or two for each run of (N,) arrays ``losses`` of one length (each row of their
+    stack is summed in the order of the array alone); given to MXNet, not waited for."""
     runs = [mx.nd.stack(*run).sum(axis=1)
             for _, run in itertools.groupby(losses, key=lambda loss: loss.shape)]
-    return mx.nd.concat(*runs, dim=0).asnumpy()
+    return runs[0] if len(runs) == 1 else mx.nd.concat(*runs, dim=0)
 
 
-def to_device(x, ctx):
-    """The numpy array ``x`` as an NDArray on ``ctx``: on the first CPU, ``x``'s own memory
-    (no copy of the training set every epoch; ``x`` becomes read-only), else a copy."""
-    if ctx == mx.cpu() and x.dtype == np.float32 and x.flags.c_contiguous:
-        return mx.nd.from_numpy(x, zero_copy=True)
-    return mx.nd.array(x, ctx=ctx)
+class RunningLoss:
+    """An epoch's mean training loss so far, for fit_epoch's checks: every batch's losses
+    summed in batch order in float32, as ``total += loss.sum()`` after each batch would,
+    bit for bit, without an operator a batch or a wait for MXNet at each check. ``add``
+    keeps a batch's losses (N,); ``check`` gives MXNet their sums (loss_sums) and adds up
+    those it gave at the check before, computed by then, or all of them at the ``last``."""
+
+    def __init__(self):
+        self.total, self.images, self.batches = np.float32(0), 0, 0   # summed so far
+        self.kept, self.summing = [], []   # losses, and (sums, images, batches) given to MXNet
+
+    def add(self, losses):
+        self.kept.append(losses)
+
+    def check(self, last=False):
+        """The mean loss of the images summed so far (NaN before any)."""
+        if self.kept:
+            losses = [loss for losses in self.kept for loss in losses]
+            self.summing.append((loss_sums(losses), sum(loss.shape[0] for loss in losses),
+                                 len(self.kept)))
+            self.kept = []
+        while len(self.summing) > (0 if last else 1):
+            sums, images, batches = self.summing.pop(0)
+            for loss_sum in sums.asnumpy():
+                self.total = np.float32(self.total + loss_sum)
+            self.images += images
+            self.batches += batches
+        return self.total / self.images if self.images else math.nan
+
+
+def numpy_view(array):
+    """A numpy array on the memory of ``array`` (a float32 NDArray on the CPU), for numpy to
+    write what MXNet reads; ``array`` must outlive it. The memory stays MXNet's: an NDArray
+    on numpy's memory (``nd.from_numpy``, zero_copy) is let go of by a Python callback on
+    MXNet's engine thread, which deadlocks a fork made while that is pending (MXNet's fork
+    handler waits for its engine while the forking thread holds the interpreter)."""
+    pointer = ctypes.c_void_p()
+    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
+    memory = (ctypes.c_float * array.size).from_address(pointer.value)
+    return np.ctypeslib.as_array(memory).reshape(array.shape)
+
+
+class Gathered:
+    """GATHER batches of images and labels taken from the training set (numpy, in memory)
+    into NDArrays on the CPU that numpy writes (numpy_view), each batch a view of them made
+    once."""
+
+    def __init__(self, shape):
+        self.images_nd, self.labels_nd = mx.nd.empty(shape), mx.nd.empty(shape[0])
+        self.images, self.labels = numpy_view(self.images_nd), numpy_view(self.labels_nd)
+        self.views = {}
+
+    def take(self, images, labels, indices):
+        """images[indices], labels[indices] (float32 numpy) into the buffers, once every
+        operator MXNet was given that reads them is done (to_dlpack_for_write waits for
+        that). The copy runs in this thread, beside MXNet's engine thread still computing
+        the batches before (as fast as MXNet's take, which would run in the engine's)."""
+        mx.nd.to_dlpack_for_write(self.images_nd)
+        mx.nd.to_dlpack_for_write(self.labels_nd)
+        np.take(images, indices, axis=0, out=self.images[:len(indices)], mode='clip')
+        np.take(labels, indices, out=self.labels[:len(indices)], mode='clip')
+
+    def batch(self, first, end):
+        """The images and labels first:end of the last take, as NDArray views."""
+        if (first, end) not in self.views:
+            self.views[first, end] = self.images_nd[first:end], self.labels_nd[first:end]
+        return self.views[first, end]
 
 
 class GluonModel:
@@ -229,8 +290,8 @@ class GluonModel:
             self.start_from_rank_0()
         self.num_params = net.trainable_params(self.net)   # grid constants excluded
         self.beat = lambda: None   # called after every step (train.py: a Watchdog's beat)
-        self.on_device = None   # (numpy training images, the same on ctx, labels on ctx)
-        self.picked = None   # the images and labels fit_epoch takes its batches into
+        self.training_set = None   # (the images given, as float32, labels as float32)
+        self.gathered = None   # two Gathered buffers fit_epoch takes its batches into
         self.loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
         self.loss_fn.hybridize()   # one operator call per batch instead of four
 
@@ -269,29 +330,23 @@ class GluonModel:
         """One pass over (x, y) in shuffled mini-batches; returns (mean loss, images/s)."""
         config, ctx, loss_fn = self.config, self.ctx, self.loss_fn
         start = time.time()
-        # The whole set goes to the device once (again only when it changes, as with
-        # --fresh-distortions; to_device); GATHER batches at a time are taken from it there,
-        # in one operator each for images and labels, and every batch is a view of those.
-        # They are taken into two arrays kept from epoch to epoch: no allocation of GATHER
-        # batches every GATHER batches, which the C library may hand back and ask again.
+        # GATHER batches at a time are taken from the set into one of two Gathered buffers,
+        # kept from epoch to epoch, and every batch is a view of those: MXNet still computes
+        # on one while the next is taken.
         gather = GATHER * config.batch_size
-        if self.on_device is None or self.on_device[0] is not x:
-            self.on_device = x, to_device(x, ctx), mx.nd.array(y, ctx=ctx)
-        _, x_nd, y_nd = self.on_device
+        if self.training_set is None or self.training_set[0] is not x:
+            self.training_set = x, np.ascontiguousarray(x, np.float32), y.astype(np.float32)
+        _, images, labels = self.training_set
         shape = (min(gather, len(x)), *x.shape[1:])
-        if self.picked is None or self.picked[0].shape != shape:
-            self.picked = mx.nd.empty(shape, ctx=ctx), mx.nd.empty(shape[0], ctx=ctx)
-        x_picked, y_picked = self.picked
-        order = mx.nd.array(epoch_order(config, epoch, len(x)), ctx=ctx, dtype='int64')
-        # The running loss: each batch's losses are kept (no operator per batch) and summed
-        # at every check, in batch order in float32 as ``total += loss.sum()`` would.
-        total, seen, pending = np.float32(0), 0, []
+        if self.gathered is None or self.gathered[0].images.shape != shape:
+            self.gathered = Gathered(shape), Gathered(shape)
+        order = epoch_order(config, epoch, len(x))
+        running, seen = RunningLoss(), 0
         progress = progress_bar(epoch, math.ceil(len(x) / config.batch_size), show=self.rank == 0)
         for step, i in enumerate(range(0, len(x), config.batch_size), 1):
+            gathered = self.gathered[i // gather % 2]
             if i % gather == 0:
-                picked = order[i:i + gather]
-                mx.nd.take(x_nd, picked, out=x_picked[:len(picked)])
-                mx.nd.take(y_nd, picked, out=y_picked[:len(picked)])
+                gathered.take(images, labels, order[i:i + gather])
             batch = min(config.batch_size, len(x) - i)   # the gradients' sum is divided by it
             # this worker's share of the batch (all of it with one worker), within the gathered
             first, end = (i % gather + batch * k // self.workers
@@ -300,24 +355,28 @@ class GluonModel:
             if len(devices) < len(self.contexts):
                 self.no_gradient(self.contexts[len(devices):])
             if devices:
-                data = gluon.utils.split_and_load(x_picked[first:end], devices, even_split=False)
-                label = gluon.utils.split_and_load(y_picked[first:end], devices, even_split=False)
+                batch_images, batch_labels = gathered.batch(first, end)
+                if devices == [HOST]:   # where they are: nothing for split_and_load to do
+                    data, label = [batch_images], [batch_labels]
+                else:
+                    data = gluon.utils.split_and_load(batch_images, devices, even_split=False)
+                    label = gluon.utils.split_and_load(batch_labels, devices, even_split=False)
                 with autograd.record():
                     losses = [loss_fn(self.net(d), t) for d, t in zip(data, label)]
                 autograd.backward(losses)
-                pending += [loss.detach().as_in_context(ctx) for loss in losses]
+                running.add(losses if len(losses) == 1 else [l.as_in_context(ctx) for l in losses])
                 seen += end - first
             self.trainer.step(batch)
             self.beat()
             progress.update()
-            if seen and (step % CHECK_EVERY == 0 or i + config.batch_size >= len(x)):
-                for loss_sum in loss_sums(pending):
-                    total = np.float32(total + loss_sum)
-                pending = []
-                check_loss(total / seen, epoch, step)
-                progress.set_postfix(loss=f'{total / seen:.4f}')
+            last = i + config.batch_size >= len(x)
+            if step % CHECK_EVERY == 0 or last:
+                mean = running.check(last)
+                if running.images:
+                    check_loss(mean, epoch, running.batches)
+                    progress.set_postfix(loss=f'{mean:.4f}')
         progress.close()
-        return total / max(seen, 1), seen * self.workers / (time.time() - start)
+        return running.check(last=True) if seen else 0.0, seen * self.workers / (time.time() - start)
 
     def evaluate(self, x, y, batch_size=1000):
         """Mean cross-entropy and accuracy over every example of (x, y)."""
