@@ -1,6 +1,6 @@
 """The threaded bilinear sampler (sampler.py, ops/bilinear_sampler.cc): the same bits as
 MXNet's BilinearSampler forward and backward, the built-in operator wherever the library
-is missing, stale or not worth it, and exports that never need it."""
+is missing or stale or it is asked for, and exports that never need it."""
 import json
 import os
 import subprocess
@@ -80,8 +80,6 @@ def test_the_networks_input_transformer_skips_the_images_gradient_and_conv1s_doe
         threaded, tmp_path):
     import net
     from stngluon.config import RunConfig
-    if runtime.threads() < 2:
-        pytest.skip('one OpenMP thread here: the built-in sampler is used')
     for flags, expected in ((['--dataset', 'rts', '--model', 'cnn'], [sampler.OP_GRID_ONLY]),
                             (['--dataset', 'rts', '--model', 'cnn', '--stn-at', 'conv1'], [sampler.OP])):
         model = net.build(RunConfig.from_flags(flags).resolved())
@@ -95,8 +93,6 @@ def test_the_networks_input_transformer_skips_the_images_gradient_and_conv1s_doe
 
 def test_a_transformer_runs_the_threaded_sampler_on_two_threads(threaded):
     import stn
-    if runtime.threads() < 2:
-        pytest.skip('one OpenMP thread here: the built-in sampler is used')
     block = stn.SpatialTransformer(transform='affine', target_shape=(28, 28))
     block.initialize()
     block.hybridize()
@@ -107,13 +103,20 @@ def test_a_transformer_runs_the_threaded_sampler_on_two_threads(threaded):
     assert sampler.OP in {node['op'] for node in graph['nodes']}
 
 
-def test_it_is_not_used_where_the_library_is_missing_or_on_one_thread(tmp_path):
-    code = ('from stngluon import sampler; import stn, mxnet as mx; b = stn.SpatialTransformer(transform="affine"); '
-            'b.initialize(); b(mx.nd.ones((2, 1, 28, 28))); print(sampler.name())')
-    assert in_child(code, STN_OPS_LIBRARY=str(tmp_path / 'missing.so'),
+SAMPLER_NAME = ('from stngluon import sampler; import stn, mxnet as mx; '
+                'b = stn.SpatialTransformer(transform="affine"); '
+                'b.initialize(); b(mx.nd.ones((2, 1, 28, 28))); print(sampler.name())')
+
+
+def test_it_is_not_used_where_the_library_is_missing_or_the_builtin_one_is_asked_for(tmp_path):
+    assert in_child(SAMPLER_NAME, STN_OPS_LIBRARY=str(tmp_path / 'missing.so'),
                     OMP_NUM_THREADS='2') == 'BilinearSampler'
-    assert in_child(code, OMP_NUM_THREADS='1') == 'BilinearSampler'
-    assert in_child(code, STN_SAMPLER='builtin', OMP_NUM_THREADS='2') == 'BilinearSampler'
+    assert in_child(SAMPLER_NAME, STN_SAMPLER='builtin', OMP_NUM_THREADS='2') == 'BilinearSampler'
+
+
+def test_it_is_used_on_one_thread_as_on_two(threaded):
+    for threads in ('1', '2'):
+        assert in_child(SAMPLER_NAME, OMP_NUM_THREADS=threads) == sampler.OP, threads
 
 
 def test_an_exported_model_needs_only_mxnets_operators(threaded, tmp_path):
