@@ -1,5 +1,6 @@
 """engine.py: one learning-rate schedule (GluonCV's schedulers) that both APIs follow, the
-rate metrics.csv logs, several devices, and the watchdog of a distributed run."""
+rate metrics.csv logs, the running loss, the feeding of batches, several devices, and the
+watchdog of a distributed run."""
 import os
 
 import mxnet as mx
