@@ -341,7 +341,7 @@ class GluonModel:
         if self.gathered is None or self.gathered[0].images.shape != shape:
             self.gathered = Gathered(shape), Gathered(shape)
         order = epoch_order(config, epoch, len(x))
-        running, seen = RunningLoss(), 0
+        running = RunningLoss()
         progress = progress_bar(epoch, math.ceil(len(x) / config.batch_size), show=self.rank == 0)
         for step, i in enumerate(range(0, len(x), config.batch_size), 1):
             gathered = self.gathered[i // gather % 2]
@@ -365,7 +365,6 @@ class GluonModel:
                     losses = [loss_fn(self.net(d), t) for d, t in zip(data, label)]
                 autograd.backward(losses)
                 running.add(losses if len(losses) == 1 else [l.as_in_context(ctx) for l in losses])
-                seen += end - first
             self.trainer.step(batch)
             self.beat()
             progress.update()
@@ -376,7 +375,8 @@ class GluonModel:
                     check_loss(mean, epoch, running.batches)
                     progress.set_postfix(loss=f'{mean:.4f}')
         progress.close()
-        return running.check(last=True) if seen else 0.0, seen * self.workers / (time.time() - start)
+        mean = running.check(last=True) if running.images else 0.0   # read at the last batch
+        return mean, running.images * self.workers / (time.time() - start)
 
     def evaluate(self, x, y, batch_size=1000):
         """Mean cross-entropy and accuracy over every example of (x, y)."""
