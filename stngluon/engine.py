@@ -341,7 +341,7 @@ class GluonModel:
         if self.gathered is None or self.gathered[0].images.shape != shape:
             self.gathered = Gathered(shape), Gathered(shape)
         order = epoch_order(config, epoch, len(x))
-        running = RunningLoss()
+        running, mean = RunningLoss(), 0.0
         progress = progress_bar(epoch, math.ceil(len(x) / config.batch_size), show=self.rank == 0)
         for step, i in enumerate(range(0, len(x), config.batch_size), 1):
             gathered = self.gathered[i // gather % 2]
@@ -375,8 +375,8 @@ class GluonModel:
                     check_loss(mean, epoch, running.batches)
                     progress.set_postfix(loss=f'{mean:.4f}')
         progress.close()
-        mean = running.check(last=True) if running.images else 0.0   # read at the last batch
-        return mean, running.images * self.workers / (time.time() - start)
+        rate = running.images * self.workers / (time.time() - start)
+        return (mean if running.images else 0.0), rate   # mean: every batch's, read at the last
 
     def evaluate(self, x, y, batch_size=1000):
         """Mean cross-entropy and accuracy over every example of (x, y)."""

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from stngluon import compat, runtime  # noqa: F401
+from stngluon import compat  # noqa: F401
 import mxnet as mx
 
 from stngluon import rundir
