@@ -34,7 +34,7 @@ def settings(cores):
 
 def measure(flags, env, cpus, steps):
     code = (f'import sys, json; sys.path.insert(0, {workloads.ROOT!r}); from benchmarks import workloads as b; '
-            f'print(json.dumps(b.measure_mxnet({flags!r}, 10, {steps})))')
+            f'print(json.dumps(b.measure_mxnet({flags!r}, 10, {steps}, 1)))')
     done = subprocess.run(['taskset', '-c', cpus, sys.executable, '-c', code],
                           env=dict(os.environ, **env), capture_output=True, text=True)
     if done.returncode:

@@ -15,8 +15,9 @@ optimizer update on a batch already in memory) is timed after --warmup steps in 
 --steps steps until a second has gone, and so is train.py's own loop
 (``engine.GluonModel.fit_epoch``, feeding included), as the rate it reports in metrics.csv,
 in passes over as many random images as --steps steps take or a second's worth if more
-(up to 20,000). The two frameworks alternate, workload by workload, repeat by repeat, and
-the table gives the median images/s of the repeats, the peak resident memory of each
+(up to 20,000), after one untimed pass; a process times its columns --rounds times in turn
+and gives their medians. The two frameworks alternate, workload by workload, repeat by
+repeat, and the table gives the median images/s of the repeats, the peak resident memory of each
 process and the ratio stn-gluon / PyTorch. The PyTorch twins (same layers, same parameter
 count, which is checked; the same Adam with the localisation at --loc-lr-mult's rate) are
 timed when torch imports (pip install -r requirements-bench.txt); they are not needed
@@ -30,12 +31,13 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
-from benchmarks.workloads import (ENVIRON, ROOT, SECONDS, TABLE1_KINDS, WORKLOADS,  # noqa: E402
-                                  config_of, host, peak_mb, resolved, time_steps)
+from benchmarks.workloads import (ENVIRON, ROOT, ROUNDS, SECONDS, TABLE1_KINDS,  # noqa: E402
+                                  WORKLOADS, config_of, host, medians, peak_mb, resolved,
+                                  time_steps)
 
 
 
-def measure_torch(flags, warmup, steps, wait_policy=None):
+def measure_torch(flags, warmup, steps, rounds=ROUNDS, wait_policy=None):
     args = config_of(flags)
     # PyTorch gets the wait policy the environment had (``wait_policy``), its own default
     # unless the user set one.
@@ -62,7 +64,8 @@ def measure_torch(flags, warmup, steps, wait_policy=None):
         loss_fn(model(data), label).backward()
         optimizer.step()
     model.train()
-    rate = time_steps(step, args.batch_size, warmup, steps, lambda: None)
+    rate = medians({'step': lambda: time_steps(step, args.batch_size, warmup, steps, lambda: None)},
+                   rounds)['step']
     return {'imgs_per_s': rate, 'params': sum(p.numel() for p in model.parameters()),
             'peak_mb': peak_mb(), 'version': f'PyTorch {torch.__version__}'}
 
@@ -78,7 +81,7 @@ def first_cores(count):
     return sorted(os.sched_getaffinity(0))[:count]
 
 
-def child(framework, flags, cores, warmup, steps, settings=None, threads=None):
+def child(framework, flags, cores, warmup, steps, rounds, settings=None, threads=None):
     """One measurement in a fresh process on the first ``cores`` usable cores (stn-gluon's
     with ``settings``, a dict of environment variables; on ``threads`` OpenMP threads if
     given); its JSON result, or None if it failed."""
@@ -86,10 +89,10 @@ def child(framework, flags, cores, warmup, steps, settings=None, threads=None):
     env = runtime.with_threads(ENVIRON, threads) if threads else dict(ENVIRON)
     if framework == 'mxnet' and settings:
         env.update(settings, **{runtime.CHOSEN: '1'})
-    extra = f', {ENVIRON.get("OMP_WAIT_POLICY")!r}' if framework == 'torch' else ''
+    extra = f', wait_policy={ENVIRON.get("OMP_WAIT_POLICY")!r}' if framework == 'torch' else ''
     module = 'workloads' if framework == 'mxnet' else 'bench_train'
     code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from benchmarks import {module} as b; '
-            f'print(json.dumps(b.measure_{framework}({flags!r}, {warmup}, {steps}{extra})))')
+            f'print(json.dumps(b.measure_{framework}({flags!r}, {warmup}, {steps}, {rounds}{extra})))')
     cpus = first_cores(cores)
     result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                             timeout=900, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
@@ -100,13 +103,13 @@ def child(framework, flags, cores, warmup, steps, settings=None, threads=None):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def side_by_side(flags, cores, warmup, steps, settings):
+def side_by_side(flags, cores, warmup, steps, rounds, settings):
     """Total images/s of ``cores`` single-threaded stn-gluon processes training at once
     (the Table 1 grid's cells side by side), or None if one failed."""
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(cores) as pool:
-        runs = list(pool.map(lambda _: child('mxnet', flags, cores, warmup, steps, settings,
-                                             threads=1), range(cores)))
+        runs = list(pool.map(lambda _: child('mxnet', flags, cores, warmup, steps, rounds,
+                                             settings, threads=1), range(cores)))
     return None if None in runs else sum(r['imgs_per_s'] for r in runs)
 
 
@@ -124,6 +127,8 @@ def parser():
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--warmup', type=int, default=10)
     p.add_argument('--steps', type=int, default=50)
+    p.add_argument('--rounds', type=int, default=ROUNDS,
+                   help='rounds of each timing in a measuring process, in turn (median)')
     p.add_argument('--no-torch', action='store_true', help='time stn-gluon only')
     p.add_argument('--precision', choices=['float32', 'bfloat16'], default='float32',
                    help='train.py\'s --precision for stn-gluon (PyTorch stays float32)')
@@ -142,12 +147,12 @@ def measure_all(args, workloads, counts, frameworks, flags, settings, cores):
             for n in counts:
                 for framework in frameworks:
                     r = child(framework, flags[workload], n, args.warmup, args.steps,
-                              settings[(workload, n)])
+                              args.rounds, settings[(workload, n)])
                     if r:
                         results.setdefault((workload, n, framework), []).append(r)
             if args.side_by_side:
                 total = side_by_side(flags[workload], cores, args.warmup, args.steps,
-                                     settings[(workload, 'side')])
+                                     args.rounds, settings[(workload, 'side')])
                 if total:
                     results.setdefault((workload, 'side'), []).append(total)
     return results
@@ -229,7 +234,8 @@ def main(argv=None):
     if args.side_by_side:
         settings.update({(w, 'side'): runtime.chosen_for(flags[w], 1, ENVIRON) for w in workloads})
     print(f'{args.repeats} repeats; each: {args.warmup} steps, then rounds of {args.steps} until '
-          f'{SECONDS:g} s have gone; frameworks alternating; median images/s (peak MB)', flush=True)
+          f'{SECONDS:g} s have gone, {args.rounds} times (the step and the loop in turn); '
+          f'frameworks alternating; median images/s (peak MB)', flush=True)
     results = measure_all(args, workloads, counts, frameworks, flags, settings, cores)
     print_table(workloads, counts, frameworks, results, settings)
     if args.side_by_side:

@@ -2,6 +2,7 @@
 measurement: bench_train.py and bench_settings.py time these, each in fresh processes."""
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -40,8 +41,19 @@ def config_of(flags):
 
 # How long each column is timed: at least SECONDS (a scheduler's time slice would weigh on
 # the 40 ms that 50 steps of the FCN take), at least --steps steps; the loop's set of random
-# images is at most LOOP_IMAGES (memory), passed over again until the time is up.
-SECONDS, LOOP_IMAGES = 1.0, 20_000
+# images is at most LOOP_IMAGES (memory), passed over again until the time is up. A measuring
+# process times its columns ROUNDS times in turn and reports the medians.
+SECONDS, LOOP_IMAGES, ROUNDS = 1.0, 20_000, 3
+
+
+def medians(timers, rounds=ROUNDS):
+    """{name: the median of ``rounds`` calls of timer()}, the timers called in turn, round
+    by round: a slow spell of the host weighs on one round of each, not on one column."""
+    runs = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            runs[name].append(timer())
+    return {name: statistics.median(values) for name, values in runs.items()}
 
 
 def time_steps(step, batch, warmup, steps, sync):
@@ -61,7 +73,7 @@ def time_steps(step, batch, warmup, steps, sync):
             return done * batch / took
 
 
-def measure_mxnet(flags, warmup, steps):
+def measure_mxnet(flags, warmup, steps, rounds=ROUNDS):
     from stngluon import runtime
     runtime.configure()   # before MXNet loads
     from stngluon import compat  # noqa: F401  (the numpy shim, before mxnet)
@@ -86,22 +98,28 @@ def measure_mxnet(flags, warmup, steps):
         loss.backward()
         model.trainer.step(shape[0])
     rate = time_steps(step, shape[0], warmup, steps, mx.nd.waitall)
-    # train.py's own loop (engine.GluonModel.fit_epoch: the set sent to the device, batches
-    # taken there, the loss summed and checked), as train.py reports it, on as many images
-    # as --steps steps take or about SECONDS' worth if more (at most LOOP_IMAGES), passed
-    # over until SECONDS have gone: an epoch's set-up weighs on a short one as it does not
-    # on train.py's epochs of 60,000.
+    # train.py's own loop (engine.GluonModel.fit_epoch: batches taken from the set in
+    # memory, the loss summed and checked), as train.py reports it, on as many images as
+    # --steps steps take or about SECONDS' worth if more (at most LOOP_IMAGES), passed over
+    # until SECONDS have gone: an epoch's set-up weighs on a short one as it does not on
+    # train.py's epochs of 60,000. One pass first, untimed, as train.py's first epoch makes
+    # the loop's buffers.
     images = max(steps, min(int(rate * SECONDS), LOOP_IMAGES) // shape[0]) * shape[0]
     x = rng.rand(images, *shape[1:]).astype(np.float32)
     y = rng.randint(0, 10, len(x)).astype(np.int32)
-    model.fit_epoch(1, x[:warmup * shape[0]], y[:warmup * shape[0]])
-    start, seen = time.perf_counter(), 0
-    while time.perf_counter() - start < SECONDS:
-        model.fit_epoch(2, x, y)
-        seen += images
-    loop = seen / (time.perf_counter() - start)
-    return {'imgs_per_s': rate, 'loop_imgs_per_s': loop, 'params': model.num_params,
-            'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}', 'sampler': sampler.name()}
+    model.fit_epoch(1, x, y)
+
+    def loop():
+        start, seen = time.perf_counter(), 0
+        while time.perf_counter() - start < SECONDS:
+            model.fit_epoch(2, x, y)
+            seen += images
+        return seen / (time.perf_counter() - start)
+    rates = medians({'step': lambda: time_steps(step, shape[0], warmup, steps, mx.nd.waitall),
+                     'loop': loop}, rounds)
+    return {'imgs_per_s': rates['step'], 'loop_imgs_per_s': rates['loop'],
+            'params': model.num_params, 'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}',
+            'sampler': sampler.name()}
 
 
 def with_width(workloads):

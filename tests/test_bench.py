@@ -38,6 +38,18 @@ def test_a_step_is_timed_in_whole_rounds_until_the_time_is_up(monkeypatch):
     assert rate == pytest.approx(64 / 0.002, rel=0.5)
 
 
+def test_a_process_times_its_columns_in_turn_and_gives_their_medians():
+    """A slow spell of the host (the second round here) weighs on one round of each column,
+    not on the loop alone, so loop / step compares like with like."""
+    rates, calls = {'step': iter([10.0, 2.0, 12.0]), 'loop': iter([9.0, 1.0, 11.0])}, []
+
+    def timer(name):
+        return lambda: calls.append(name) or next(rates[name])
+    assert workloads.medians({name: timer(name) for name in rates}, 3) == {'step': 10.0,
+                                                                            'loop': 9.0}
+    assert calls == ['step', 'loop'] * 3
+
+
 def test_an_unknown_workload_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         bench_train.main(['--workloads', 'vgg'])
