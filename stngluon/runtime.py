@@ -116,18 +116,22 @@ def cache_path():
 
 def cpu():
     """(CPU model, the instruction sets that matter to MXNet's kernels) from /proc/cpuinfo:
-    two hosts that both call themselves "AMD EPYC" may differ in AVX-512 and bfloat16."""
-    model, flags = 'unknown CPU', set()
+    two hosts that both call themselves "AMD EPYC" may differ in AVX-512 and bfloat16, and
+    in their generation (the model is named with its family and model numbers: 'AMD EPYC,
+    family 25 model 17' is a Zen 4, family 26 a Zen 5)."""
+    fields = {}
     try:
         with open('/proc/cpuinfo') as f:
             for line in f:
                 key, _, value = line.partition(':')
-                if key.strip() == 'model name' and model == 'unknown CPU':
-                    model = value.strip()
-                elif key.strip() == 'flags' and not flags:
-                    flags = set(value.split())
+                if not line.strip():   # the first processor's fields only
+                    break
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    model, flags = fields.get('model name', 'unknown CPU'), set(fields.get('flags', '').split())
+    if 'cpu family' in fields and 'model' in fields:
+        model += f', family {fields["cpu family"]} model {fields["model"]}'
     isa = [name for name, flag in (('AVX2', 'avx2'), ('AVX-512', 'avx512f'),
                                    ('AVX-512 bf16', 'avx512_bf16'), ('AMX', 'amx_tile'))
            if flag in flags] or ['no AVX2']

@@ -105,6 +105,23 @@ def test_another_host_or_mxnet_version_or_thread_count_measures_again(cache, mon
     assert len(timer.calls) > first and len(json.loads(cache.read_text())) == 2
 
 
+def test_the_cpu_is_named_with_its_generation(monkeypatch):
+    """Two hosts that both call themselves "AMD EPYC", with the same instruction sets, are
+    a Zen 4 and a Zen 5: named apart, each times its own choice."""
+    import io
+
+    def cpuinfo(family, model):
+        text = (f'processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\n'
+                f'model\t\t: {model}\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f '
+                f'avx512_bf16\n\nprocessor\t: 1\ncpu family\t: 99\n')
+        return lambda path: io.StringIO(text)
+    monkeypatch.setattr(runtime, 'open', cpuinfo(25, 17), raising=False)
+    zen4 = runtime.cpu()
+    assert zen4 == ('AMD EPYC, family 25 model 17', ['AVX2', 'AVX-512', 'AVX-512 bf16'])
+    monkeypatch.setattr(runtime, 'open', cpuinfo(26, 2), raising=False)
+    assert runtime.cpu()[0] == 'AMD EPYC, family 26 model 2' != zen4[0]
+
+
 def test_the_environment_wins_and_nothing_is_measured(cache, monkeypatch):
     monkeypatch.setenv(runtime.WAIT, 'ACTIVE')
     timer = Timer()
