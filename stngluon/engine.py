@@ -216,9 +216,7 @@ def numpy_view(array):
     on numpy's memory (``nd.from_numpy``, zero_copy) is let go of by a Python callback on
     MXNet's engine thread, which deadlocks a fork made while that is pending (MXNet's fork
     handler waits for its engine while the forking thread holds the interpreter)."""
-    pointer = ctypes.c_void_p()
-    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
-    memory = (ctypes.c_float * array.size).from_address(pointer.value)
+    memory = (ctypes.c_float * array.size).from_address(optim.data_pointer(array))
     return np.ctypeslib.as_array(memory).reshape(array.shape)
 
 

@@ -20,6 +20,14 @@ from stngluon import ops
 OP = 'stn_adam_update'
 
 
+def data_pointer(array):
+    """The address of ``array``'s data (MXNDArrayGetData: on the CPU, in MXNet's own
+    row-major layout, an array in oneDNN's blocked layout reordered back first)."""
+    pointer = ctypes.c_void_p()
+    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
+    return pointer.value
+
+
 def plain_layout(arrays):
     """Put each convolution weight among ``arrays`` (any array of more than two dimensions)
     back in MXNet's own (row-major) memory layout, in place; the rest are left as they are.
@@ -30,10 +38,9 @@ def plain_layout(arrays):
     read either; an external operator's output must be plain (MXNet stops with "We can't
     generate TBlob for MKLDNN data"). After the array's pending writes (the reorder among
     them), MXNDArrayGetData reorders it back."""
-    pointer = ctypes.c_void_p()
     for a in (a for a in arrays if a.ndim > 2):
         a.wait_to_read()
-        mx.base.check_call(mx.base._LIB.MXNDArrayGetData(a.handle, ctypes.byref(pointer)))
+        data_pointer(a)
 
 
 class Adam(mx.optimizer.Adam):
