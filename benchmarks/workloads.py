@@ -79,7 +79,7 @@ def measure_mxnet(flags, warmup, steps, rounds=ROUNDS):
     from stngluon import compat  # noqa: F401  (the numpy shim, before mxnet)
     import mxnet as mx
     import numpy as np
-    from mxnet import autograd, gluon
+    from mxnet import autograd
 
     from stngluon import distort
     from stngluon import engine
@@ -89,12 +89,10 @@ def measure_mxnet(flags, warmup, steps, rounds=ROUNDS):
     model = engine.GluonModel(args, (args.batch_size * 10, *shape[1:]), mx.cpu())
     rng = np.random.RandomState(0)
     data, label = mx.nd.array(rng.rand(*shape)), mx.nd.array(rng.randint(0, 10, shape[0]))
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    loss_fn.hybridize()   # as train.py's loop runs it
 
-    def step():
+    def step():   # as train.py's loop runs it: the network and its loss in one call
         with autograd.record():
-            loss = loss_fn(model.net(data), label)
+            loss = model.batch_loss(data, label)
         loss.backward()
         model.trainer.step(shape[0])
     rate = time_steps(step, shape[0], warmup, steps, mx.nd.waitall)
