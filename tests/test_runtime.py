@@ -45,14 +45,27 @@ class Timer:
 def test_the_fastest_candidate_is_chosen_once_and_reused(cache):
     timer = Timer()
     assert runtime.choose('net', timer, log=lambda _: None) == FASTEST
-    # each engine and wait policy on two threads, each engine on one (where nothing waits)
-    assert len(timer.calls) == len(runtime.candidates()) == 6
+    # each engine and wait policy on two threads, each engine on one (where nothing waits),
+    # then the two fastest again
+    assert len(runtime.candidates()) == 6 and len(timer.calls) == 6 + 2
     assert {c[runtime.THREADS] for c in timer.calls} == {'1', '2'}
     assert runtime.choose('net', timer, log=lambda _: None) == FASTEST   # from the cache
-    assert len(timer.calls) == 6
+    assert len(timer.calls) == 8
     assert list(json.loads(cache.read_text()).values()) == [FASTEST]
     runtime.choose('another net', timer, log=lambda _: None)   # each network kind its own
-    assert len(timer.calls) == 12
+    assert len(timer.calls) == 16
+
+
+def test_the_two_fastest_are_timed_again_so_a_slow_spell_does_not_lose_the_fastest_the_choice(
+        cache):
+    timer = Timer()
+
+    def measure(settings):   # the fastest's first timing falls in a slow spell of the host
+        rate = timer(settings)
+        return rate - 10 if settings == FASTEST and timer.calls.count(FASTEST) == 1 else rate
+    assert runtime.choose('net', measure, log=lambda _: None) == FASTEST
+    second = {**NAIVE_PASSIVE, runtime.THREADS: '2'}   # Timer's second fastest
+    assert timer.calls[6:] == [second, FASTEST]   # the two fastest of the first timings
 
 
 def test_a_thread_count_the_environment_gives_is_kept_and_the_rest_chosen_for_it(cache,
@@ -61,14 +74,14 @@ def test_a_thread_count_the_environment_gives_is_kept_and_the_rest_chosen_for_it
     timer = Timer()
     assert runtime.choose('net', timer, log=lambda _: None) == {**NAIVE_PASSIVE,
                                                                 runtime.THREADS: '2'}
-    assert len(timer.calls) == 4 and {c[runtime.THREADS] for c in timer.calls} == {'2'}
+    assert len(timer.calls) == 4 + 2 and {c[runtime.THREADS] for c in timer.calls} == {'2'}
 
 
 def test_on_one_usable_core_only_one_thread_is_timed(cache, monkeypatch):
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0})
     timer = Timer()
     assert runtime.choose('net', timer, log=lambda _: None) == FASTEST
-    assert len(timer.calls) == 2
+    assert len(timer.calls) == 2 + 2
 
 
 def test_a_child_given_a_thread_count_keeps_it_though_the_parents_was_chosen(cache):
@@ -158,7 +171,7 @@ def test_a_damaged_cache_is_measured_again_and_rewritten(cache, text):
     cache.write_text(text)
     timer = Timer()
     assert runtime.choose('net', timer, log=lambda _: None) == FASTEST
-    assert len(timer.calls) == 6 and list(json.loads(cache.read_text()).values()) == [FASTEST]
+    assert len(timer.calls) == 8 and list(json.loads(cache.read_text()).values()) == [FASTEST]
 
 
 def test_nothing_timed_is_mxnets_defaults_and_not_kept(cache):
