@@ -12,7 +12,7 @@ and OpenMP thread count that train.py would choose for that network on such a ho
 sampler is the one train.py would run (sampler.py). PyTorch runs at its own defaults, a
 thread per core (OMP_NUM_THREADS where the environment sets it). The step (forward, backward,
 optimizer update on a batch already in memory) is timed after --warmup steps in rounds of
---steps steps until a second has gone, and so is train.py's own loop
+--steps steps until a second has gone (the TC CNN's 10 steps take 4 s on one core), and so is train.py's own loop
 (``engine.GluonModel.fit_epoch``, feeding included), as the rate it reports in metrics.csv,
 in passes over as many random images as --steps steps take or a second's worth if more
 (up to 20,000), after one untimed pass; a process times its columns --rounds times in turn
@@ -126,7 +126,7 @@ def parser():
                    help='comma-separated counts of usable cores to time on (default: 1 and all)')
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--warmup', type=int, default=10)
-    p.add_argument('--steps', type=int, default=50)
+    p.add_argument('--steps', type=int, default=10)
     p.add_argument('--rounds', type=int, default=ROUNDS,
                    help='rounds of each timing in a measuring process, in turn (median)')
     p.add_argument('--no-torch', action='store_true', help='time stn-gluon only')
