@@ -10,16 +10,17 @@ would: a host with N cores). stn-gluon runs at its defaults there: the engine, w
 and OpenMP thread count that train.py would choose for that network on such a host
 (runtime.py: timed once per host, then cached; the environment's where it sets them); the
 sampler is the one train.py would run (sampler.py). PyTorch runs at its own defaults, a
-thread per core (OMP_NUM_THREADS where the environment sets it). The step (forward, backward,
-optimizer update on a batch already in memory) is timed after --warmup steps in rounds of
---steps steps until a second has gone (the TC CNN's 10 steps take 4 s on one core), and so is train.py's own loop
-(``engine.GluonModel.fit_epoch``, feeding included), as the rate it reports in metrics.csv,
-in passes over as many random images as --steps steps take or a second's worth if more
-(up to 20,000), after one untimed pass; a process times its columns --rounds times in turn
-and gives their medians. The two frameworks alternate, workload by workload, repeat by
-repeat, and the table gives the median images/s of the repeats, the peak resident memory of each
-process and the ratio stn-gluon / PyTorch. The PyTorch twins (same layers, same parameter
-count, which is checked; the same Adam with the localisation at --loc-lr-mult's rate) are
+thread per core (OMP_NUM_THREADS where the environment sets it). The step (forward,
+backward, optimizer update on a batch already in memory) is timed after --warmup steps in
+rounds of --steps steps until a second has gone (a slow network's single round may take
+longer), and so is train.py's own loop (``engine.GluonModel.fit_epoch``, feeding
+included), as the rate it reports in metrics.csv, in passes over as many random images as
+--steps steps take or a second's worth if more (up to 20,000), after one untimed pass; a
+process times its columns --rounds times in turn and gives their medians. The two
+frameworks alternate, workload by workload, repeat by repeat, and the table gives the
+median images/s of the repeats, the peak resident memory of each process and the ratio
+stn-gluon / PyTorch. The PyTorch twins (same layers, same parameter count, which is
+checked; the same Adam with the localisation at --loc-lr-mult's rate) are
 timed when torch imports (pip install -r requirements-bench.txt); they are not needed
 otherwise.
 """

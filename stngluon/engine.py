@@ -249,8 +249,8 @@ class Gathered:
 
 class BatchLoss(gluon.HybridBlock):
     """Each image's softmax cross-entropy under ``net``: images (N, C, H, W) and labels (N,)
-    -> losses (N,). The network and its loss in one cached graph: one call a batch where
-    two cost the FCN 7% of its step."""
+    -> losses (N,). The network and its loss in one cached graph: one call a batch, where
+    two had cost the bare FCN 7% of its step (docs/speed.md)."""
 
     def __init__(self, net):
         super().__init__(prefix='')
@@ -278,8 +278,9 @@ class GluonModel:
         self.net = net.build(config, runtime.channel_block() if all(
             c.device_type == 'cpu' for c in self.contexts) else 1)
         self.net.initialize(mx.init.Xavier(magnitude=2.24), ctx=self.contexts)
-        # what fit_epoch runs; hybridizing it hybridizes the net (a child) too, which drops a
-        # net's cached graph: before the net's first forward, which export needs
+        # fit_epoch's network and loss in one graph. Hybridizing it hybridizes the net (its
+        # child) and drops any graph the net has cached, so it comes before the net's first
+        # forward: export needs that graph.
         self.batch_loss = BatchLoss(self.net)
         self.batch_loss.hybridize(static_alloc=True, static_shape=True)
         # Deferred init, so that shapes are known. In train mode: an inference-mode forward

@@ -74,7 +74,8 @@ def test_the_epochs_loss_is_every_batchs_loss_summed_in_order_in_float32(monkeyp
     x, y = rng.rand(100, 1, 28, 28).astype(np.float32), rng.randint(0, 10, 100)
     model, batch_losses = engine.GluonModel(args, x.shape, mx.cpu()), []
     batch_loss = model.batch_loss
-    model.batch_loss = lambda x, label: batch_losses.append(batch_loss(x, label)) or batch_losses[-1]
+    model.batch_loss = lambda images, label: (batch_losses.append(batch_loss(images, label))
+                                              or batch_losses[-1])
     mean, _ = model.fit_epoch(1, x, y)
     assert [len(loss) for loss in batch_losses] == [32, 32, 32, 4]
     total = mx.nd.zeros(1)
@@ -107,7 +108,7 @@ def test_every_batch_is_the_epochs_shuffle_of_the_set_through_both_gather_buffer
     x, y = rng.rand(100, 1, 28, 28).astype(np.float32), rng.randint(0, 10, 100)
     model, seen = engine.GluonModel(args, x.shape, mx.cpu()), []
     batch_loss = model.batch_loss
-    model.batch_loss = lambda x, label: seen.append(label.asnumpy()) or batch_loss(x, label)
+    model.batch_loss = lambda images, label: seen.append(label.asnumpy()) or batch_loss(images, label)
     for epoch in (1, 2):
         seen.clear()
         model.fit_epoch(epoch, x, y)
