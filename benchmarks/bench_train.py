@@ -65,7 +65,9 @@ def measure_torch(flags, warmup, steps, rounds=ROUNDS, wait_policy=None):
         loss_fn(model(data), label).backward()
         optimizer.step()
     model.train()
-    rate = medians({'step': lambda: time_steps(step, args.batch_size, warmup, steps, lambda: None)},
+    for _ in range(warmup):   # once; the rounds start warm
+        step()
+    rate = medians({'step': lambda: time_steps(step, args.batch_size, 0, steps, lambda: None)},
                    rounds)['step']
     return {'imgs_per_s': rate, 'params': sum(p.numel() for p in model.parameters()),
             'peak_mb': peak_mb(), 'version': f'PyTorch {torch.__version__}'}

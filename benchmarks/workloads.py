@@ -95,7 +95,7 @@ def measure_mxnet(flags, warmup, steps, rounds=ROUNDS):
             loss = model.batch_loss(data, label)
         loss.backward()
         model.trainer.step(shape[0])
-    rate = time_steps(step, shape[0], warmup, steps, mx.nd.waitall)
+    rate = time_steps(step, shape[0], warmup, steps, mx.nd.waitall)   # warm now: sizes the loop
     # train.py's own loop (engine.GluonModel.fit_epoch: batches taken from the set in
     # memory, the loss summed and checked), as train.py reports it, on as many images as
     # --steps steps take or about SECONDS' worth if more (at most LOOP_IMAGES), passed over
@@ -113,7 +113,7 @@ def measure_mxnet(flags, warmup, steps, rounds=ROUNDS):
             model.fit_epoch(2, x, y)
             seen += images
         return seen / (time.perf_counter() - start)
-    rates = medians({'step': lambda: time_steps(step, shape[0], warmup, steps, mx.nd.waitall),
+    rates = medians({'step': lambda: time_steps(step, shape[0], 0, steps, mx.nd.waitall),
                      'loop': loop}, rounds)
     return {'imgs_per_s': rates['step'], 'loop_imgs_per_s': rates['loop'],
             'params': model.num_params, 'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}',
