@@ -341,6 +341,8 @@ def write_tables(args, failed=None):
     lines += ['', f'{runs} runs, {sum(r["minutes"] or 0 for r in rows) / 60:.1f} hours of '
                   f'training, {core_seconds / 3600:.1f} CPU-core hours (training time x OpenMP '
                   f'threads; data loading and evaluation not counted).']
+    if getattr(args, 'against', None):
+        lines += ['', *paired_lines(args, cells() + found, seeds)]
     if failed:
         lines += ['', 'Failed (fix the cause and run reproduce.py again to continue them):', '']
         lines += [f'- {cell} seed {seed}: {error}' for (cell, seed), error in sorted(failed.items())]
@@ -353,6 +355,35 @@ def write_tables(args, failed=None):
         replace_block(args.readme, published(args.readme))
     if args.table_only:
         print('\n'.join(published(args.readme or os.path.join(HERE, 'README.md'))))
+
+
+def paired_lines(args, names, seeds):
+    """The markdown lines comparing this schedule's runs, seed by seed, with the same cells
+    and seeds in --against DIR trained without the command line's changes (CHANGES): there
+    the published recipe's 'cosine-20ep-fresh-loc1', here its '-bfloat16'. The same seed
+    starts from the same weights and data, so a change that moves every pair the same way is
+    a bias, however small against the spread between seeds."""
+    plain = argparse.Namespace(**{**vars(args), **dict.fromkeys(CHANGES), 'out': args.against})
+    pairs = []
+    for cell in names:
+        for seed in seeds:
+            here, there = (rundir.read_result(run_dir(a, cell, seed)) for a in (args, plain))
+            if here and there:
+                pairs.append((cell, seed, there['test_error'], here['test_error']))
+    where = os.path.relpath(args.against, args.out)
+    lines = [f'Seed by seed against the same cells in {where} trained without this schedule\'s '
+             f'changes (`{label(plain)}`), test error in %:', '']
+    if not pairs:
+        return lines + ['(no cell and seed finished in both)']
+    lines += [f'| cell | seed | `{label(plain)}` | `{label(args)}` | difference |',
+              '|---|---|---|---|---|']
+    lines += [f'| {cell} | {seed} | {there:.2f} | {here:.2f} | {here - there:+.2f} |'
+              for cell, seed, there, here in pairs]
+    differences = [round(here - there, 2) for _, _, there, here in pairs]
+    higher = sum(d > 0 for d in differences)
+    return lines + ['', f'Higher in {higher} of {len(pairs)} pairs, lower in '
+                        f'{sum(d < 0 for d in differences)}; mean difference '
+                        f'{statistics.mean(differences):+.2f} points.']
 
 
 def error_table(rows, columns, link=None):
@@ -736,6 +767,11 @@ def parser():
                         'and print it (with --readme, also its short form between the '
                         '"<!-- compositional: start -->" and "<!-- compositional: end -->" lines '
                         'of that file)')
+    p.add_argument('--against', default=None, metavar='DIR',
+                   help='also compare the runs, seed by seed, with the same cells and seeds in '
+                        'DIR trained without this command\'s changes of the schedule '
+                        '(--precision, --budget-mult, ...): e.g. --precision bfloat16 --out '
+                        f'results/precision --against {PUBLISHED}')
     p.add_argument('--curves', default=None, metavar='PNG',
                    help='also draw test error against images seen for every run of the chosen '
                         'cells found in --out (one line per schedule) into this file')

@@ -190,6 +190,25 @@ def test_the_tables_say_which_seeds_asked_for_have_no_finished_run_yet(tmp_path,
     assert 'seeds 1.\n' in plain(tmp_path / 'table1.md')
 
 
+def test_against_compares_each_seed_with_the_same_cell_and_seed_without_the_change(
+        tmp_path, fake_train):
+    fake_train.call.errors = {'r-cnn-ours-seed1': 0.9880, 'r-cnn-ours-seed2': 0.9890,
+                              'r-cnn-ours-bfloat16-seed1': 0.9875,
+                              'r-cnn-ours-bfloat16-seed2': 0.9891}
+    plain_dir, changed = tmp_path / 'plain', tmp_path / 'changed'
+    grid(['--cells', 'r/cnn', '--seeds', '1,2', '--out', str(plain_dir)])
+    grid(['--cells', 'r/cnn,rts/cnn', '--seeds', '1,2,3', '--out', str(changed),
+          '--precision', 'bfloat16', '--against', str(plain_dir)])
+    table = plain(changed / 'table1.md')
+    assert "Seed by seed against the same cells in ../plain trained without this" in table
+    assert '| cell | seed | `ours` | `ours-bfloat16` | difference |' in table
+    assert '| r/cnn | 1 | 1.20 | 1.25 | +0.05 |' in table   # 100 - 98.80, 100 - 98.75
+    assert '| r/cnn | 2 | 1.10 | 1.09 | -0.01 |' in table
+    assert '| rts/cnn |' not in table and '| r/cnn | 3 |' not in table   # no pair
+    assert 'Higher in 1 of 2 pairs, lower in 1; mean difference +0.02 points.' in table
+    assert 'Seed by seed' not in plain(plain_dir / 'table1.md')   # only with --against
+
+
 def test_adding_a_seed_keeps_the_seeds_already_in_the_folder_in_the_tables(tmp_path, fake_train):
     fake_train.call.errors = {'r-cnn-ours-seed1': 0.99, 'r-cnn-ours-seed2': 0.98}
     grid(['--cells', 'r/cnn', '--seeds', '1', '--out', str(tmp_path)])
