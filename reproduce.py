@@ -368,8 +368,9 @@ def paired_lines(args, names, seeds):
     for cell in names:
         for seed in seeds:
             here, there = (rundir.read_result(run_dir(a, cell, seed)) for a in (args, plain))
-            if here and there:
-                pairs.append((cell, seed, there['test_error'], here['test_error']))
+            if here and there:   # the difference as the table prints it, for the tally too
+                pairs.append((cell, seed, there['test_error'], here['test_error'],
+                              round(here['test_error'] - there['test_error'], 2)))
     where = os.path.relpath(args.against, args.out)
     lines = [f'Seed by seed against the same cells in {where} trained without this schedule\'s '
              f'changes (`{label(plain)}`), test error in %:', '']
@@ -377,12 +378,11 @@ def paired_lines(args, names, seeds):
         return lines + ['(no cell and seed finished in both)']
     lines += [f'| cell | seed | `{label(plain)}` | `{label(args)}` | difference |',
               '|---|---|---|---|---|']
-    lines += [f'| {cell} | {seed} | {there:.2f} | {here:.2f} | {here - there:+.2f} |'
-              for cell, seed, there, here in pairs]
-    differences = [round(here - there, 2) for _, _, there, here in pairs]
-    higher = sum(d > 0 for d in differences)
-    return lines + ['', f'Higher in {higher} of {len(pairs)} pairs, lower in '
-                        f'{sum(d < 0 for d in differences)}; mean difference '
+    lines += [f'| {cell} | {seed} | {there:.2f} | {here:.2f} | {difference:+.2f} |'
+              for cell, seed, there, here, difference in pairs]
+    differences = [pair[-1] for pair in pairs]
+    return lines + ['', f'Higher in {sum(d > 0 for d in differences)} of {len(pairs)} pairs, '
+                        f'lower in {sum(d < 0 for d in differences)}; mean difference '
                         f'{statistics.mean(differences):+.2f} points.']
 
 
