@@ -58,6 +58,7 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from stn import SpatialTransformer, default_localisation
+from stngluon import ops
 
 try:   # the dtype MXNet's operators take for bfloat16 (numpy has none of its own)
     from mxnet.contrib.amp.amp import bfloat16 as BFLOAT16
@@ -70,6 +71,15 @@ DEFAULT_WIDTH = {'fcn': 128, 'cnn': 32}             # when Net is given no width
 MEAN, STD = 0.1307, 0.3081   # MNIST's pixel mean and std: the classifier standardises its input
 # what the classifier subtracts from its input and divides it by (train.py --input-norm)
 INPUT_NORMS = {'mnist': (MEAN, STD), 'none': (0.0, 1.0)}
+
+
+def standardise(F, x, mean, std):
+    """(x - mean) / std, elementwise: ``stn_standardise`` (ops/standardise.cc), one pass,
+    where the operator library loads; MXNet's _minus_scalar and _div_scalar otherwise. The
+    same bits either way, forward and backward."""
+    if ops.load():
+        return F.stn_standardise(x, mean=mean, std=std)
+    return (x - mean) / std
 
 
 class InBfloat16:
@@ -392,7 +402,7 @@ class Net(nn.HybridBlock):
             x, _ = self.stn(x)
             if self.pool is not None:
                 x = self.pool(x)
-        x = (x - self.mean) / self.std
+        x = standardise(F, x, self.mean, self.std)
         if self.feature_stn is None:
             return self.classifier(x)
         for k in range(len(self.classifier)):

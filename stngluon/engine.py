@@ -45,7 +45,7 @@ finally:
 
 import net
 import stn
-from stngluon import optim, runtime, sampler
+from stngluon import ops, optim, runtime
 
 LR_MODES = ('step', 'cosine')
 
@@ -485,10 +485,10 @@ class GluonModel:
 
     def export(self, prefix, epoch):
         """``HybridBlock.export``: prefix-symbol.json and prefix-EPOCH.params, the graph
-        with MXNet's own operators only (``sampler.portable``), in float32 (the weights of a
+        with MXNet's own operators only (``ops.portable``), in float32 (the weights of a
         --precision bfloat16 run are float32: they go into the float32 network)."""
         self.float32_net().export(prefix, epoch=epoch)
         with open(f'{prefix}-symbol.json') as f:
             graph = f.read()
         with open(f'{prefix}-symbol.json', 'w') as f:
-            f.write(sampler.portable(graph))
+            f.write(ops.portable(graph))

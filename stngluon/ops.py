@@ -4,13 +4,16 @@ MXNet loads operators from a shared library at run time (``mx.library.load``); t
 ships the headers to build one (``mxnet/include``, ``mxnet/src/lib_api.cc``). Ours holds
 
     stn_bilinear_sampler   BilinearSampler with the batch across OpenMP threads (sampler.py)
+    stn_standardise        (x - mean) / std in one pass, for _minus_scalar and _div_scalar (net.py)
     stn_adam_update        adam_update for every parameter in one vectorised call (optim.py)
 
-each computing the same bits as the built-in operator it stands in for. ``make ops`` (or
+each computing the same bits as the built-in operator it stands in for. ``portable`` gives
+an exported graph MXNet's own operators in their place. ``make ops`` (or
 ``python -m stngluon.ops``) compiles it with g++; where it is missing, older than its
 sources or fails to load, every caller uses MXNet's own operators, with the same results.
 """
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -77,6 +80,41 @@ def load():
             except mx.base.MXNetError:
                 pass
     return _loaded
+
+
+
+# the library's operators a graph may hold -> MXNet's own operator that computes the same
+BUILTIN = {'stn_bilinear_sampler': 'BilinearSampler', 'stn_bilinear_sampler_grid_only': 'BilinearSampler'}
+
+
+def portable(symbol_json):
+    """An exported graph (JSON text) with MXNet's own operators only: each threaded sampler
+    named as ``BilinearSampler``, each ``stn_standardise`` node replaced by the
+    ``_minus_scalar`` and ``_div_scalar`` nodes it computes as (the second keeps its name,
+    so its output's name is unchanged). The same function, bit for bit."""
+    graph = json.loads(symbol_json)
+    rows = graph['node_row_ptr']
+    nodes, where, row_ptr = [], [], [0]   # where[k]: node k's new index
+
+    def add(node, outputs):
+        nodes.append(node)
+        row_ptr.append(row_ptr[-1] + outputs)
+
+    for k, node in enumerate(graph['nodes']):
+        node = dict(node, inputs=[[where[i], *rest] for i, *rest in node['inputs']])
+        if node['op'] == 'stn_standardise':
+            attrs = node.get('attrs', {})
+            add({'op': '_minus_scalar', 'name': node['name'] + '_minus',
+                 'attrs': {'scalar': attrs['mean']}, 'inputs': node['inputs']}, 1)
+            node = {'op': '_div_scalar', 'name': node['name'],
+                    'attrs': {'scalar': attrs['std']}, 'inputs': [[len(nodes) - 1, 0, 0]]}
+        node['op'] = BUILTIN.get(node['op'], node['op'])
+        where.append(len(nodes))
+        add(node, rows[k + 1] - rows[k])
+    graph.update(nodes=nodes, node_row_ptr=row_ptr,
+                 arg_nodes=[where[i] for i in graph['arg_nodes']],
+                 heads=[[where[i], *rest] for i, *rest in graph['heads']])
+    return json.dumps(graph, indent=2)
 
 
 if __name__ == '__main__':

@@ -323,12 +323,12 @@ def load_export(model, epoch=None):
     readable parameter file, and every weight the symbol needs present. RunError otherwise."""
     from stngluon import compat  # noqa: F401  (before mxnet; imported here: reproduce.py needs no MXNet)
     import mxnet as mx
-    from stngluon import sampler
+    from stngluon import ops
     symbol_file, params_file, _, _ = model_files(model, epoch)
     check_symbol(symbol_file)
     try:
-        with open(symbol_file) as f:   # any threaded sampler read as MXNet's own
-            symbol = mx.sym.load_json(sampler.portable(f.read()))
+        with open(symbol_file) as f:   # any operator of the library read as MXNet's own
+            symbol = mx.sym.load_json(ops.portable(f.read()))
     except (mx.MXNetError, UnicodeDecodeError) as e:
         raise RunError(f'{symbol_file} is not a readable MXNet symbol ({reason(e)})') from None
     symbol = logits_of(symbol)

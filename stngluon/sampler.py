@@ -13,7 +13,7 @@ them: where the library is built for this MXNet and loads. Otherwise, and with
 STN_SAMPLER=builtin, the built-in operator. Either way the results are identical.
 
 ``engine.GluonModel.export`` (what train.py writes) names the built-in operator in the
-graph (``portable``), so a model file never needs this library; ``rundir.load_export``
+graph (``ops.portable``), so a model file never needs this library; ``rundir.load_export``
 reads any graph that way too (one exported with ``HybridBlock.export`` directly).
 """
 import os
@@ -36,12 +36,4 @@ def use_threaded():
 def name():
     """The operator ``stn.sample`` runs, for a run's header and config.json."""
     return OP if use_threaded() else 'BilinearSampler'
-
-
-def portable(symbol_json):
-    """An exported graph (JSON text) with the threaded samplers' nodes named as MXNet's
-    built-in ``BilinearSampler``, which computes the same."""
-    for op in (OP, OP_GRID_ONLY):
-        symbol_json = symbol_json.replace(f'"op": "{op}"', '"op": "BilinearSampler"')
-    return symbol_json
 

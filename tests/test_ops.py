@@ -1,6 +1,8 @@
 """The operator library (ops.py, ops/*.cc) and the Adam that updates every parameter in one
 call (optim.py, ops/adam_update.cc): the same bits as MXNet's adam_update and Adam, MXNet's
-own updates wherever the library is missing, and checkpoints of either that load."""
+own updates wherever the library is missing, and checkpoints of either that load; train.py
+with the library or without it, the same run."""
+import json
 import os
 import pickle
 import subprocess
@@ -13,7 +15,8 @@ from stngluon import compat, runtime  # noqa: F401
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from stngluon import ops, optim
+from stngluon import ops, optim, rundir
+from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -250,3 +253,24 @@ def test_after_evaluation_and_the_pictures_every_convolution_weight_is_in_mxnets
         zeros = [mx.nd.zeros(w.shape) for _ in range(3)]
         getattr(mx.nd, optim.OP)(w, *zeros, num_weights=1, lrs='0', wds='0', out=w)
         np.testing.assert_array_equal(w.asnumpy(), before)
+
+
+@needs_mnist
+def test_train_py_without_the_library_trains_the_same_run(op_library, tmp_path):
+    """Every operator of the library (the sampler, the standardisation, Adam) against
+    MXNet's own: the same metrics and weights."""
+    runs = []
+    for library in (ops.library_path(), str(tmp_path / 'missing.so')):
+        out = tmp_path / str(len(runs))
+        subprocess.run([sys.executable, 'train.py', '--data-dir', REAL_DIR, '--out', str(out),
+                        '--train-size', '1000', '--epochs', '1', '--batch-size', '32'],
+                       cwd=ROOT, check=True, timeout=600,
+                       env=dict(os.environ, STN_OPS_LIBRARY=library, OMP_NUM_THREADS='2'))
+        config = json.load(open(out / 'config.json'))
+        rows = [{k: v for k, v in row.items() if k not in ('imgs_per_s', 'epoch_s')}
+                for row in rundir.read_metrics(str(out))]
+        runs.append((config['execution']['sampler'], rows, mx.nd.load(str(out / 'model-0001.params'))))
+    assert [sampler for sampler, _, _ in runs] == ['stn_bilinear_sampler', 'BilinearSampler']
+    assert runs[0][1] == runs[1][1]
+    for name, value in runs[0][2].items():
+        np.testing.assert_array_equal(value.asnumpy(), runs[1][2][name].asnumpy(), err_msg=name)
