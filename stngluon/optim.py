@@ -56,18 +56,22 @@ class Adam(mx.optimizer.Adam):
         return state
 
     def fused(self, index, weights, grads):
-        """Whether ``stn_adam_update`` can update the parameters ``index`` (asked once)."""
+        """Where ``stn_adam_update`` can update the parameters ``index``, the positions of
+        the convolution weights among ``weights`` (more than two dimensions: put back in
+        MXNet's layout before each update, ``plain_layout``); else None. Asked once."""
         known = self.__dict__.setdefault('_fused', {})
         if tuple(index) not in known:
-            known[tuple(index)] = ops.load() and all(
+            usable = ops.load() and all(
                 a.dtype == np.float32 and a.stype == 'default' and a.context.device_type == 'cpu'
                 for a in (*weights, *grads))
+            known[tuple(index)] = [k for k, w in enumerate(weights) if w.ndim > 2] if usable else None
         return known[tuple(index)]
 
     def update_multi_precision(self, index, weight, grad, state):
         if not isinstance(index, (list, tuple)):
             index, weight, grad, state = [index], [weight], [grad], [state]
-        if not self.fused(index, weight, grad):
+        convolutions = self.fused(index, weight, grad)
+        if convolutions is None:
             for i, w, g, s in zip(index, weight, grad, state):
                 super().update_multi_precision(i, w, g, s)
             return
@@ -81,7 +85,7 @@ class Adam(mx.optimizer.Adam):
                   'rescale_grad': self.rescale_grad}
         if self.clip_gradient:
             kwargs['clip_gradient'] = self.clip_gradient
-        plain_layout(weight)
+        plain_layout([weight[k] for k in convolutions])
         inputs = [a for w, g, (mean, var) in zip(weight, grad, state) for a in (w, g, mean, var)]
         getattr(mx.nd, OP)(*inputs, num_weights=len(weight), lrs=','.join(map(str, lrs)),
                            wds=','.join(map(str, wds)), out=list(weight), **kwargs)
