@@ -82,9 +82,9 @@ def load():
     return _loaded
 
 
-
 # the library's operators a graph may hold -> MXNet's own operator that computes the same
-BUILTIN = {'stn_bilinear_sampler': 'BilinearSampler', 'stn_bilinear_sampler_grid_only': 'BilinearSampler'}
+BUILTIN = {'stn_bilinear_sampler': 'BilinearSampler',
+           'stn_bilinear_sampler_grid_only': 'BilinearSampler'}
 
 
 def portable(symbol_json):
