@@ -32,10 +32,7 @@
 
 #include "lib_api.h"
 #include "dmlc/strtonum.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "share_out.h"
 
 using mxnet::ext::MXReturnValue;
 using mxnet::ext::MXTensor;
@@ -134,23 +131,9 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     float* var = static_cast<float*>((*inputs)[4 * k + 3].data_ptr);
     const int64_t size = (*inputs)[4 * k].size();
     if (out != weight) std::memcpy(out, weight, sizeof(float) * size);
-    if (size < kParallelFrom) {
-      adam_range(out, mean, var, grad, 0, size, lrs[k], wds[k], h);
-      continue;
-    }
-#pragma omp parallel
-    {
-#ifdef _OPENMP
-      const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
-#else
-      const int64_t threads = 1, thread = 0;
-#endif
-      // whole cache lines (16 floats) per thread
-      const int64_t chunk = ((size + threads - 1) / threads + 15) / 16 * 16;
-      const int64_t begin = thread * chunk < size ? thread * chunk : size;
-      const int64_t end = begin + chunk < size ? begin + chunk : size;
+    share_out(size, kParallelFrom, [&](int64_t begin, int64_t end) {
       adam_range(out, mean, var, grad, begin, end, lrs[k], wds[k], h);
-    }
+    });
   }
   return MX_SUCCESS;
 }

@@ -20,10 +20,7 @@
 
 #include "lib_api.h"
 #include "dmlc/strtonum.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "share_out.h"
 
 using mxnet::ext::MXReturnValue;
 using mxnet::ext::MXTensor;
@@ -63,27 +60,6 @@ bool read_scalar(const Attrs& attrs, const char* key, float* value) {
   return true;
 }
 
-// body(begin, end) over [0, size), in chunks of whole cache lines among OpenMP threads
-template <typename Body>
-void share_out(int64_t size, Body body) {
-  if (size < kParallelFrom) {
-    body(0, size);
-    return;
-  }
-#pragma omp parallel
-  {
-#ifdef _OPENMP
-    const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
-#else
-    const int64_t threads = 1, thread = 0;
-#endif
-    const int64_t chunk = ((size + threads - 1) / threads + 15) / 16 * 16;
-    const int64_t begin = thread * chunk < size ? thread * chunk : size;
-    const int64_t end = begin + chunk < size ? begin + chunk : size;
-    body(begin, end);
-  }
-}
-
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
   float mean, std;
@@ -93,7 +69,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   }
   const float* x = static_cast<const float*>((*inputs)[0].data_ptr);
   float* out = static_cast<float*>((*outputs)[0].data_ptr);
-  share_out((*inputs)[0].size(), [&](int64_t begin, int64_t end) {
+  share_out((*inputs)[0].size(), kParallelFrom, [&](int64_t begin, int64_t end) {
     standardise_range(out, x, begin, end, mean, std);
   });
   return MX_SUCCESS;
@@ -109,7 +85,7 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   }
   const float* ograd = static_cast<const float*>((*inputs)[0].data_ptr);
   float* igrad = static_cast<float*>((*outputs)[0].data_ptr);
-  share_out((*inputs)[0].size(), [&](int64_t begin, int64_t end) {
+  share_out((*inputs)[0].size(), kParallelFrom, [&](int64_t begin, int64_t end) {
     divide_range(igrad, ograd, begin, end, std);
   });
   return MX_SUCCESS;

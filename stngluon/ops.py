@@ -21,6 +21,7 @@ import sys
 from stngluon import ROOT, atomic
 
 SOURCES = sorted(glob.glob(os.path.join(ROOT, 'ops', '*.cc')))
+HEADERS = sorted(glob.glob(os.path.join(ROOT, 'ops', '*.h')))
 _loaded = None   # None: not tried yet; else whether the library is loaded
 
 
@@ -58,9 +59,9 @@ def build(path=None, compiler='g++'):
 
 
 def fresh(path):
-    """Whether the library at ``path`` exists and is newer than every source."""
+    """Whether the library at ``path`` exists and is newer than every source and header."""
     try:
-        return os.path.getmtime(path) >= max(os.path.getmtime(s) for s in SOURCES)
+        return os.path.getmtime(path) >= max(os.path.getmtime(s) for s in SOURCES + HEADERS)
     except OSError:
         return False
 

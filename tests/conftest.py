@@ -1,5 +1,8 @@
 """Shared fixtures: short real training runs (only when MNIST is available)."""
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -18,6 +21,23 @@ QUICK = ['--train-size', '5000', '--epochs', '2', '--batch-size', '32']
 
 def metrics(out):
     return rundir.read_metrics(str(out))
+
+
+def brief_train_py(data_dir, out, **env):
+    """(the sampler config.json names, metrics.csv's rows without the timings, the exported
+    weights) of train.py on 1,000 images for one epoch, two threads, ``env`` added to the
+    environment."""
+    import mxnet as mx
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, 'train.py', '--data-dir', data_dir, '--out', str(out),
+                    '--train-size', '1000', '--epochs', '1', '--batch-size', '32'],
+                   cwd=root, check=True, timeout=600,
+                   env=dict(os.environ, OMP_NUM_THREADS='2', **env))
+    with open(os.path.join(out, 'config.json')) as f:
+        sampler = json.load(f)['execution']['sampler']
+    rows = [{k: v for k, v in row.items() if k not in ('imgs_per_s', 'epoch_s')}
+            for row in metrics(out)]
+    return sampler, rows, mx.nd.load(os.path.join(out, 'model-0001.params'))
 
 
 @pytest.fixture(scope='session', params=['gluon', 'symbol'])

@@ -2,7 +2,6 @@
 call (optim.py, ops/adam_update.cc): the same bits as MXNet's adam_update and Adam, MXNet's
 own updates wherever the library is missing, and checkpoints of either that load; train.py
 with the library or without it, the same run."""
-import json
 import os
 import pickle
 import subprocess
@@ -15,7 +14,8 @@ from stngluon import compat, runtime  # noqa: F401
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from stngluon import ops, optim, rundir
+from stngluon import ops, optim
+from conftest import brief_train_py
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,17 +259,8 @@ def test_after_evaluation_and_the_pictures_every_convolution_weight_is_in_mxnets
 def test_train_py_without_the_library_trains_the_same_run(op_library, tmp_path):
     """Every operator of the library (the sampler, the standardisation, Adam) against
     MXNet's own: the same metrics and weights."""
-    runs = []
-    for library in (ops.library_path(), str(tmp_path / 'missing.so')):
-        out = tmp_path / str(len(runs))
-        subprocess.run([sys.executable, 'train.py', '--data-dir', REAL_DIR, '--out', str(out),
-                        '--train-size', '1000', '--epochs', '1', '--batch-size', '32'],
-                       cwd=ROOT, check=True, timeout=600,
-                       env=dict(os.environ, STN_OPS_LIBRARY=library, OMP_NUM_THREADS='2'))
-        config = json.load(open(out / 'config.json'))
-        rows = [{k: v for k, v in row.items() if k not in ('imgs_per_s', 'epoch_s')}
-                for row in rundir.read_metrics(str(out))]
-        runs.append((config['execution']['sampler'], rows, mx.nd.load(str(out / 'model-0001.params'))))
+    runs = [brief_train_py(REAL_DIR, tmp_path / str(k), STN_OPS_LIBRARY=library)
+            for k, library in enumerate((ops.library_path(), str(tmp_path / 'missing.so')))]
     assert [sampler for sampler, _, _ in runs] == ['stn_bilinear_sampler', 'BilinearSampler']
     assert runs[0][1] == runs[1][1]
     for name, value in runs[0][2].items():

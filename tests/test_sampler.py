@@ -12,8 +12,8 @@ import pytest
 from stngluon import compat  # noqa: F401
 import mxnet as mx
 
-from stngluon import rundir
 from stngluon import sampler
+from conftest import brief_train_py
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,18 +141,8 @@ def test_an_exported_model_needs_only_mxnets_operators(threaded, tmp_path):
 @needs_mnist
 def test_training_with_either_sampler_gives_the_same_run(threaded, tmp_path):
     """train.py on two threads: the same metrics and weights with the built-in sampler."""
-    runs = {}
-    for choice in ('builtin', 'auto'):
-        out = tmp_path / choice
-        subprocess.run([sys.executable, 'train.py', '--data-dir', REAL_DIR, '--out', str(out),
-                        '--train-size', '1000', '--epochs', '1', '--batch-size', '32'],
-                       cwd=ROOT, check=True, timeout=600,
-                       env=dict(os.environ, STN_SAMPLER=choice, OMP_NUM_THREADS='2'))
-        config = json.load(open(out / 'config.json'))
-        rows = [{k: v for k, v in row.items() if k not in ('imgs_per_s', 'epoch_s')}
-                for row in rundir.read_metrics(str(out))]
-        runs[choice] = config['execution']['sampler'], rows, mx.nd.load(
-            str(out / 'model-0001.params'))
+    runs = {choice: brief_train_py(REAL_DIR, tmp_path / choice, STN_SAMPLER=choice)
+            for choice in ('builtin', 'auto')}
     assert runs['builtin'][0] == 'BilinearSampler' and runs['auto'][0] == sampler.OP
     assert runs['builtin'][1] == runs['auto'][1]
     for name, value in runs['builtin'][2].items():
