@@ -89,6 +89,10 @@ SCHEDULES['table1'] = dict(SCHEDULES['cosine'], epochs=20, fresh_distortions=Tru
 SCHEDULES['icstn'] = dict(optimizer='sgd', lr=0.01, momentum=0.0, batch_size=100, epochs=833,
                           lr_steps=[], fresh_distortions=True, loc_lr_mult=0.01)
 NAMED_AFTER = {'table1': 'cosine'}
+# What every cell trains with unless the command line changes it (CHANGES): float32, so that
+# a table's rows and a cell's seeds compare across hosts (train.py's --precision auto would
+# put the CNN baselines alone in bfloat16 on CPUs with AVX-512 bf16).
+GRID = {'precision': 'float32'}
 DEFAULT_OUT, PUBLISHED = os.path.join('result', 'table1'), os.path.join('results', 'table1')
 
 
@@ -118,7 +122,8 @@ CHANGES = {
     'budget_mult': ('budget', positive_float, "train.py's multiple of each experiment's parameter "
                                               "budget (the FCN and CNN widths), if not 1"),
     'input_norm': ('norm', str, "train.py's --input-norm (none), if not mnist"),
-    'precision': ('', str, "train.py's --precision (bfloat16), if not float32"),
+    'precision': ('', str, "train.py's --precision (bfloat16), if not float32 (the grid's, on "
+                           "every host)"),
     'train_size': ('n', positive_int, 'train every cell on the first N training images (quick '
                                       'checks)'),
 }
@@ -241,7 +246,7 @@ def run_cell(cell, seed, args):
     Runs on a Dask worker; raises CellFailed if train.py fails."""
     folder = run_dir(args, cell, seed)
     command = [sys.executable, os.path.join(HERE, 'train.py'),
-               *as_flags({**Cell.named(cell).settings, **recipe(args), 'seed': seed}),
+               *as_flags({**Cell.named(cell).settings, **GRID, **recipe(args), 'seed': seed}),
                '--out', folder, '--ctx', args.ctx]
     if args.data_dir:
         command += ['--data-dir', args.data_dir]
@@ -381,9 +386,17 @@ def paired_lines(args, names, seeds):
     lines += [f'| {cell} | {seed} | {there:.2f} | {here:.2f} | {difference:+.2f} |'
               for cell, seed, there, here, difference in pairs]
     differences = [pair[-1] for pair in pairs]
-    return lines + ['', f'Higher in {sum(d > 0 for d in differences)} of {len(pairs)} pairs, '
-                        f'lower in {sum(d < 0 for d in differences)}; mean difference '
-                        f'{statistics.mean(differences):+.2f} points.']
+    lines += ['', f'Higher in {sum(d > 0 for d in differences)} of {len(pairs)} pairs, '
+                  f'lower in {sum(d < 0 for d in differences)}; mean difference '
+                  f'{statistics.mean(differences):+.2f} points.', '']
+    for model in dict.fromkeys(Cell.named(pair[0]).model for pair in pairs):
+        own = [pair[-1] for pair in pairs if Cell.named(pair[0]).model == model]
+        error = (f' (standard error {statistics.stdev(own) / math.sqrt(len(own)):.2f})'
+                 if len(own) > 1 else '')
+        lines.append(f'- {model}: higher in {sum(d > 0 for d in own)} of {len(own)}, lower in '
+                     f'{sum(d < 0 for d in own)}; mean difference '
+                     f'{statistics.mean(own):+.2f} points{error}.')
+    return lines
 
 
 def error_table(rows, columns, link=None):
@@ -852,7 +865,7 @@ def estimate(args, chosen, seconds=6.0):
     print(f'{"network":44s} {"cells":>5s} {"images/s":>9s} {"h per cell":>10s}')
     cell_hours = 0.0
     for (shape, model), members in networks.items():
-        cell_flags = as_flags({**Cell.named(members[0]).settings, **run})
+        cell_flags = as_flags({**Cell.named(members[0]).settings, **GRID, **run})
         settings = runtime.chosen_for(cell_flags, threads, environ)
         measure = runtime.measure_in_child(cell_flags, seconds, threads)
         with ThreadPoolExecutor(args.jobs) as pool:

@@ -14,6 +14,7 @@ from distributed import get_worker
 
 from scripts import launch
 import reproduce
+from stngluon.config import RunConfig
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,16 +145,27 @@ def test_with_no_flags_it_trains_every_cell_with_the_published_recipe_and_three_
     monkeypatch.setattr(reproduce, 'cells', lambda readings=False: ['r/cnn'])
     reproduce.main([])
     published = os.path.join(ROOT, 'results', 'table1', 'r-cnn-cosine-20ep-fresh-loc1-seed1')
-    with open(os.path.join(published, 'result.json')) as f:
-        committed = json.load(f)['command'].split()
+    with open(os.path.join(published, 'config.json')) as f:
+        committed = RunConfig.from_saved(json.load(f))
     assert sorted(c[c.index('--out') + 1] for c in fake_train) == [
         os.path.join('result', 'table1', f'r-cnn-cosine-20ep-fresh-loc1-seed{s}') for s in (1, 2, 3)]
     import train
     # the cells run in parallel, so the calls arrive in any order: take seed 1's
     seed1 = next(c for c in fake_train if c[c.index('--out') + 1].endswith('-seed1'))
     ours, _ = train.parse_args(seed1[2:])
-    theirs, _ = train.parse_args([c for c in committed[2:] if c != '--resume'])
-    assert ours == theirs   # every setting of the run, whatever the order of the flags
+    assert ours.resolved() == committed   # every setting of the run, float32 on any host
+
+
+def test_the_grid_trains_in_float32_on_every_host_unless_told_otherwise(
+        tmp_path, fake_train, monkeypatch):
+    """train.py's --precision auto would put the CNN baselines alone in bfloat16 on CPUs with
+    AVX-512 bf16; the grid's rows and seeds compare across hosts only in one precision."""
+    from stngluon import runtime
+    monkeypatch.setattr(runtime, 'cpu', lambda: ('A CPU with bfloat16', ['AVX-512 bf16']))
+    grid(['--cells', 'r/cnn', '--out', str(tmp_path / 'plain')])
+    grid(['--cells', 'r/cnn', '--out', str(tmp_path / 'bf16'), '--precision', 'bfloat16'])
+    import train
+    assert [train.parse_args(c[2:])[0].precision for c in fake_train] == ['float32', 'bfloat16']
 
 
 def test_a_cell_runs_once_and_a_finished_cell_is_skipped(tmp_path, fake_train):
@@ -206,6 +218,9 @@ def test_against_compares_each_seed_with_the_same_cell_and_seed_without_the_chan
     assert '| r/cnn | 2 | 1.10 | 1.09 | -0.01 |' in table
     assert '| rts/cnn |' not in table and '| r/cnn | 3 |' not in table   # no pair
     assert 'Higher in 1 of 2 pairs, lower in 1; mean difference +0.02 points.' in table
+    # per model, the mean difference beside its standard error (0.06 / sqrt 2 / sqrt 2)
+    assert '- cnn: higher in 1 of 2, lower in 1; mean difference +0.02 points (standard error ' \
+           '0.03).' in table
     assert 'Seed by seed' not in plain(plain_dir / 'table1.md')   # only with --against
 
 
