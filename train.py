@@ -426,6 +426,8 @@ def train(config, opts, argv, kvstore='device', watchdog=None):
     workers = getattr(kvstore, 'num_workers', 1)
     print(f'{config.display_name} ({config.api} API'
           + (f', {config.precision} classifier' if config.precision != 'float32' else '')
+          + (' (--precision auto on this CPU)' if config.precision != 'float32'
+             and not opts.resume and 'precision' not in given(argv) else '')
           + f'), {model.num_params} parameters, '
           f'{config.dataset}: {len(train_x)} training / {len(test_x)} test images '
           f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {",".join(map(str, ctx))}'

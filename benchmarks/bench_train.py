@@ -133,7 +133,7 @@ def parser():
     p.add_argument('--rounds', type=int, default=ROUNDS,
                    help='rounds of each timing in a measuring process, in turn (median)')
     p.add_argument('--no-torch', action='store_true', help='time stn-gluon only')
-    p.add_argument('--precision', choices=['float32', 'bfloat16'], default='float32',
+    p.add_argument('--precision', choices=['auto', 'float32', 'bfloat16'], default='auto',
                    help='train.py\'s --precision for stn-gluon (PyTorch stays float32)')
     p.add_argument('--side-by-side', action='store_true',
                    help='also time one single-threaded process per core at once (total images/s) '
@@ -224,11 +224,12 @@ def main(argv=None):
     frameworks = ['mxnet'] + ([] if args.no_torch or not torch_available() else ['torch'])
     from stngluon import runtime
     print(f'host: {host()}', flush=True)
-    flags = {w: f + (['--precision', args.precision] if args.precision != 'float32' else [])
-             for w, f in resolved(workloads).items()}
-    if args.precision != 'float32':
-        print(f'stn-gluon\'s classifier in {args.precision} (train.py --precision), PyTorch in '
-              f'float32', flush=True)
+    flags = resolved(workloads, args.precision)
+    in_bfloat16 = [w for w in workloads if flags[w][flags[w].index('--precision') + 1] == 'bfloat16']
+    if in_bfloat16:
+        print(f'stn-gluon\'s classifier in bfloat16 (train.py --precision {args.precision}'
+              + (' on this CPU' if args.precision == 'auto' else '') + '): '
+              + ', '.join(in_bfloat16) + '; PyTorch in float32', flush=True)
     print('the execution settings train.py chooses (timed once per host and network, cached)...',
           flush=True)
     given = ENVIRON.get('OMP_NUM_THREADS')   # the environment's thread count, else chosen

@@ -120,21 +120,23 @@ def measure_mxnet(flags, warmup, steps, rounds=ROUNDS):
             'sampler': sampler.name()}
 
 
-def with_width(workloads):
-    """{workload: its train.py flags, with --width when one was fitted}."""
+def with_resolved(workloads, precision='auto'):
+    """{workload: its train.py flags with --precision ``precision`` as train.py resolves it
+    (auto: config.auto_precision) and with --width where one was fitted}."""
     flags = {}
     for workload in workloads:
-        width = config_of(WORKLOADS[workload]).width
-        flags[workload] = WORKLOADS[workload] + (['--width', str(width)] if width else [])
+        config = config_of(WORKLOADS[workload] + ['--precision', precision])
+        flags[workload] = (WORKLOADS[workload] + ['--precision', config.precision]
+                           + (['--width', str(config.width)] if config.width else []))
     return flags
 
 
-def resolved(workloads):
-    """{workload: its train.py flags with the fitted --width}, worked out in a process of its
-    own: measuring processes must run no MXNet operator but their own (an idle OpenMP
-    thread of MXNet's spins, runtime.DEFAULT, and would slow whatever else that process runs)."""
+def resolved(workloads, precision='auto'):
+    """``with_resolved``, worked out in a process of its own: measuring processes must run no
+    MXNet operator but their own (an idle OpenMP thread of MXNet's spins, runtime.DEFAULT,
+    and would slow whatever else that process runs)."""
     code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from benchmarks import workloads as b; '
-            f'print(json.dumps(b.with_width({workloads!r})))')
+            f'print(json.dumps(b.with_resolved({workloads!r}, {precision!r})))')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                             check=True, env=dict(ENVIRON, OMP_NUM_THREADS='1'))
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -21,9 +21,11 @@ from stngluon import distort
 
 # Of the run's settings, only these may be given anew on the command line when resuming.
 CHANGEABLE = ('epochs', 'lr')   # extend a run; a smaller rate after a divergence
-# config.json files written before these settings existed ran with their defaults
+# config.json files written before these settings existed ran with their defaults, or where
+# the default has changed since, with the value in SAVED_BEFORE
 ADDED_LATER = ('lr_mode', 'warmup_epochs', 'transformers', 'stn_at', 'input_norm', 'per_channel',
                'precision', 'iterations', 'loc_per_step')
+SAVED_BEFORE = {'precision': 'float32'}
 
 
 API, OPTIMIZERS = ('gluon', 'symbol'), ('adam', 'sgd')
@@ -61,7 +63,8 @@ class RunConfig:
     input_norm: str = 'mnist'          # net.INPUT_NORMS
     per_channel: bool = False          # transformer k passes on channel k only
     budget_mult: float = 1.0           # fit fcn/cnn to this multiple of the budget
-    precision: str = 'float32'         # the classifier's arithmetic: net.PRECISIONS
+    precision: str = 'auto'            # the classifier's arithmetic: net.PRECISIONS; 'auto' is
+                                       # replaced by auto_precision's choice when made
     iterations: int = 1                # compositional steps of each transformer (IC-STN)
     loc_per_step: bool = False         # a localisation net per step (c-STN), not shared
 
@@ -70,6 +73,8 @@ class RunConfig:
             self.lr_steps = list(self.lr_steps)
         if isinstance(self.stn_at, tuple):
             self.stn_at = list(self.stn_at)
+        if self.precision == 'auto':
+            self.precision = auto_precision(self.model, self.transform, self.api)
         check(self)
 
     # ---- the facts derived from the settings ------------------------------------------
@@ -153,7 +158,8 @@ class RunConfig:
         defaults in older files; other keys (results, the host) are left out, and so is
         budget_mult (the width it chose is recorded). ConfigError if a setting is missing or
         no run could have it."""
-        keep = {k: v for k, v in saved.items() if k in cls.names() and k != 'budget_mult'}
+        keep = {**SAVED_BEFORE,
+                **{k: v for k, v in saved.items() if k in cls.names() and k != 'budget_mult'}}
         missing = [k for k in cls.names() if k not in keep and k not in ADDED_LATER
                    and k != 'budget_mult']   # which the width it fitted records
         if missing:
@@ -163,6 +169,17 @@ class RunConfig:
         except (ConfigError, TypeError) as e:
             raise ConfigError(f'{where} holds a setting the command line would reject: {e}') \
                 from None
+
+
+def auto_precision(model, transform, api='gluon'):
+    """What --precision auto trains in: bfloat16 for the CNN baselines (--model cnn, no
+    transformer, --api gluon) on a CPU that computes bfloat16 natively (AVX-512 bf16), where
+    it was measured 1.6-1.7x as fast as float32 with test error within float32's seed
+    spread on all five sets (docs/speed.md#bfloat16); float32 everywhere else: the FCN,
+    where it was not faster, and the networks it has not been measured on."""
+    from stngluon import runtime
+    baseline = model == 'cnn' and transform == 'none' and api == 'gluon'
+    return 'bfloat16' if baseline and runtime.bfloat16_native() else 'float32'
 
 
 def as_flags(settings):
@@ -259,11 +276,13 @@ def add_flags(p):
                    help='what the classifier does to its input: mnist: subtract MNIST\'s pixel '
                         'mean and divide by its std (0.1307, 0.3081); none: take the [0, 1] '
                         'pixels as they are')
-    p.add_argument('--precision', choices=list(net.PRECISIONS), default=D.precision,
+    p.add_argument('--precision', choices=['auto', *net.PRECISIONS], default='auto',
                    help='the classifier\'s convolutions and dense layers in float32 or bfloat16 '
-                        '(weights, gradients and the transformer stay float32; for CPUs with '
-                        'AVX-512 bf16, where it trains the CNN baselines 1.2-1.3x as fast; results '
-                        'differ from float32\'s, docs/speed.md)')
+                        '(weights, gradients and the transformer stay float32; bfloat16 needs a '
+                        'CPU with AVX-512 bf16). auto: bfloat16 for the CNN baselines (--model '
+                        'cnn --no-stn) on such a CPU, where it was measured faster with test '
+                        'error within float32\'s seed spread; float32 otherwise '
+                        '(docs/speed.md#bfloat16)')
     p.add_argument('--train-size', type=positive(int), default=D.train_size, metavar='N',
                    help='train on the first N training images only (quick runs)')
     return p

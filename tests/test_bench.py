@@ -26,6 +26,20 @@ def test_the_benchmark_prints_a_row_per_workload_and_core_count():
     assert 'MXNET_ENGINE_TYPE=' in header and 'OMP_WAIT_POLICY=' in header
 
 
+@pytest.mark.parametrize('isa, asked, rts_cnn', [
+    (['AVX-512', 'AVX-512 bf16'], 'auto', 'bfloat16'), (['AVX2'], 'auto', 'float32'),
+    (['AVX-512', 'AVX-512 bf16'], 'float32', 'float32')])
+def test_each_workload_runs_in_the_precision_train_py_would_resolve(monkeypatch, isa, asked,
+                                                                     rts_cnn):
+    """The flags carry it, so the header and each measuring process agree on it."""
+    from stngluon import runtime
+    monkeypatch.setattr(runtime, 'cpu', lambda: ('A CPU', isa))
+    flags = workloads.with_resolved(['rts-cnn', 'rts-fcn'], asked)
+    precision = {w: f[f.index('--precision') + 1] for w, f in flags.items()}
+    assert precision == {'rts-cnn': rts_cnn, 'rts-fcn': 'float32'}
+    assert '--width' in flags['rts-cnn']
+
+
 def test_a_step_is_timed_in_whole_rounds_until_the_time_is_up(monkeypatch):
     """50 steps of the FCN take 40 ms, which one time slice of the scheduler would skew."""
     import time

@@ -125,7 +125,7 @@ def test_the_block_follows_the_cpu_and_the_environment_wins(monkeypatch):
 def test_a_run_records_its_block_and_exports_plain_convolutions_that_score_as_it_did(tmp_path,
                                                                                     capsys):
     train.main(['--data-dir', REAL_DIR, '--out', str(tmp_path), '--model', 'cnn', '--no-stn',
-                '--train-size', '2000', '--epochs', '1'])
+                '--precision', 'float32', '--train-size', '2000', '--epochs', '1'])
     config = json.load(open(tmp_path / 'config.json'))
     block = runtime.channel_block()
     assert config['execution']['channel_block'] == block

@@ -41,6 +41,34 @@ def test_a_config_json_from_before_later_settings_resumes_with_their_defaults():
     assert config == RunConfig(model='fcn', width=64)
 
 
+def test_a_config_json_from_before_precision_existed_resumes_in_float32(monkeypatch):
+    """Such runs trained in float32, whatever --precision auto would choose now."""
+    from stngluon import runtime
+    monkeypatch.setattr(runtime, 'cpu', lambda: ('A CPU with bfloat16', ['AVX-512 bf16']))
+    saved = RunConfig(dataset='rts', model='cnn', transform='none', precision='float32',
+                      width=40).as_dict()
+    del saved['precision']
+    assert RunConfig.from_saved(saved).precision == 'float32'
+
+
+@pytest.mark.parametrize('isa, model, transform, api, precision', [
+    (['AVX-512', 'AVX-512 bf16'], 'cnn', 'none', 'gluon', 'bfloat16'),   # the CNN baselines
+    (['AVX-512', 'AVX-512 bf16'], 'cnn', 'affine', 'gluon', 'float32'),  # not measured
+    (['AVX-512', 'AVX-512 bf16'], 'fcn', 'none', 'gluon', 'float32'),    # not faster
+    (['AVX-512', 'AVX-512 bf16'], 'lenet', 'affine', 'gluon', 'float32'),
+    (['AVX-512', 'AVX-512 bf16'], 'lenet', 'none', 'symbol', 'float32'),
+    (['AVX2', 'AVX-512'], 'cnn', 'none', 'gluon', 'float32'),            # no bfloat16 here
+])
+def test_auto_precision_is_bfloat16_only_where_it_was_measured_faster_and_as_accurate(
+        monkeypatch, isa, model, transform, api, precision):
+    from stngluon import runtime
+    monkeypatch.setattr(runtime, 'cpu', lambda: ('A CPU', isa))
+    config = RunConfig(model=model, transform=transform, api=api)
+    assert config.precision == precision   # resolved when made: never 'auto' in a run
+    assert RunConfig.from_flags(['--model', model, '--transform', transform, '--api', api,
+                                 '--precision', 'float32']).precision == 'float32'
+
+
 def test_a_saved_width_stands_for_the_budget_it_was_fitted_to():
     resolved = RunConfig(dataset='rts', model='cnn', budget_mult=2.0).resolved()
     assert RunConfig.from_saved(resolved.as_dict()).width == resolved.width

@@ -76,6 +76,28 @@ def test_a_bfloat16_run_exports_a_float32_network_that_scores_as_it_did(tmp_path
     assert exported == pytest.approx(trained, abs=0.005)   # float32 against bfloat16
 
 
+@needs_mnist
+@pytest.mark.parametrize('isa, precision', [(['AVX-512', 'AVX-512 bf16'], 'bfloat16'),
+                                            (['AVX2'], 'float32')])
+def test_by_default_a_cnn_baseline_trains_in_bfloat16_where_the_cpu_has_it(
+        tmp_path, monkeypatch, capsys, isa, precision):
+    """--precision auto (config.auto_precision), recorded in config.json and said in the
+    header; --resume keeps the recorded precision, whatever auto would choose then."""
+    if precision == 'bfloat16' and not runtime.bfloat16_native():
+        pytest.skip('bfloat16 needs a CPU with AVX-512 bf16')
+    monkeypatch.setattr(runtime, 'cpu', lambda: ('A CPU', isa))
+    monkeypatch.setenv(runtime.CHANNEL_BLOCK, '1')
+    flags = ['--data-dir', REAL_DIR, '--out', str(tmp_path), '--model', 'cnn', '--no-stn',
+             '--train-size', '256']
+    train.main(flags + ['--epochs', '1'])
+    assert json.load(open(tmp_path / 'config.json'))['precision'] == precision
+    header = capsys.readouterr().out
+    assert ('bfloat16 classifier (--precision auto on this CPU)' in header) == (precision == 'bfloat16')
+    monkeypatch.setattr(runtime, 'cpu', lambda: ('A CPU', ['AVX-512', 'AVX-512 bf16']))
+    train.main(flags + ['--epochs', '2', '--resume'])
+    assert json.load(open(tmp_path / 'config.json'))['precision'] == precision
+
+
 def export_and_run_accuracy(out):
     """(the accuracy of the run in ``out``'s export, SymbolBlock.imports, on MNIST's test
     set; the test accuracy its last metrics.csv row gives)."""
