@@ -225,6 +225,12 @@ def label(args):
     return name
 
 
+def cell_settings(cell, run):
+    """train.py's settings for ``cell`` under the recipe ``run`` (``recipe``): the cell's
+    network and set, the grid's float32 (GRID) unless the recipe changes it, the recipe."""
+    return {**Cell.named(cell).settings, **GRID, **run}
+
+
 def run_dir(args, cell, seed):
     """OUT/DATASET-MODEL-SCHEDULE-seedS, SCHEDULE as ``label`` names it."""
     return os.path.join(args.out, f'{cell.replace("/", "-")}-{label(args)}-seed{seed}')
@@ -246,7 +252,7 @@ def run_cell(cell, seed, args):
     Runs on a Dask worker; raises CellFailed if train.py fails."""
     folder = run_dir(args, cell, seed)
     command = [sys.executable, os.path.join(HERE, 'train.py'),
-               *as_flags({**Cell.named(cell).settings, **GRID, **recipe(args), 'seed': seed}),
+               *as_flags({**cell_settings(cell, recipe(args)), 'seed': seed}),
                '--out', folder, '--ctx', args.ctx]
     if args.data_dir:
         command += ['--data-dir', args.data_dir]
@@ -865,7 +871,7 @@ def estimate(args, chosen, seconds=6.0):
     print(f'{"network":44s} {"cells":>5s} {"images/s":>9s} {"h per cell":>10s}')
     cell_hours = 0.0
     for (shape, model), members in networks.items():
-        cell_flags = as_flags({**Cell.named(members[0]).settings, **GRID, **run})
+        cell_flags = as_flags(cell_settings(members[0], run))
         settings = runtime.chosen_for(cell_flags, threads, environ)
         measure = runtime.measure_in_child(cell_flags, seconds, threads)
         with ThreadPoolExecutor(args.jobs) as pool:
