@@ -58,7 +58,7 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from stn import SpatialTransformer, default_localisation
-from stngluon import ops
+from stngluon import ops, runtime
 
 try:   # the dtype MXNet's operators take for bfloat16 (numpy has none of its own)
     from mxnet.contrib.amp.amp import bfloat16 as BFLOAT16
@@ -80,6 +80,34 @@ def standardise(F, x, mean, std):
     if ops.load():
         return F.stn_standardise(x, mean=mean, std=std)
     return (x - mean) / std
+
+
+class InputDense(nn.Dense):
+    """nn.Dense (the same parameters and function) on the network's input, computed by
+    ``stn_input_dense`` (ops/dense.cc) where the operator library loads: the FCN's first
+    layer, whose product with the whole image oneDNN computes slowly on some CPUs. Its
+    input gets no gradient (``BlockGrad``: nothing uses it, and the operator skips it). The
+    last bits differ from FullyConnected's; which of the two is faster depends on the CPU,
+    and runtime.py chooses (STN_INPUT_DENSE)."""
+
+    def _alias(self):   # named as nn.Dense is, so that the weights load into either
+        return 'dense'
+
+    @property
+    def operator(self):
+        """What computes it: 'stn_input_dense' where runtime.py chose the library's (or
+        STN_INPUT_DENSE=library) and it loads, else 'FullyConnected'."""
+        library = runtime.input_dense_library() and self._flatten and ops.load()
+        return 'stn_input_dense' if library else 'FullyConnected'
+
+    def hybrid_forward(self, F, x, weight, bias=None):
+        x = F.BlockGrad(x)   # stn_input_dense leaves the input's gradient unwritten
+        if bias is None or self.operator != 'stn_input_dense':
+            return super().hybrid_forward(F, x, weight, bias)
+        relu = self.act is not None and self.act._act_type == 'relu'   # computed with it
+        out = F.stn_input_dense(x, weight, bias, num_hidden=self._units, name='fwd',
+                                **({'act_type': 'relu'} if relu else {}))
+        return out if self.act is None or relu else self.act(out)
 
 
 class InBfloat16:
@@ -178,12 +206,14 @@ def lenet(num_classes=10, width=None, precision='float32'):
     return net
 
 
-def fcn(num_classes=10, width=DEFAULT_WIDTH['fcn'], precision='float32'):
-    """The paper's FCN baseline: Dense(width, relu) -> Dense(width, relu) -> Dense(num_classes)."""
+def fcn(num_classes=10, width=DEFAULT_WIDTH['fcn'], precision='float32', on_input=False):
+    """The paper's FCN baseline: Dense(width, relu) -> Dense(width, relu) -> Dense(num_classes).
+    ``on_input``: the first layer reads the network's input (``InputDense`` in float32)."""
     _, Dense = PRECISIONS[precision]
+    First = InputDense if on_input and precision == 'float32' else Dense
     net = nn.HybridSequential(prefix='fcn_')
     with net.name_scope():
-        net.add(Dense(width, activation='relu'), Dense(width, activation='relu'),
+        net.add(First(width, activation='relu'), Dense(width, activation='relu'),
                 Dense(num_classes))
     return net
 
@@ -383,11 +413,19 @@ class Net(nn.HybridBlock):
             self.pool = nn.AvgPool2D(2, 2) if pool_after_stn and self.stn is not None else None
             # the block the classifier computes in (a transformer at conv1 sees plain channels)
             self.channel_block = channel_block if model == 'cnn' and 'conv1' not in places else 1
-            padding = {'channel_block': self.channel_block} if model == 'cnn' else {}
+            extra = ({'channel_block': self.channel_block} if model == 'cnn' else
+                     {'on_input': self.stn is None} if model == 'fcn' else {})
             self.classifier = CLASSIFIERS[model](num_classes, width or DEFAULT_WIDTH.get(model),
-                                                 precision, **padding)
+                                                 precision, **extra)
             if transform != 'none' and 'conv1' in places:
                 self.feature_stn = make('stn_conv1_', feature_localisation, input_grad=True)
+
+    @property
+    def input_dense(self):
+        """What computes the classifier's first layer where it reads the input image
+        (``InputDense.operator``), else None."""
+        first = self.classifier[0]
+        return first.operator if isinstance(first, InputDense) else None
 
     def forward(self, x, *args):
         if self.stn is not None:

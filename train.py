@@ -253,16 +253,18 @@ def execution_settings(config, opts, argv):
         except (rundir.RunError, OSError):
             return   # run() reports it
     if config.api == 'gluon':
-        runtime.settle(config.network_name, config.flags())
+        runtime.settle(config.network_name, config.flags(), input_dense=config.input_dense)
 
 
 def execution(model):
     """The settings MXNet runs this process and ``model`` with (runtime.py), for config.json
-    and the header: engine, wait policy, threads, sampler, and the channel block of the CNN's
-    convolutions (1: none; net.PaddedChannels)."""
+    and the header: engine, wait policy, threads, sampler, the channel block of the CNN's
+    convolutions (1: none; net.PaddedChannels) and what computes the FCN's input layer
+    (None: it has none; net.InputDense)."""
     return {'engine': os.environ.get(runtime.ENGINE, runtime.DEFAULT[runtime.ENGINE]),
             'omp_wait_policy': os.environ.get(runtime.WAIT), 'omp_threads': runtime.threads(),
-            'sampler': sampler.name(), 'channel_block': getattr(model, 'channel_block', 1)}
+            'sampler': sampler.name(), 'channel_block': getattr(model, 'channel_block', 1),
+            'input_dense': getattr(model, 'input_dense', None)}
 
 
 def kept_epoch(out):
@@ -435,7 +437,8 @@ def train(config, opts, argv, kvstore='device', watchdog=None):
           + ', {engine}, OpenMP {omp_threads} threads {omp_wait_policy}, {sampler}'.format(
               **execution(model))
           + (f', channels in {model.channel_block}s'
-             if getattr(model, 'channel_block', 1) > 1 else ''),
+             if getattr(model, 'channel_block', 1) > 1 else '')
+          + (f', input layer {model.input_dense}' if getattr(model, 'input_dense', None) else ''),
           flush=True)   # seen at once in a worker's log
     if writer:
         print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')

@@ -187,9 +187,13 @@ def print_table(workloads, counts, frameworks, results, settings):
     versions = sorted({r[0]['version'] for key, r in results.items() if key[1] != 'side'})
     samplers = sorted({f'{r[0]["sampler"]} on {key[1]} core(s)' for key, r in results.items()
                        if key[1] != 'side' and key[2] == 'mxnet'})
+    layers = sorted(f'{r[0]["input_dense"]} ({key[0]}, {key[1]} core(s))'
+                    for key, r in results.items()
+                    if key[1] != 'side' and key[2] == 'mxnet' and r[0].get('input_dense'))
     print(', '.join(versions) + '; PyTorch at its own defaults; cores: usable cores (affinity); '
           'stn-gluon\'s settings: engine, wait policy x OpenMP threads; its sampler: '
-          + ', '.join(samplers))
+          + ', '.join(samplers)
+          + ('; the FCN\'s input layer (STN_INPUT_DENSE): ' + ', '.join(layers) if layers else ''))
     header = (f'{"workload":20s} {"cores":>7s} {"settings":>19s} {"stn-gluon":>16s} '
               f'{"train.py loop":>13s} {"loop/step":>9s}')
     print(header + (f' {"PyTorch":>16s} {"ratio":>6s}' if 'torch' in frameworks else ''))

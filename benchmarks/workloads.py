@@ -117,7 +117,7 @@ def measure_mxnet(flags, warmup, steps, rounds=ROUNDS):
                      'loop': loop}, rounds)
     return {'imgs_per_s': rates['step'], 'loop_imgs_per_s': rates['loop'],
             'params': model.num_params, 'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}',
-            'sampler': sampler.name()}
+            'sampler': sampler.name(), 'input_dense': model.input_dense}
 
 
 def with_resolved(workloads, precision='auto'):

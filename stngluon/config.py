@@ -125,6 +125,12 @@ class RunConfig:
                                 self.per_channel, self.iterations, self.loc_per_step)
 
     @property
+    def input_dense(self):
+        """Whether the network's first layer reads the input image (net.InputDense: the FCN
+        baseline in float32)."""
+        return self.model == 'fcn' and self.transform == 'none' and self.precision == 'float32'
+
+    @property
     def network_name(self):
         """What runtime.py caches execution settings under: 'ST-CNN (affine) on rts, batch 64',
         'CNN in bfloat16 on tc, batch 64'."""

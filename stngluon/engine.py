@@ -452,6 +452,11 @@ class GluonModel:
         return digest.hexdigest()[:16]
 
     @property
+    def input_dense(self):
+        """What computes the FCN's input layer (net.Net.input_dense), or None."""
+        return self.net.input_dense
+
+    @property
     def channel_block(self):
         """The channel block the network computes in (1 where it pads nothing)."""
         return self.net.channel_block

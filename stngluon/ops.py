@@ -6,9 +6,12 @@ ships the headers to build one (``mxnet/include``, ``mxnet/src/lib_api.cc``). Ou
     stn_bilinear_sampler   BilinearSampler with the batch across OpenMP threads (sampler.py)
     stn_standardise        (x - mean) / std in one pass, for _minus_scalar and _div_scalar (net.py)
     stn_adam_update        adam_update for every parameter in one vectorised call (optim.py)
+    stn_input_dense        FullyConnected on the network's input, without the input's gradient
+                           (net.InputDense, where runtime.py measured it faster)
 
-each computing the same bits as the built-in operator it stands in for. ``portable`` gives
-an exported graph MXNet's own operators in their place. ``make ops`` (or
+the first three computing the same bits as the built-in operator they stand in for, the
+last the same function (its sums in another order). ``portable`` gives an exported graph
+MXNet's own operators in their place. ``make ops`` (or
 ``python -m stngluon.ops``) compiles it with g++; where it is missing, older than its
 sources or fails to load, every caller uses MXNet's own operators, with the same results.
 """
@@ -85,14 +88,17 @@ def load():
 
 # the library's operators a graph may hold -> MXNet's own operator that computes the same
 BUILTIN = {'stn_bilinear_sampler': 'BilinearSampler',
-           'stn_bilinear_sampler_grid_only': 'BilinearSampler'}
+           'stn_bilinear_sampler_grid_only': 'BilinearSampler',
+           'stn_input_dense': 'FullyConnected'}
 
 
 def portable(symbol_json):
     """An exported graph (JSON text) with MXNet's own operators only: each threaded sampler
-    named as ``BilinearSampler``, each ``stn_standardise`` node replaced by the
+    named as ``BilinearSampler``, each ``stn_input_dense`` as ``FullyConnected`` (and
+    ``Activation`` where it has a ReLU: the same function, its sums in oneDNN's order), each
+    ``stn_standardise`` node replaced by the
     ``_minus_scalar`` and ``_div_scalar`` nodes it computes as (the second keeps its name,
-    so its output's name is unchanged). The same function, bit for bit."""
+    so its output's name is unchanged), bit for bit."""
     graph = json.loads(symbol_json)
     rows = graph['node_row_ptr']
     nodes, where, row_ptr = [], [], [0]   # where[k]: node k's new index
@@ -103,6 +109,15 @@ def portable(symbol_json):
 
     for k, node in enumerate(graph['nodes']):
         node = dict(node, inputs=[[where[i], *rest] for i, *rest in node['inputs']])
+        if node['op'] == 'stn_input_dense':
+            attrs = node.get('attrs', {})
+            node.update(op='FullyConnected', attrs={'num_hidden': attrs['num_hidden'],
+                                                    'no_bias': 'False', 'flatten': 'True'})
+            if attrs.get('act_type'):   # the layer's ReLU: an Activation node after it
+                add(dict(node, name=node['name'] + '_dense'), 1)
+                node = {'op': 'Activation', 'name': node['name'],
+                        'attrs': {'act_type': attrs['act_type']},
+                        'inputs': [[len(nodes) - 1, 0, 0]]}
         if node['op'] == 'stn_standardise':
             attrs = node.get('attrs', {})
             add({'op': '_minus_scalar', 'name': node['name'] + '_minus',

@@ -11,6 +11,13 @@ docs/execution_settings.txt):
                         take microseconds, the FCN, loses more to waking threads than
                         it gains from them)
 
+A network whose first layer reads the input image (the FCN baseline: net.InputDense) has a
+fourth, chosen the same way after the other three:
+
+    STN_INPUT_DENSE     library (the operator library's stn_input_dense) or builtin
+                        (MXNet's FullyConnected, oneDNN): which is faster depends on
+                        the CPU (on a Zen 4 the library's, on AVX2 loops oneDNN's)
+
 Engine and wait policy change no result: for a given OpenMP thread count every
 candidate trains the same weights; another thread count sums in another order (the
 last bits differ), and config.json records the count. ``choose`` times the candidates
@@ -20,7 +27,8 @@ network kind trains on a host, and keeps the fastest in the user's cache folder,
 host (CPU model and instruction sets, usable cores, MXNet version, the training loop's
 version) and network kind; later runs read it. The engine or wait policy set in the
 environment wins over the choice (and skips the measurement); OMP_NUM_THREADS set there
-fixes the thread count, and the other two are chosen for it.
+fixes the thread count, and the other two are chosen for it; STN_INPUT_DENSE set there
+wins over the choice of the input layer (unset, and nothing chosen: builtin).
 A process of a distributed run (DMLC_ROLE set) keeps the threaded engine: the
 parameter server's requests need it.
 """
@@ -36,6 +44,7 @@ ENGINE, WAIT, THREADS = 'MXNET_ENGINE_TYPE', 'OMP_WAIT_POLICY', 'OMP_NUM_THREADS
 ENGINES = ('ThreadedEnginePerDevice', 'NaiveEngine')
 # where nothing is measured: MXNet's engine, spinning threads (a thread per core)
 DEFAULT = {ENGINE: ENGINES[0], WAIT: 'ACTIVE'}
+DENSE, DENSES = 'STN_INPUT_DENSE', ('library', 'builtin')
 CHOSEN = 'STN_SETTINGS_CHOSEN'   # set in a process that runs with its chosen settings
 # A wait policy or thread count set by ``configure`` or chosen, not by the user, is listed in
 # STN_DEFAULTED, which child processes inherit with it: for them it is not given either, and
@@ -78,6 +87,12 @@ def given():
     earlier choices left out)."""
     return {k: os.environ[k] for k in (ENGINE, WAIT, THREADS)
             if k in os.environ and k not in _defaulted()}
+
+
+def input_dense_library():
+    """Whether net.InputDense computes with the operator library's ``stn_input_dense``
+    (STN_INPUT_DENSE=library: chosen, or set by the user) rather than FullyConnected."""
+    return os.environ.get(DENSE) == 'library'
 
 
 def with_threads(environ, count):
@@ -195,18 +210,24 @@ def read_cache(path):
     return cache if isinstance(cache, dict) else {}
 
 
-def choose(network, measure, log=print):
+def choose(network, measure, log=print, measure_dense=None):
     """The settings (a dict of ENGINE, WAIT and THREADS) for training ``network`` (a name of
     its kind) here: {} when the environment sets the engine or wait policy, else the cached
     choice for this host and network, else the fastest of ``candidates()`` by
-    ``measure(settings) -> images/s`` (cached)."""
+    ``measure(settings) -> images/s`` (cached). For a network with an InputDense layer,
+    ``measure_dense(settings) -> {DENSE value: images/s}``: the choice then holds DENSE too,
+    the faster on the settings chosen, unless the environment sets it or the operator
+    library is missing."""
     if ENGINE in given() or WAIT in given():
         return {}
     candidates_ = candidates()
+    dense = measure_dense is not None and DENSE not in os.environ and _library_built()
     key, path = f'{host_key()} | {network}', cache_path()
     cached = read_cache(path).get(key)
-    if cached in candidates_:
-        return cached
+    if isinstance(cached, dict):
+        settings = {k: v for k, v in cached.items() if k != DENSE}
+        if settings in candidates_ and (not dense or cached.get(DENSE) in DENSES):
+            return cached if dense else settings
     log(f'timing {len(candidates_)} execution settings on {network} (once for this host; '
         f'kept in {path})')
     rates = [(measure(c), k) for k, c in enumerate(candidates_)]
@@ -220,6 +241,12 @@ def choose(network, measure, log=print):
     best = candidates_[max(rates)[1]]
     log('  ' + ', '.join(f'{label(c)}: {rate:,.0f}' for (rate, _), c in zip(rates, candidates_))
         + ' images/s')
+    if dense:
+        rates = measure_dense(best)
+        log('  the input layer: ' + ', '.join(f'{d}: {rates.get(d, 0):,.0f}' for d in DENSES)
+            + ' images/s')
+        faster = max(DENSES, key=lambda d: rates.get(d, 0))
+        best = dict(best, **{DENSE: faster if rates.get(faster, 0) > 0 else 'builtin'})
     cache = read_cache(path)   # another run may have written its choice meanwhile
     cache[key] = best
     try:
@@ -227,6 +254,11 @@ def choose(network, measure, log=print):
     except OSError as e:   # a read-only home: measured again next time
         log(f'  (not kept: {e.strerror or e})')
     return best
+
+
+def _library_built():
+    from stngluon import ops   # no MXNet: whether the library is there to load
+    return ops.fresh(ops.library_path())
 
 
 def label(settings):
@@ -255,6 +287,24 @@ def measure_in_child(flags, seconds=1.5, threads=None):
     return measure
 
 
+def measure_dense_in_child(flags, seconds=3.0):
+    """``measure_dense`` for ``choose``: ``input_dense_rates`` of ``flags``' network in a fresh
+    process with the given settings ({} if that process fails)."""
+    def measure(settings):
+        code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from stngluon import runtime; '
+                f'runtime.configure(); from stngluon.config import RunConfig; '
+                f'print(json.dumps(runtime.input_dense_rates('
+                f'RunConfig.from_flags({flags!r}).resolved(), {seconds})))')
+        env = dict(os.environ, **settings, **{CHOSEN: '1'})
+        try:
+            done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                                  text=True, timeout=300)
+            return json.loads(done.stdout.strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, OSError, ValueError, IndexError):
+            return {}
+    return measure
+
+
 def chosen_for(flags, threads, environ=None, cpus=None):
     """The settings train.py would run ``flags``' network with on ``threads`` OpenMP threads
     (None: as many as it chooses) here, or on the cores ``cpus`` only (``choose``: cached,
@@ -265,7 +315,8 @@ def chosen_for(flags, threads, environ=None, cpus=None):
             f'runtime.configure(); from stngluon.config import RunConfig; '
             f'c = RunConfig.from_flags({flags!r}); '
             f'print(json.dumps(runtime.choose(c.network_name, runtime.measure_in_child(c.flags()), '
-            f'log=lambda *_: None)))')
+            f'log=lambda *_: None, measure_dense=runtime.measure_dense_in_child(c.flags()) '
+            f'if c.resolved().input_dense else None)))')
     done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
                           preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     if done.returncode != 0:
@@ -312,15 +363,53 @@ def loop_rate(args, seconds):
         batches *= 2
 
 
-def settle(network, flags, log=print):
+def input_dense_rates(args, seconds, rounds=5):
+    """{DENSE value: images/s of ``engine.GluonModel.fit_epoch``} for the run's network
+    (``args``, resolved) with its InputDense layer computed each way, in this process: a
+    model each, on one set of random images, their loops timed in turn for ``rounds``
+    rounds of ``seconds / (2 rounds)`` each; the medians. Timed side by side, a difference of a
+    few percent shows through the host's slow and fast spells."""
+    from stngluon import compat  # noqa: F401  (before mxnet)
+    import statistics
+
+    import mxnet as mx
+    import numpy as np
+
+    from stngluon import distort
+    from stngluon import engine
+    shape = distort.image_shape(args.dataset)
+    rng = np.random.default_rng(0)
+    count = 32 * args.batch_size
+    x = rng.random((count, *shape), dtype=np.float32)
+    y = rng.integers(0, distort.num_classes(args.dataset), count).astype(np.int32)
+    models = {}
+    for dense in DENSES:   # InputDense reads DENSE when its graph is built: at the first batch
+        os.environ[DENSE] = dense
+        models[dense] = engine.GluonModel(args, (args.batch_size * 8, *shape), mx.cpu())
+        models[dense].fit_epoch(1, x, y)   # warm-up
+    rates = {dense: [] for dense in DENSES}
+    for _ in range(rounds):
+        for dense, model in models.items():
+            start, seen = time.perf_counter(), 0
+            while time.perf_counter() - start < seconds / (2 * rounds):
+                model.fit_epoch(2, x, y)
+                seen += count
+            rates[dense].append(seen / (time.perf_counter() - start))
+    return {dense: statistics.median(r) for dense, r in rates.items()}
+
+
+def settle(network, flags, log=print, input_dense=False):
     """In a script's main, before it trains: if the chosen settings differ from this
     process's, run the script again in their place with them (os.execve; MXNet reads
-    them when it loads). Returns the settings this process runs with."""
+    them when it loads). ``input_dense``: the network has an InputDense layer. Returns the
+    settings this process runs with."""
     if os.environ.get(CHOSEN):
-        return {k: os.environ.get(k) for k in (ENGINE, WAIT, THREADS)}
-    chosen = choose(network, measure_in_child(flags), log)
+        return {k: os.environ.get(k) for k in (ENGINE, WAIT, THREADS, DENSE)}
+    chosen = choose(network, measure_in_child(flags), log,
+                    measure_dense_in_child(flags) if input_dense else None)
     current = {ENGINE: os.environ.get(ENGINE, DEFAULT[ENGINE]),
-               WAIT: os.environ.get(WAIT, DEFAULT[WAIT]), THREADS: os.environ.get(THREADS)}
+               WAIT: os.environ.get(WAIT, DEFAULT[WAIT]), THREADS: os.environ.get(THREADS),
+               DENSE: os.environ.get(DENSE)}
     if any(current[k] != v for k, v in chosen.items()):
         sys.stdout.flush()
         sys.stderr.flush()

@@ -26,6 +26,16 @@ def test_the_benchmark_prints_a_row_per_workload_and_core_count():
     assert 'MXNET_ENGINE_TYPE=' in header and 'OMP_WAIT_POLICY=' in header
 
 
+def test_the_benchmark_names_what_computed_the_fcns_input_layer(op_library):
+    result = subprocess.run([sys.executable, 'benchmarks/bench_train.py', '--workloads', 'rts-fcn',
+                             '--cores', '1', '--repeats', '1', '--warmup', '1', '--steps', '2',
+                             '--no-torch'], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, STN_INPUT_DENSE='library'))
+    assert result.returncode == 0, result.stderr
+    assert "the FCN's input layer (STN_INPUT_DENSE): stn_input_dense (rts-fcn, 1 core(s))" \
+        in result.stdout
+
+
 @pytest.mark.parametrize('isa, asked, rts_cnn', [
     (['AVX-512', 'AVX-512 bf16'], 'auto', 'bfloat16'), (['AVX2'], 'auto', 'float32'),
     (['AVX-512', 'AVX-512 bf16'], 'float32', 'float32')])

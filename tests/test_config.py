@@ -119,3 +119,14 @@ def test_resolved_fits_the_width_to_the_budget_and_names_the_network():
                                            pool_after_stn=True)
     assert resolved.resolved() is resolved and RunConfig().resolved().width is None
     assert resolved.network_name == 'ST-CNN (affine) on rts, batch 64'
+
+
+@pytest.mark.parametrize('changes, input_dense', [
+    ({'model': 'fcn', 'transform': 'none'}, True),
+    ({'model': 'fcn', 'transform': 'none', 'precision': 'bfloat16'}, False),
+    ({'model': 'fcn', 'transform': 'affine'}, False),   # it reads the transformer's output
+    ({'model': 'cnn', 'transform': 'none'}, False),
+])
+def test_the_networks_whose_first_layer_reads_the_image_are_known(changes, input_dense):
+    """net.InputDense's networks, whose input layer runtime.py chooses."""
+    assert RunConfig(**changes).input_dense is input_dense

@@ -23,7 +23,8 @@ def cache(tmp_path, monkeypatch):
     of the settings."""
     path = tmp_path / 'settings.json'
     monkeypatch.setenv('STN_SETTINGS_CACHE', str(path))
-    for name in (runtime.ENGINE, runtime.WAIT, runtime.THREADS, runtime.DEFAULTED, 'DMLC_ROLE'):
+    for name in (runtime.ENGINE, runtime.WAIT, runtime.THREADS, runtime.DEFAULTED, runtime.DENSE,
+                 'DMLC_ROLE'):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1})
     return path
@@ -174,6 +175,59 @@ def test_a_damaged_cache_is_measured_again_and_rewritten(cache, text):
     assert len(timer.calls) == 8 and list(json.loads(cache.read_text()).values()) == [FASTEST]
 
 
+class DenseTimer:
+    """A measure_dense for runtime.choose: ``faster`` the faster input layer (none where
+    ``faster`` is None: the measuring process failed); records the settings it was given."""
+
+    def __init__(self, faster):
+        self.faster, self.calls = faster, []
+
+    def __call__(self, settings):
+        self.calls.append(settings)
+        return {d: 100 + 10 * (d == self.faster) for d in runtime.DENSES} if self.faster else {}
+
+
+@pytest.mark.parametrize('faster', runtime.DENSES)
+def test_a_network_with_an_input_layer_chooses_its_operator_on_the_chosen_settings_once(
+        cache, monkeypatch, faster):
+    monkeypatch.setattr(runtime, '_library_built', lambda: True)
+    timer, dense = Timer(), DenseTimer(faster)
+    chosen = runtime.choose('fcn', timer, log=lambda _: None, measure_dense=dense)
+    assert chosen == {**FASTEST, runtime.DENSE: faster} and dense.calls == [FASTEST]
+    assert runtime.choose('fcn', timer, log=lambda _: None, measure_dense=dense) == chosen
+    assert len(dense.calls) == 1 and len(timer.calls) == 8   # from the cache
+    # a network without one: no choice of it, and a choice with it is not taken for one without
+    assert runtime.choose('net', timer, log=lambda _: None) == FASTEST
+    assert len(dense.calls) == 1
+
+
+def test_an_input_layer_that_could_not_be_timed_is_mxnets(cache, monkeypatch):
+    monkeypatch.setattr(runtime, '_library_built', lambda: True)
+    chosen = runtime.choose('fcn', Timer(), log=lambda _: None, measure_dense=DenseTimer(None))
+    assert chosen[runtime.DENSE] == 'builtin'
+
+
+def test_the_input_layer_is_not_chosen_where_the_environment_sets_it_or_the_library_is_missing(
+        cache, monkeypatch):
+    dense = DenseTimer('library')
+    monkeypatch.setattr(runtime, '_library_built', lambda: False)
+    assert runtime.choose('fcn', Timer(), log=lambda _: None, measure_dense=dense) == FASTEST
+    monkeypatch.setattr(runtime, '_library_built', lambda: True)   # built since: timed now
+    assert runtime.choose('fcn', Timer(), log=lambda _: None, measure_dense=dense)[
+        runtime.DENSE] == 'library'
+    monkeypatch.setenv(runtime.DENSE, 'builtin')
+    timer = Timer()
+    assert runtime.choose('fcn 2', timer, log=lambda _: None, measure_dense=dense) == FASTEST
+    assert runtime.choose('fcn', timer, log=lambda _: None, measure_dense=dense) == FASTEST
+    assert len(dense.calls) == 1 and len(timer.calls) == 8   # the cached settings, as they are
+
+
+def test_the_input_layers_two_operators_are_timed_on_the_runs_network(op_library):
+    rates = runtime.input_dense_rates(RunConfig(model='fcn', transform='none', width=8,
+                                                batch_size=16), 0.1, rounds=2)
+    assert set(rates) == set(runtime.DENSES) and min(rates.values()) > 0
+
+
 def test_nothing_timed_is_mxnets_defaults_and_not_kept(cache):
     assert runtime.choose('net', lambda settings: 0.0, log=lambda _: None) == runtime.DEFAULT
     assert not cache.exists()
@@ -217,4 +271,22 @@ def test_train_py_runs_with_the_cached_choice_and_records_it(tmp_path):
     assert 'NaiveEngine, OpenMP 1 threads PASSIVE' in done.stdout
     assert rundir.read_config(str(out))['execution'] == {
         'engine': 'NaiveEngine', 'omp_wait_policy': 'PASSIVE', 'omp_threads': 1,
-        'sampler': sampler.name(), 'channel_block': 1}   # the library's where built; LeNet pads nothing
+        'sampler': sampler.name(), 'channel_block': 1,   # the library's where built; LeNet pads nothing
+        'input_dense': None}   # LeNet's first layer is a convolution
+
+
+@needs_mnist
+def test_train_py_trains_the_fcn_with_the_input_layer_chosen_and_records_it(tmp_path, op_library):
+    cache = tmp_path / 'settings.json'
+    env = {k: v for k, v in os.environ.items()
+           if k not in (runtime.ENGINE, runtime.WAIT, runtime.DENSE)}
+    env['STN_SETTINGS_CACHE'] = str(cache)
+    key = f'{runtime.host_key()} | FCN on mnist, batch 64'
+    cache.write_text(json.dumps({key: {**FASTEST, runtime.DENSE: 'library'}}))
+    out = tmp_path / 'run'
+    done = subprocess.run([sys.executable, 'train.py', '--data-dir', REAL_DIR, '--out', str(out),
+                           '--model', 'fcn', '--no-stn', '--train-size', '200', '--epochs', '1'],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert 'timing' not in done.stdout and 'input layer stn_input_dense' in done.stdout
+    assert rundir.read_config(str(out))['execution']['input_dense'] == 'stn_input_dense'
