@@ -13,7 +13,8 @@ the first three computing the same bits as the built-in operator they stand in f
 last the same function (its sums in another order). ``portable`` gives an exported graph
 MXNet's own operators in their place. ``make ops`` (or
 ``python -m stngluon.ops``) compiles it with g++; where it is missing, older than its
-sources or fails to load, every caller uses MXNet's own operators, with the same results.
+sources or fails to load, every caller uses MXNet's own operators, with the same results
+(the FCN's first layer to the last bits).
 """
 import glob
 import json
