@@ -267,23 +267,31 @@ def label(settings):
     return f'{engine} {settings[WAIT]}' + (f' x{settings[THREADS]}' if THREADS in settings else '')
 
 
+def _in_child(code, settings, threads=None):
+    """The JSON value the last line of Python ``code`` prints, run in a fresh process with
+    the execution ``settings`` (on ``threads`` OpenMP threads if given), after the preamble
+    every measuring process runs; None if that process fails."""
+    preamble = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from stngluon import runtime; '
+                f'runtime.configure(); from stngluon.config import RunConfig; ')
+    env = dict(os.environ, **settings, **{CHOSEN: '1'})
+    if threads is not None:
+        env = with_threads(env, threads)
+    try:
+        done = subprocess.run([sys.executable, '-c', preamble + code], env=env,
+                              capture_output=True, text=True, timeout=300)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (subprocess.TimeoutExpired, OSError, ValueError, IndexError):
+        return None
+
+
 def measure_in_child(flags, seconds=1.5, threads=None):
     """``measure`` for ``choose``: images/s of train.py's loop on ``flags``' network in a
     fresh process with the candidate settings (0 if that process fails), on ``threads``
     OpenMP threads if given."""
     def measure(settings):
-        code = (f'import sys; sys.path.insert(0, {ROOT!r}); from stngluon import runtime; '
-                f'runtime.configure(); from stngluon.config import RunConfig; '
-                f'print(runtime.loop_rate(RunConfig.from_flags({flags!r}).resolved(), {seconds}))')
-        env = dict(os.environ, **settings, **{CHOSEN: '1'})
-        if threads is not None:
-            env = with_threads(env, threads)
-        try:
-            done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
-                                  text=True, timeout=300)
-            return float(done.stdout.strip().splitlines()[-1])
-        except (subprocess.TimeoutExpired, OSError, ValueError, IndexError):
-            return 0.0   # could not be timed: not chosen
+        rate = _in_child(f'print(runtime.loop_rate(RunConfig.from_flags({flags!r}).resolved(), '
+                         f'{seconds}))', settings, threads)
+        return rate if isinstance(rate, float) else 0.0   # 0: could not be timed, not chosen
     return measure
 
 
@@ -291,17 +299,9 @@ def measure_dense_in_child(flags, seconds=3.0):
     """``measure_dense`` for ``choose``: ``input_dense_rates`` of ``flags``' network in a fresh
     process with the given settings ({} if that process fails)."""
     def measure(settings):
-        code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from stngluon import runtime; '
-                f'runtime.configure(); from stngluon.config import RunConfig; '
-                f'print(json.dumps(runtime.input_dense_rates('
-                f'RunConfig.from_flags({flags!r}).resolved(), {seconds})))')
-        env = dict(os.environ, **settings, **{CHOSEN: '1'})
-        try:
-            done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
-                                  text=True, timeout=300)
-            return json.loads(done.stdout.strip().splitlines()[-1])
-        except (subprocess.TimeoutExpired, OSError, ValueError, IndexError):
-            return {}
+        return _in_child(f'print(json.dumps(runtime.input_dense_rates('
+                         f'RunConfig.from_flags({flags!r}).resolved(), {seconds})))',
+                         settings) or {}
     return measure
 
 
