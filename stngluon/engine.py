@@ -300,7 +300,7 @@ class GluonModel:
         on_servers = isinstance(kvstore, mx.kvstore.KVStore) and self.workers == 1
         optimizer = (mx.optimizer.create if on_servers else optim.create)(
             config.optimizer, **optimizer_params(config, self.schedule))
-        self.trainer = gluon.Trainer(self.net.collect_params(), optimizer, kvstore=kvstore,
+        self.trainer = optim.Trainer(self.net.collect_params(), optimizer, kvstore=kvstore,
                                      update_on_kvstore=False if self.workers > 1 else None)
         if self.workers > 1:
             self.start_from_rank_0()

@@ -6,13 +6,15 @@ forward pass. ``Adam`` is ``mx.optimizer.Adam`` (same hyper-parameters, state, c
 and bias-corrected rate: Kingma & Ba 2015, Algorithm 1) whose updates go to
 ``stn_adam_update`` (ops/adam_update.cc): all the parameters at once, vectorised, the
 same bits as ``adam_update``. Where the operator library is missing, or a parameter is not
-a dense float32 array on a CPU, it updates as ``mx.optimizer.Adam`` does.
+a dense float32 array on a CPU, it updates as ``mx.optimizer.Adam`` does. ``Trainer`` is the
+``gluon.Trainer`` that hands it the parameters with the least Python.
 """
 import ctypes
 import math
 
 from stngluon import compat  # noqa: F401  (before mxnet)
 import mxnet as mx
+from mxnet import gluon
 import numpy as np
 
 from stngluon import ops
@@ -87,8 +89,57 @@ class Adam(mx.optimizer.Adam):
             kwargs['clip_gradient'] = self.clip_gradient
         plain_layout([weight[k] for k in convolutions])
         inputs = [a for w, g, (mean, var) in zip(weight, grad, state) for a in (w, g, mean, var)]
-        getattr(mx.nd, OP)(*inputs, num_weights=len(weight), lrs=','.join(map(str, lrs)),
-                           wds=','.join(map(str, wds)), out=list(weight), **kwargs)
+        invoke(OP, inputs, weight, num_weights=len(weight), lrs=','.join(map(str, lrs)),
+               wds=','.join(map(str, wds)), **kwargs)
+
+
+_HANDLES = {}
+
+
+def invoke(name, inputs, out, **attrs):
+    """``getattr(mx.nd, name)(*inputs, out=out, **attrs)``, ``out`` a list of arrays, as one
+    MXImperativeInvokeEx call (the C call the generated function makes), with the
+    operator's handle looked up once: the generated function's own Python is 2% of the
+    bare FCN's step on one core (benchmarks/bench_update.py)."""
+    handle = _HANDLES.get(name)
+    if handle is None:
+        handle = _HANDLES[name] = mx.base.OpHandle()
+        mx.base.check_call(mx.base._LIB.NNGetOpHandle(mx.base.c_str(name), ctypes.byref(handle)))
+    outputs = (mx.base.NDArrayHandle * len(out))(*[o.handle for o in out])
+    num_outputs = ctypes.c_int(len(out))
+    outputs = ctypes.cast(outputs, ctypes.POINTER(mx.base.NDArrayHandle))
+    out_stypes = ctypes.POINTER(ctypes.c_int)()
+    mx.base.check_call(mx.base._LIB.MXImperativeInvokeEx(
+        handle, ctypes.c_int(len(inputs)), mx.base.c_handle_array(inputs),
+        ctypes.byref(num_outputs), ctypes.byref(outputs), ctypes.c_int(len(attrs)),
+        mx.base.c_str_array(list(attrs)), mx.base.c_str_array([str(v) for v in attrs.values()]),
+        ctypes.byref(out_stypes)))
+
+
+class Trainer(gluon.Trainer):
+    """``gluon.Trainer`` whose update goes straight to ``Adam``'s one call where nothing
+    else has to happen: one device, no kvstore, every parameter's state made, no stale
+    gradient. ``gluon.Trainer._update`` and its ``Updater`` walk the parameters in Python
+    (dtypes, contexts, states) on every step: 3-4% of the bare FCN's step on one core
+    (benchmarks/bench_update.py). Anything else goes to ``gluon.Trainer``'s update."""
+
+    def _update(self, ignore_stale_grad=False):
+        updater = self._updaters[0] if len(self._updaters) == 1 else None
+        if (ignore_stale_grad or self._kvstore is not None or updater is None
+                or not isinstance(updater.optimizer, Adam)
+                or getattr(self, '_amp_loss_scaler', None) is not None):
+            return super()._update(ignore_stale_grad)
+        index = [i for i, p in enumerate(self._params) if p.grad_req != 'null']
+        weights = [self._params[i]._data[0] for i in index]
+        grads = [self._params[i]._grad[0] for i in index]
+        if (not all(i in updater.states and updater.states_synced[i] for i in index)
+                or not all(w._fresh_grad for w in weights)
+                or updater.optimizer.fused(index, weights, grads) is None):
+            return super()._update(ignore_stale_grad)   # makes the states; or says what is stale
+        for w in weights:
+            w._fresh_grad = False
+        updater.optimizer.update_multi_precision(index, weights, grads,
+                                                 [updater.states[i] for i in index])
 
 
 def create(name, **params):

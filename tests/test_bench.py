@@ -116,6 +116,18 @@ def test_the_settings_benchmark_prints_a_table_per_workload(monkeypatch, capsys)
     assert len(seen) == 3 * len(bench_settings.settings(2))   # each setting in 3 situations
 
 
+def test_the_update_benchmark_times_each_way_to_adam_in_one_process(op_library):
+    done = subprocess.run([sys.executable, 'benchmarks/bench_update.py', '--rounds', '1',
+                           '--steps', '2'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = {line[:38].strip(): line[38:].split() for line in done.stdout.splitlines()
+            if line.startswith(('gluon.Trainer', 'optim.Trainer '))}
+    assert list(rows) == ['gluon.Trainer, mx.nd.stn_adam_update', 'gluon.Trainer, optim.invoke',
+                          'optim.Trainer']
+    assert all(float(row[0]) > 0 and float(row[5]) > 0 for row in rows.values())
+    assert done.stdout.startswith('host: ') and 'rts-fcn, batch 64' in done.stdout
+
+
 def test_the_layer_benchmark_times_the_cnn_baselines_own_convolutions():
     """bench_layers.py's layers are the RTS CNN's two convolutions (each with the input
     net.cnn gives it) and the TC CNN's first, at the widths train.py fits."""

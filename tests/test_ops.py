@@ -91,11 +91,11 @@ def small_net(seed):
     return net
 
 
-def train(optimizer, steps=30, seed=0):
+def train(optimizer, steps=30, seed=0, trainer_class=gluon.Trainer):
     """A small two-layer network after ``steps`` Adam steps (``optimizer``: a name or an
-    optimizer); (net, trainer)."""
+    optimizer) by a ``trainer_class``; (net, trainer)."""
     net = small_net(seed)
-    trainer = gluon.Trainer(net.collect_params(), optimizer, ADAM if optimizer == 'adam' else None)
+    trainer = trainer_class(net.collect_params(), optimizer, ADAM if optimizer == 'adam' else None)
     rng = np.random.RandomState(seed)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     for _ in range(steps):
@@ -120,8 +120,8 @@ def adam():
 def test_the_trainer_with_it_trains_the_weights_mxnets_adam_trains_in_one_call_a_step(
         op_library, monkeypatch):
     calls = []
-    op = getattr(mx.nd, optim.OP)
-    monkeypatch.setattr(mx.nd, optim.OP, lambda *a, **k: calls.append(k['num_weights']) or op(*a, **k))
+    invoke = optim.invoke
+    monkeypatch.setattr(optim, 'invoke', lambda *a, **k: calls.append(k['num_weights']) or invoke(*a, **k))
     expected, _ = train('adam')
     got, trainer = train(adam())
     assert isinstance(trainer._optimizer, optim.Adam)
@@ -130,9 +130,33 @@ def test_the_trainer_with_it_trains_the_weights_mxnets_adam_trains_in_one_call_a
         np.testing.assert_array_equal(weights(got)[name], w, err_msg=name)
 
 
+def test_its_trainer_goes_straight_to_that_call_after_the_first_step_with_the_same_bits(
+        op_library, monkeypatch):
+    """optim.Trainer: the first step makes the states (gluon.Trainer's way), the others skip
+    gluon.Trainer's walk over the parameters; the weights are gluon.Trainer's, bit for bit."""
+    expected, _ = train(adam())
+    walks = []
+    walk = gluon.Trainer._update
+    monkeypatch.setattr(gluon.Trainer, '_update', lambda *a, **k: walks.append(1) or walk(*a, **k))
+    got, trainer = train(adam(), trainer_class=optim.Trainer)
+    assert len(walks) == 1 and trainer._optimizer.num_update == 30
+    for name, w in weights(expected).items():
+        np.testing.assert_array_equal(weights(got)[name], w, err_msg=name)
+
+
+def test_its_trainer_still_stops_at_a_gradient_no_backward_has_renewed(op_library):
+    net, trainer = train(adam(), steps=2, trainer_class=optim.Trainer)
+    with autograd.record():   # the second layer only: the first layer's gradients are stale
+        loss = net[1](mx.nd.ones((4, 40))).sum()
+    loss.backward()
+    with pytest.raises(UserWarning, match='has not been updated by backward'):
+        trainer.step(4)
+
+
+@pytest.mark.parametrize('trainer_class', [gluon.Trainer, optim.Trainer])
 @pytest.mark.parametrize('first', ['mxnet', 'fused'])
 def test_a_checkpoint_of_either_adam_resumes_into_it_as_an_uninterrupted_run(op_library, tmp_path,
-                                                                           first):
+                                                                           first, trainer_class):
     """20 steps with MXNet's Adam (a checkpoint written before optim.Adam) or this one, saved,
     loaded, 10 more with this one: the weights of 30 uninterrupted steps."""
     whole, _ = train(adam(), steps=30)
@@ -141,7 +165,7 @@ def test_a_checkpoint_of_either_adam_resumes_into_it_as_an_uninterrupted_run(op_
     net.save_parameters(str(tmp_path / 'params'))
     resumed = small_net(0)
     resumed.load_parameters(str(tmp_path / 'params'))
-    trainer = gluon.Trainer(resumed.collect_params(), adam())
+    trainer = trainer_class(resumed.collect_params(), adam())
     trainer.load_states(str(tmp_path / 'states'))
     optim.adopt(trainer)
     assert isinstance(trainer._optimizer, optim.Adam) and trainer._updaters[0].aggregate_updates
