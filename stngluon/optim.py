@@ -130,6 +130,8 @@ class Trainer(gluon.Trainer):
                 or getattr(self, '_amp_loss_scaler', None) is not None):
             return super()._update(ignore_stale_grad)
         index = [i for i, p in enumerate(self._params) if p.grad_req != 'null']
+        if any(self._params[i]._data is None or self._params[i]._grad is None for i in index):
+            return super()._update(ignore_stale_grad)   # says which is not initialized
         weights = [self._params[i]._data[0] for i in index]
         grads = [self._params[i]._grad[0] for i in index]
         if (not all(i in updater.states and updater.states_synced[i] for i in index)
