@@ -259,12 +259,15 @@ def execution_settings(config, opts, argv):
 def execution(model):
     """The settings MXNet runs this process and ``model`` with (runtime.py), for config.json
     and the header: engine, wait policy, threads, sampler, the channel block of the CNN's
-    convolutions (1: none; net.PaddedChannels) and what computes the FCN's input layer
-    (None: it has none; net.InputDense)."""
+    convolutions (1: none; net.PaddedChannels), what computes the FCN's input layer
+    (None: it has none; net.InputDense) and the cores other programs kept busy when the
+    settings were chosen (None: not measured, the environment set them or the threads)."""
+    busy = os.environ.get(runtime.BUSY_SEEN)
     return {'engine': os.environ.get(runtime.ENGINE, runtime.DEFAULT[runtime.ENGINE]),
             'omp_wait_policy': os.environ.get(runtime.WAIT), 'omp_threads': runtime.threads(),
             'sampler': sampler.name(), 'channel_block': getattr(model, 'channel_block', 1),
-            'input_dense': getattr(model, 'input_dense', None)}
+            'input_dense': getattr(model, 'input_dense', None),
+            'busy_cores': int(busy) if busy else None}
 
 
 def kept_epoch(out):
@@ -425,7 +428,7 @@ def train(config, opts, argv, kvstore='device', watchdog=None):
         rundir.save_epoch(opts.out, 0, rows, model.save_params, model.save_states)  # for Ctrl-C
         snapshot(model, test_x[:16], opts.out, 0, warned)
 
-    workers = getattr(kvstore, 'num_workers', 1)
+    workers, settings = getattr(kvstore, 'num_workers', 1), execution(model)
     print(f'{config.display_name} ({config.api} API'
           + (f', {config.precision} classifier' if config.precision != 'float32' else '')
           + (' (--precision auto on this CPU)' if config.precision != 'float32'
@@ -435,10 +438,12 @@ def train(config, opts, argv, kvstore='device', watchdog=None):
           f'of {train_x.shape[2]}x{train_x.shape[3]}, ctx {",".join(map(str, ctx))}'
           + (f', worker {kvstore.rank} of {workers}' if workers > 1 else '')
           + ', {engine}, OpenMP {omp_threads} threads {omp_wait_policy}, {sampler}'.format(
-              **execution(model))
+              **settings)
           + (f', channels in {model.channel_block}s'
              if getattr(model, 'channel_block', 1) > 1 else '')
-          + (f', input layer {model.input_dense}' if getattr(model, 'input_dense', None) else ''),
+          + (f', input layer {model.input_dense}' if getattr(model, 'input_dense', None) else '')
+          + (f', chosen with {settings["busy_cores"]} core(s) busy'
+             if settings['busy_cores'] else ''),
           flush=True)   # seen at once in a worker's log
     if writer:
         print('epoch  train_loss  test_loss  test_acc      lr  imgs/s  epoch_s')

@@ -4,6 +4,7 @@
     python benchmarks/bench_train.py --side-by-side         # and one single-threaded process per core
     python benchmarks/bench_train.py --workloads default,rts-st-cnn-affine --cores 2 --repeats 5
     python benchmarks/bench_train.py --workloads rts-cnn,tc-cnn --precision bfloat16
+    python benchmarks/bench_train.py --workloads default --cores 2 --busy   # a core kept busy
 
 Every measurement runs in a fresh process, held to the first N usable cores (as taskset
 would: a host with N cores). stn-gluon runs at its defaults there: the engine, wait policy
@@ -25,6 +26,7 @@ timed when torch imports (pip install -r requirements-bench.txt); they are not n
 otherwise.
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -135,10 +137,25 @@ def parser():
     p.add_argument('--no-torch', action='store_true', help='time stn-gluon only')
     p.add_argument('--precision', choices=['auto', 'float32', 'bfloat16'], default='auto',
                    help='train.py\'s --precision for stn-gluon (PyTorch stays float32)')
+    p.add_argument('--busy', action='store_true',
+                   help='with another process spinning on the last usable core throughout (a '
+                        'busy machine): the settings chosen and both frameworks timed beside it')
     p.add_argument('--side-by-side', action='store_true',
                    help='also time one single-threaded process per core at once (total images/s) '
                         'against one process with a thread per core')
     return p
+
+
+@contextlib.contextmanager
+def spinning_on(core):
+    """Another process spinning on ``core`` while the block runs (a busy machine)."""
+    spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'],
+                               preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    try:
+        yield spinner
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def measure_all(args, workloads, counts, frameworks, flags, settings, cores):
@@ -225,7 +242,16 @@ def main(argv=None):
         p.error(f'--cores: this process may use 1 to {cores} cores')
     if args.side_by_side and cores not in counts:
         counts.append(cores)
+    if args.busy and cores < 2:
+        p.error('--busy: it keeps the last usable core busy, and this process may use only one')
     frameworks = ['mxnet'] + ([] if args.no_torch or not torch_available() else ['torch'])
+    with spinning_on(first_cores(cores)[-1]) if args.busy else contextlib.nullcontext():
+        if args.busy:
+            print(f'another process spins on core {first_cores(cores)[-1]} throughout', flush=True)
+        bench(args, workloads, counts, frameworks, cores)
+
+
+def bench(args, workloads, counts, frameworks, cores):
     from stngluon import runtime
     print(f'host: {host()}', flush=True)
     flags = resolved(workloads, args.precision)
@@ -234,8 +260,8 @@ def main(argv=None):
         print(f'stn-gluon\'s classifier in bfloat16 (train.py --precision {args.precision}'
               + (' on this CPU' if args.precision == 'auto' else '') + '): '
               + ', '.join(in_bfloat16) + '; PyTorch in float32', flush=True)
-    print('the execution settings train.py chooses (timed once per host and network, cached)...',
-          flush=True)
+    print('the execution settings train.py chooses (timed once per host, network and busy cores, '
+          'cached)...', flush=True)
     given = ENVIRON.get('OMP_NUM_THREADS')   # the environment's thread count, else chosen
     settings = {(w, n): runtime.chosen_for(flags[w], given, ENVIRON, first_cores(n))
                 for w in workloads for n in counts}

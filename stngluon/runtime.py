@@ -25,8 +25,11 @@ on the run's own network (a short training loop on random data, each in a fresh
 process, a few seconds in all; the two fastest once more, in turn) the first time a
 network kind trains on a host, and keeps the fastest in the user's cache folder, per
 host (CPU model and instruction sets, usable cores, MXNet version, the training loop's
-version) and network kind; later runs read it. The engine or wait policy set in the
-environment wins over the choice (and skips the measurement); OMP_NUM_THREADS set there
+version) and network kind, and per load: where the thread count is chosen on more than
+one core, the cores other programs keep busy when the run starts (``busy_cores``) are part
+of what a choice holds for, since spinning threads that share a core with another program
+run several times slower than one thread; later runs read it. The engine or wait policy
+set in the environment wins over the choice (and skips the measurement); OMP_NUM_THREADS set there
 fixes the thread count, and the other two are chosen for it; STN_INPUT_DENSE set there
 wins over the choice of the input layer (unset, and nothing chosen: builtin).
 A process of a distributed run (DMLC_ROLE set) keeps the threaded engine: the
@@ -50,6 +53,9 @@ CHOSEN = 'STN_SETTINGS_CHOSEN'   # set in a process that runs with its chosen se
 # STN_DEFAULTED, which child processes inherit with it: for them it is not given either, and
 # their choice stays theirs.
 DEFAULTED = 'STN_DEFAULTED'
+BUSY = 'STN_BUSY_CORES'          # given: how many cores to take as busy (else measured)
+BUSY_SEEN = 'STN_BUSY_SEEN'      # set by ``settle``: the busy cores its choice was for
+PROC_STAT = '/proc/stat'         # each core's time: busy, idle
 
 
 def configure():
@@ -201,6 +207,56 @@ def host_key():
             f'loop {LOOP_VERSION}')
 
 
+def busy_cores(seconds=0.15, samples=2):
+    """How many of this process's usable cores other processes keep busy, in whole cores
+    (rounded): the busy share of those cores' time in /proc/stat (all but idle and iowait;
+    the hypervisor's steal counts as busy) over ``samples`` spells of ``seconds``, this
+    process asleep meanwhile, the least of them (a moment's work of another program is not
+    a busy core); 0 where /proc/stat (PROC_STAT) cannot be read. $STN_BUSY_CORES, a whole
+    number, wins."""
+    cpus = os.sched_getaffinity(0)
+    if os.environ.get(BUSY):
+        try:
+            given_ = int(os.environ[BUSY])
+        except ValueError:
+            given_ = -1
+        if given_ < 0:
+            raise SystemExit(f'error: {BUSY}={os.environ[BUSY]!r} is not a whole number of '
+                             f'cores >= 0: unset it (measured when a run starts) or set it to '
+                             f'the cores other programs keep busy')
+        return min(given_, len(cpus))
+
+    def times():   # {cpu: (busy ticks, all ticks)} for the usable cores
+        out = {}
+        with open(PROC_STAT) as f:
+            for line in f:
+                name, *fields = line.split()
+                if name[:3] == 'cpu' and name[3:].isdigit() and int(name[3:]) in cpus:
+                    ticks = [int(v) for v in fields[:8]]
+                    out[name] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))
+        return out
+    shares = []
+    try:
+        for _ in range(samples):
+            before = times()
+            time.sleep(seconds)
+            after = times()
+            spent = sum(after[c][1] - before[c][1] for c in after)
+            shares.append(len(after) * sum(after[c][0] - before[c][0] for c in after) / spent
+                          if spent else 0.0)
+    except (OSError, ValueError, KeyError):
+        return 0
+    return min(int(min(shares) + 0.5), len(cpus))
+
+
+def situation():
+    """The busy cores (``busy_cores``) where they decide the choice, the thread count chosen
+    on more than one usable core; else None (not measured)."""
+    if THREADS in given() or len(os.sched_getaffinity(0)) < 2:
+        return None
+    return busy_cores()
+
+
 def read_cache(path):
     try:
         with open(path) as f:
@@ -210,11 +266,15 @@ def read_cache(path):
     return cache if isinstance(cache, dict) else {}
 
 
-def choose(network, measure, log=print, measure_dense=None):
+_MEASURED = object()
+
+
+def choose(network, measure, log=print, measure_dense=None, busy=_MEASURED):
     """The settings (a dict of ENGINE, WAIT and THREADS) for training ``network`` (a name of
     its kind) here: {} when the environment sets the engine or wait policy, else the cached
-    choice for this host and network, else the fastest of ``candidates()`` by
-    ``measure(settings) -> images/s`` (cached). For a network with an InputDense layer,
+    choice for this host, network and ``busy`` cores (default: ``situation()``; None or 0:
+    none), else the fastest of ``candidates()`` by ``measure(settings) -> images/s`` (timed
+    in the situation at hand, cached). For a network with an InputDense layer,
     ``measure_dense(settings) -> {DENSE value: images/s}``: the choice then holds DENSE too,
     the faster on the settings chosen, unless the environment sets it or the operator
     library is missing."""
@@ -222,14 +282,16 @@ def choose(network, measure, log=print, measure_dense=None):
         return {}
     candidates_ = candidates()
     dense = measure_dense is not None and DENSE not in os.environ and _library_built()
-    key, path = f'{host_key()} | {network}', cache_path()
+    busy = situation() if busy is _MEASURED else busy
+    while_busy = f'{busy} of {len(os.sched_getaffinity(0))} cores busy' if busy else ''
+    key, path = f'{host_key()} | {network}' + (f' | {while_busy}' if busy else ''), cache_path()
     cached = read_cache(path).get(key)
     if isinstance(cached, dict):
         settings = {k: v for k, v in cached.items() if k != DENSE}
         if settings in candidates_ and (not dense or cached.get(DENSE) in DENSES):
             return cached if dense else settings
-    log(f'timing {len(candidates_)} execution settings on {network} (once for this host; '
-        f'kept in {path})')
+    log(f'timing {len(candidates_)} execution settings on {network} (once for this host'
+        + (f' with {while_busy} by other programs' if busy else '') + f'; kept in {path})')
     rates = [(measure(c), k) for k, c in enumerate(candidates_)]
     if max(rates)[0] <= 0:   # nothing could be timed: MXNet's own settings, not kept
         log('  no candidate could be timed; using MXNet\'s defaults')
@@ -307,9 +369,9 @@ def measure_dense_in_child(flags, seconds=3.0):
 
 def chosen_for(flags, threads, environ=None, cpus=None):
     """The settings train.py would run ``flags``' network with on ``threads`` OpenMP threads
-    (None: as many as it chooses) here, or on the cores ``cpus`` only (``choose``: cached,
-    or timed now), asked of a fresh process with ``environ`` (default os.environ) so that
-    this one loads no MXNet with other settings."""
+    (None: as many as it chooses) here, or on the cores ``cpus`` only, with the load they
+    carry now (``choose``: cached, or timed now), asked of a fresh process with ``environ``
+    (default os.environ) so that this one loads no MXNet with other settings."""
     env = with_threads(environ or os.environ, threads)
     code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from stngluon import runtime; '
             f'runtime.configure(); from stngluon.config import RunConfig; '
@@ -401,12 +463,15 @@ def input_dense_rates(args, seconds, rounds=5):
 def settle(network, flags, log=print, input_dense=False):
     """In a script's main, before it trains: if the chosen settings differ from this
     process's, run the script again in their place with them (os.execve; MXNet reads
-    them when it loads). ``input_dense``: the network has an InputDense layer. Returns the
-    settings this process runs with."""
+    them when it loads). ``input_dense``: the network has an InputDense layer. The choice is
+    for the cores other programs keep busy now (``situation``), which $STN_BUSY_SEEN passes
+    on for config.json. Returns the settings this process runs with."""
     if os.environ.get(CHOSEN):
         return {k: os.environ.get(k) for k in (ENGINE, WAIT, THREADS, DENSE)}
+    busy = None if ENGINE in given() or WAIT in given() else situation()
+    os.environ[BUSY_SEEN] = '' if busy is None else str(busy)   # for config.json
     chosen = choose(network, measure_in_child(flags), log,
-                    measure_dense_in_child(flags) if input_dense else None)
+                    measure_dense_in_child(flags) if input_dense else None, busy)
     current = {ENGINE: os.environ.get(ENGINE, DEFAULT[ENGINE]),
                WAIT: os.environ.get(WAIT, DEFAULT[WAIT]), THREADS: os.environ.get(THREADS),
                DENSE: os.environ.get(DENSE)}

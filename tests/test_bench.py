@@ -80,6 +80,17 @@ def test_an_unknown_workload_is_a_usage_error(capsys):
     assert 'unknown workloads' in capsys.readouterr().err
 
 
+def test_a_busy_bench_keeps_a_process_spinning_on_the_last_core_until_it_ends(monkeypatch, capsys):
+    core = sorted(os.sched_getaffinity(0))[-1]
+    with bench_train.spinning_on(core) as spinner:
+        assert spinner.poll() is None and os.sched_getaffinity(spinner.pid) == {core}
+    assert spinner.poll() is not None
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0})
+    with pytest.raises(SystemExit):   # nothing left to time beside it
+        bench_train.main(['--busy'])
+    assert 'may use only one' in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('workload', bench_train.TABLE1_KINDS)
 def test_the_pytorch_twins_have_our_parameter_counts(workload):
     pytest.importorskip('torch')

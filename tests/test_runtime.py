@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -19,10 +20,11 @@ FASTEST = {**NAIVE_PASSIVE, runtime.THREADS: '1'}   # Timer's
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """A cache file of the test's own, two usable cores, and an environment that sets none
-    of the settings."""
+    """A cache file of the test's own, two usable cores, none of them busy, and an
+    environment that sets none of the settings."""
     path = tmp_path / 'settings.json'
     monkeypatch.setenv('STN_SETTINGS_CACHE', str(path))
+    monkeypatch.setenv(runtime.BUSY, '0')
     for name in (runtime.ENGINE, runtime.WAIT, runtime.THREADS, runtime.DEFAULTED, runtime.DENSE,
                  'DMLC_ROLE'):
         monkeypatch.delenv(name, raising=False)
@@ -117,6 +119,108 @@ def test_another_host_or_mxnet_version_or_thread_count_measures_again(cache, mon
     first = len(timer.calls)
     runtime.choose('net', timer, log=lambda _: None)
     assert len(timer.calls) > first and len(json.loads(cache.read_text())) == 2
+
+
+def test_a_choice_made_while_other_programs_keep_a_core_busy_is_kept_apart_from_the_idle_one(
+        cache, monkeypatch):
+    """Spinning threads that share a core with another program run several times slower than
+    one thread: a run that starts while a core is busy times the settings as they run then,
+    under a key of its own, and leaves the idle machine's choice as it was."""
+    logged = []
+    idle = runtime.choose('net', Timer(), log=lambda _: None)
+    monkeypatch.setenv(runtime.BUSY, '1')
+
+    def one_thread_fastest(settings):   # what the timings give with a core busy
+        return 200 if settings == {runtime.ENGINE: 'ThreadedEnginePerDevice',
+                                   runtime.WAIT: 'PASSIVE', runtime.THREADS: '1'} else 100
+    busy = runtime.choose('net', one_thread_fastest, log=logged.append)
+    assert busy[runtime.THREADS] == '1' and busy != idle
+    assert 'with 1 of 2 cores busy by other programs' in logged[0]
+    keys = list(json.loads(cache.read_text()))
+    assert len(keys) == 2 and keys[1] == keys[0] + ' | 1 of 2 cores busy'
+    timer = Timer()
+    assert runtime.choose('net', timer, log=lambda _: None) == busy   # each from the cache
+    monkeypatch.setenv(runtime.BUSY, '0')
+    assert runtime.choose('net', timer, log=lambda _: None) == idle and timer.calls == []
+
+
+def test_the_load_is_not_measured_where_the_thread_count_is_given_or_there_is_one_core(
+        cache, monkeypatch):
+    monkeypatch.delenv(runtime.BUSY)
+    monkeypatch.setattr(runtime, 'busy_cores', lambda: pytest.fail('the load was measured'))
+    monkeypatch.setenv(runtime.THREADS, '2')
+    assert runtime.situation() is None
+    monkeypatch.delenv(runtime.THREADS)
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0})
+    assert runtime.situation() is None
+
+
+def proc_stat(*cores):
+    """/proc/stat's text for cores given as (busy ticks, idle ticks): user, nice, system,
+    idle, iowait, irq, softirq, steal, guest, guest_nice, the busy ticks split among user,
+    system and steal, guest counted within user as the kernel does."""
+    lines = ['cpu  0 0 0 0 0 0 0 0 0 0']
+    for k, (busy, idle) in enumerate(cores):
+        lines.append(f'cpu{k} {busy - busy // 2 - busy // 4} 0 {busy // 2} {idle - idle // 3} '
+                     f'{idle // 3} 0 0 {busy // 4} 1 0')
+    return '\n'.join(lines + ['intr 0', 'ctxt 0']) + '\n'
+
+
+@pytest.mark.parametrize('readings, busy', [
+    ([(0, 0), (0, 0), (0, 0)], 0),       # idle
+    ([(0, 0), (15, 0), (30, 0)], 1),     # another program on core 0
+    ([(0, 0), (15, 15), (30, 30)], 2),   # on both
+    ([(0, 0), (8, 0), (16, 0)], 1),      # on half of a core: rounded up
+    ([(0, 0), (4, 0), (8, 0)], 0),       # on a quarter of one: none
+    ([(0, 0), (15, 0), (15, 0)], 0),     # busy in one spell only: a moment's work
+])
+def test_the_busy_cores_are_the_share_of_their_time_other_programs_take(
+        tmp_path, monkeypatch, readings, busy):
+    """Two usable cores timed over two spells of 15 ticks each: ``readings`` gives the busy
+    ticks of core 0 and core 1 since the start, at the start and after each spell."""
+    monkeypatch.delenv(runtime.BUSY, raising=False)
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1})
+    stat = tmp_path / 'stat'
+    monkeypatch.setattr(runtime, 'PROC_STAT', str(stat))
+    spells = iter(enumerate(readings))
+
+    def next_reading(_=None):   # a spell passes while busy_cores sleeps
+        k, (busy0, busy1) = next(spells)
+        stat.write_text(proc_stat((busy0, 15 * k - busy0), (busy1, 15 * k - busy1)))
+    next_reading()
+    monkeypatch.setattr(runtime.time, 'sleep', next_reading)
+    assert runtime.busy_cores(samples=2) == busy
+
+
+def test_the_busy_cores_given_win_and_a_bad_value_says_what_to_set(monkeypatch):
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1})
+    monkeypatch.setattr(runtime, 'PROC_STAT', '/nonexistent/stat')
+    monkeypatch.delenv(runtime.BUSY, raising=False)
+    assert runtime.busy_cores() == 0   # nothing to read: taken as idle
+    monkeypatch.setenv(runtime.BUSY, '1')
+    assert runtime.busy_cores() == 1
+    monkeypatch.setenv(runtime.BUSY, '5')
+    assert runtime.busy_cores() == 2   # at most the usable cores
+    for bad in ('one', '-1'):
+        monkeypatch.setenv(runtime.BUSY, bad)
+        with pytest.raises(SystemExit, match='STN_BUSY_CORES.*whole number of cores'):
+            runtime.busy_cores()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason='needs two usable cores')
+def test_a_program_spinning_on_one_of_two_cores_makes_one_busy_core(monkeypatch):
+    """The real /proc/stat, with a process spinning on one of this process's cores."""
+    monkeypatch.delenv(runtime.BUSY, raising=False)
+    two = sorted(os.sched_getaffinity(0))[:2]
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(two))
+    spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'],
+                               preexec_fn=lambda: os.sched_setaffinity(0, {two[1]}))
+    try:
+        time.sleep(0.2)   # started and spinning
+        assert runtime.busy_cores() >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_the_cpu_is_named_with_its_generation(monkeypatch):
@@ -272,7 +376,8 @@ def test_train_py_runs_with_the_cached_choice_and_records_it(tmp_path):
     assert rundir.read_config(str(out))['execution'] == {
         'engine': 'NaiveEngine', 'omp_wait_policy': 'PASSIVE', 'omp_threads': 1,
         'sampler': sampler.name(), 'channel_block': 1,   # the library's where built; LeNet pads nothing
-        'input_dense': None}   # LeNet's first layer is a convolution
+        'input_dense': None,   # LeNet's first layer is a convolution
+        'busy_cores': 0}   # chosen for an idle machine (conftest: STN_BUSY_CORES=0)
 
 
 @needs_mnist
