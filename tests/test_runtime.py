@@ -158,11 +158,11 @@ def test_the_load_is_not_measured_where_the_thread_count_is_given_or_there_is_on
 def proc_stat(*cores):
     """/proc/stat's text for cores given as (busy ticks, idle ticks): user, nice, system,
     idle, iowait, irq, softirq, steal, guest, guest_nice, the busy ticks split among user,
-    system and steal, guest counted within user as the kernel does."""
+    system and steal, the idle ones between idle and iowait."""
     lines = ['cpu  0 0 0 0 0 0 0 0 0 0']
     for k, (busy, idle) in enumerate(cores):
         lines.append(f'cpu{k} {busy - busy // 2 - busy // 4} 0 {busy // 2} {idle - idle // 3} '
-                     f'{idle // 3} 0 0 {busy // 4} 1 0')
+                     f'{idle // 3} 0 0 {busy // 4} 0 0')
     return '\n'.join(lines + ['intr 0', 'ctxt 0']) + '\n'
 
 
