@@ -266,15 +266,12 @@ def read_cache(path):
     return cache if isinstance(cache, dict) else {}
 
 
-_MEASURED = object()
-
-
-def choose(network, measure, log=print, measure_dense=None, busy=_MEASURED):
+def choose(network, measure, log=print, measure_dense=None, busy=None):
     """The settings (a dict of ENGINE, WAIT and THREADS) for training ``network`` (a name of
     its kind) here: {} when the environment sets the engine or wait policy, else the cached
-    choice for this host, network and ``busy`` cores (default: ``situation()``; None or 0:
-    none), else the fastest of ``candidates()`` by ``measure(settings) -> images/s`` (timed
-    in the situation at hand, cached). For a network with an InputDense layer,
+    choice for this host, network and ``busy`` cores (None: ``situation()``'s; 0: none),
+    else the fastest of ``candidates()`` by ``measure(settings) -> images/s`` (timed in the
+    situation at hand, cached). For a network with an InputDense layer,
     ``measure_dense(settings) -> {DENSE value: images/s}``: the choice then holds DENSE too,
     the faster on the settings chosen, unless the environment sets it or the operator
     library is missing."""
@@ -282,7 +279,7 @@ def choose(network, measure, log=print, measure_dense=None, busy=_MEASURED):
         return {}
     candidates_ = candidates()
     dense = measure_dense is not None and DENSE not in os.environ and _library_built()
-    busy = situation() if busy is _MEASURED else busy
+    busy = situation() if busy is None else busy
     while_busy = f'{busy} of {len(os.sched_getaffinity(0))} cores busy' if busy else ''
     key, path = f'{host_key()} | {network}' + (f' | {while_busy}' if busy else ''), cache_path()
     cached = read_cache(path).get(key)
