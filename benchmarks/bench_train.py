@@ -245,9 +245,10 @@ def main(argv=None):
     if args.busy and cores < 2:
         p.error('--busy: it keeps the last usable core busy, and this process may use only one')
     frameworks = ['mxnet'] + ([] if args.no_torch or not torch_available() else ['torch'])
-    with spinning_on(first_cores(cores)[-1]) if args.busy else contextlib.nullcontext():
+    last = first_cores(cores)[-1]
+    with spinning_on(last) if args.busy else contextlib.nullcontext():
         if args.busy:
-            print(f'another process spins on core {first_cores(cores)[-1]} throughout', flush=True)
+            print(f'another process spins on core {last} throughout', flush=True)
         bench(args, workloads, counts, frameworks, cores)
 
 

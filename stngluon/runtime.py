@@ -281,14 +281,14 @@ def choose(network, measure, log=print, measure_dense=None, busy=None):
     dense = measure_dense is not None and DENSE not in os.environ and _library_built()
     busy = situation() if busy is None else busy
     while_busy = f'{busy} of {len(os.sched_getaffinity(0))} cores busy' if busy else ''
-    key, path = f'{host_key()} | {network}' + (f' | {while_busy}' if busy else ''), cache_path()
+    key, path = f'{host_key()} | {network}' + (f' | {while_busy}' if while_busy else ''), cache_path()
     cached = read_cache(path).get(key)
     if isinstance(cached, dict):
         settings = {k: v for k, v in cached.items() if k != DENSE}
         if settings in candidates_ and (not dense or cached.get(DENSE) in DENSES):
             return cached if dense else settings
     log(f'timing {len(candidates_)} execution settings on {network} (once for this host'
-        + (f' with {while_busy} by other programs' if busy else '') + f'; kept in {path})')
+        + (f' with {while_busy} by other programs' if while_busy else '') + f'; kept in {path})')
     rates = [(measure(c), k) for k, c in enumerate(candidates_)]
     if max(rates)[0] <= 0:   # nothing could be timed: MXNet's own settings, not kept
         log('  no candidate could be timed; using MXNet\'s defaults')

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from benchmarks.bench_train import spinning_on
 from stngluon import rundir, runtime, sampler
 from stngluon.config import RunConfig
 from test_mnist import REAL_DIR, needs_mnist
@@ -213,14 +214,9 @@ def test_a_program_spinning_on_one_of_two_cores_makes_one_busy_core(monkeypatch)
     monkeypatch.delenv(runtime.BUSY, raising=False)
     two = sorted(os.sched_getaffinity(0))[:2]
     monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: set(two))
-    spinner = subprocess.Popen([sys.executable, '-c', 'while True: pass'],
-                               preexec_fn=lambda: os.sched_setaffinity(0, {two[1]}))
-    try:
+    with spinning_on(two[1]):
         time.sleep(0.2)   # started and spinning
         assert runtime.busy_cores() >= 1
-    finally:
-        spinner.kill()
-        spinner.wait()
 
 
 def test_the_cpu_is_named_with_its_generation(monkeypatch):
