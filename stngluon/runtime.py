@@ -281,7 +281,8 @@ def choose(network, measure, log=print, measure_dense=None, busy=None):
     dense = measure_dense is not None and DENSE not in os.environ and _library_built()
     busy = situation() if busy is None else busy
     while_busy = f'{busy} of {len(os.sched_getaffinity(0))} cores busy' if busy else ''
-    key, path = f'{host_key()} | {network}' + (f' | {while_busy}' if while_busy else ''), cache_path()
+    key = f'{host_key()} | {network}' + (f' | {while_busy}' if while_busy else '')
+    path = cache_path()
     cached = read_cache(path).get(key)
     if isinstance(cached, dict):
         settings = {k: v for k, v in cached.items() if k != DENSE}
