@@ -17,10 +17,13 @@ rounds of --steps steps until a second has gone (a slow network's single round m
 longer), and so is train.py's own loop (``engine.GluonModel.fit_epoch``, feeding
 included), as the rate it reports in metrics.csv, in passes over as many random images as
 --steps steps take or a second's worth if more (up to 20,000), after one untimed pass; a
-process times its columns --rounds times in turn and gives their medians. The two
-frameworks alternate, workload by workload, repeat by repeat, and the table gives the
-median images/s of the repeats, the peak resident memory of each process and the ratio
-stn-gluon / PyTorch. The PyTorch twins (same layers, same parameter count, which is
+process times its columns --rounds times in turn and gives their medians and the median of
+the loop's ratio to the step round by round. The two frameworks alternate, workload by
+workload, repeat by repeat, and the table gives the median images/s of the repeats, the
+peak resident memory of each process, the loop against the step (the median of the
+repeats'), and the ratio stn-gluon / PyTorch: the median of each repeat's ratio (its two
+processes run one after the other, so that a drift of the host's speed over the minutes
+between repeats cancels out of it), with their range. The PyTorch twins (same layers, same parameter count, which is
 checked; the same Adam with the localisation at --loc-lr-mult's rate) are
 timed when torch imports (pip install -r requirements-bench.txt); they are not needed
 otherwise.
@@ -169,7 +172,8 @@ def measure_all(args, workloads, counts, frameworks, flags, settings, cores):
                     r = child(framework, flags[workload], n, args.warmup, args.steps,
                               args.rounds, settings[(workload, n)])
                     if r:
-                        results.setdefault((workload, n, framework), []).append(r)
+                        results.setdefault((workload, n, framework), []).append(
+                            dict(r, repeat=repeat))
             if args.side_by_side:
                 total = side_by_side(flags[workload], cores, args.warmup, args.steps,
                                      args.rounds, settings[(workload, 'side')])
@@ -178,21 +182,31 @@ def measure_all(args, workloads, counts, frameworks, flags, settings, cores):
     return results
 
 
+def paired(results, workload, t):
+    """The ratios stn-gluon / PyTorch of each repeat that timed both, in order: the two
+    processes of a repeat run one after the other."""
+    torch = {r['repeat']: r['imgs_per_s'] for r in results.get((workload, t, 'torch'), [])}
+    return [r['imgs_per_s'] / torch[r['repeat']]
+            for r in results.get((workload, t, 'mxnet'), []) if r['repeat'] in torch]
+
+
 def table_row(workload, t, frameworks, results, settings):
-    """One line of the table: medians, peak MB, the loop against the step, the ratio."""
-    row, rates = f'{workload:20s} {t:7d} {label(settings[(workload, t)]):>19s}', {}
+    """One line of the table: medians, peak MB, the loop against the step (the median of
+    each round's ratio), the ratio (the median of each repeat's) and its range."""
+    row = f'{workload:20s} {t:7d} {label(settings[(workload, t)]):>19s}'
     for framework in frameworks:
         runs = results.get((workload, t, framework))
         if not runs:
-            row += f' {"failed":>16s}'
+            row += f' {"failed":>16s}' + (f' {"":13s} {"":9s}' if framework == 'mxnet' else '')
             continue
-        rates[framework] = statistics.median(r['imgs_per_s'] for r in runs)
-        row += f' {rates[framework]:8,.0f} ({max(r["peak_mb"] for r in runs):4.0f})'
+        rate = statistics.median(r['imgs_per_s'] for r in runs)
+        row += f' {rate:8,.0f} ({max(r["peak_mb"] for r in runs):4.0f})'
         if framework == 'mxnet':
             loop = statistics.median(r['loop_imgs_per_s'] for r in runs)
-            row += f' {loop:13,.0f} {loop / rates[framework]:9.2f}'
-    if len(rates) == 2:
-        row += f' {rates["mxnet"] / rates["torch"]:6.2f}'
+            row += f' {loop:13,.0f} {statistics.median(r["loop_per_step"] for r in runs):9.2f}'
+    ratios = paired(results, workload, t)
+    if ratios:
+        row += f' {statistics.median(ratios):6.2f} {min(ratios):5.2f}-{max(ratios):4.2f}'
         mx_params = results[(workload, t, 'mxnet')][0]['params']
         torch_params = results[(workload, t, 'torch')][0]['params']
         if mx_params != torch_params:
@@ -213,7 +227,8 @@ def print_table(workloads, counts, frameworks, results, settings):
           + ('; the FCN\'s input layer (STN_INPUT_DENSE): ' + ', '.join(layers) if layers else ''))
     header = (f'{"workload":20s} {"cores":>7s} {"settings":>19s} {"stn-gluon":>16s} '
               f'{"train.py loop":>13s} {"loop/step":>9s}')
-    print(header + (f' {"PyTorch":>16s} {"ratio":>6s}' if 'torch' in frameworks else ''))
+    print(header + (f' {"PyTorch":>16s} {"ratio":>6s} {"range":>10s}' if 'torch' in frameworks
+                    else ''))
     for workload in workloads:
         for t in counts:
             print(table_row(workload, t, frameworks, results, settings), flush=True)

@@ -46,14 +46,27 @@ def config_of(flags):
 SECONDS, LOOP_IMAGES, ROUNDS = 1.0, 20_000, 3
 
 
-def medians(timers, rounds=ROUNDS):
-    """{name: the median of ``rounds`` calls of timer()}, the timers called in turn, round
-    by round: a slow spell of the host weighs on one round of each, not on one column."""
+def in_turn(timers, rounds=ROUNDS):
+    """{name: [each round's value]} of ``rounds`` calls of each timer(), the timers called
+    in turn, round by round: a slow spell of the host weighs on one round of each, not on
+    one column."""
     runs = {name: [] for name in timers}
     for _ in range(rounds):
         for name, timer in timers.items():
             runs[name].append(timer())
-    return {name: statistics.median(values) for name, values in runs.items()}
+    return runs
+
+
+def medians(timers, rounds=ROUNDS):
+    """{name: the median of ``rounds`` calls of timer()}, the timers called in turn."""
+    return {name: statistics.median(values) for name, values in in_turn(timers, rounds).items()}
+
+
+def paired_median(numerators, denominators):
+    """The median of the ratios of values timed side by side (the same round or repeat):
+    a drift of the host's speed between rounds cancels out of each ratio, where it would
+    stay in a ratio of two medians."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
 
 
 def time_steps(step, batch, warmup, steps, sync):
@@ -113,9 +126,11 @@ def measure_mxnet(flags, warmup, steps, rounds=ROUNDS):
             model.fit_epoch(2, x, y)
             seen += images
         return seen / (time.perf_counter() - start)
-    rates = medians({'step': lambda: time_steps(step, shape[0], 0, steps, mx.nd.waitall),
-                     'loop': loop}, rounds)
-    return {'imgs_per_s': rates['step'], 'loop_imgs_per_s': rates['loop'],
+    runs = in_turn({'step': lambda: time_steps(step, shape[0], 0, steps, mx.nd.waitall),
+                    'loop': loop}, rounds)
+    return {'imgs_per_s': statistics.median(runs['step']),
+            'loop_imgs_per_s': statistics.median(runs['loop']),
+            'loop_per_step': paired_median(runs['loop'], runs['step']),   # round by round
             'params': model.num_params, 'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}',
             'sampler': sampler.name(), 'input_dense': model.input_dense}
 

@@ -74,6 +74,30 @@ def test_a_process_times_its_columns_in_turn_and_gives_their_medians():
     assert calls == ['step', 'loop'] * 3
 
 
+def test_a_ratio_of_columns_timed_side_by_side_is_the_median_of_each_rounds_ratio():
+    """The host ran at half speed in the second round: each round's loop / step is 0.9, where
+    the ratio of the two columns' medians would read 0.95."""
+    steps, loops = [10.0, 10.0, 20.0], [9.0, 9.5, 18.0]
+    assert workloads.paired_median(loops, steps) == pytest.approx(0.9)
+    assert workloads.in_turn({'step': iter(steps).__next__, 'loop': iter(loops).__next__}, 3) \
+        == {'step': steps, 'loop': loops}
+    with pytest.raises(ValueError):
+        workloads.paired_median([1.0], [1.0, 2.0])
+
+
+def test_the_ratio_to_pytorch_pairs_the_two_processes_of_each_repeat():
+    """A repeat in which one framework failed drops out of the ratio rather than pairing
+    the other's run with a later repeat's."""
+    def runs(rates):
+        return [dict(imgs_per_s=v, loop_imgs_per_s=v, loop_per_step=1.0, peak_mb=1, params=5,
+                     repeat=i) for i, v in rates]
+    results = {('w', 1, 'mxnet'): runs([(0, 30.0), (1, 40.0), (2, 12.0)]),
+               ('w', 1, 'torch'): runs([(0, 20.0), (2, 10.0)])}
+    assert bench_train.paired(results, 'w', 1) == [1.5, 1.2]
+    row = bench_train.table_row('w', 1, ['mxnet', 'torch'], results, {('w', 1): None}).split()
+    assert row[-2:] == ['1.35', '1.20-1.50']   # the median of the pairs' ratios, their range
+
+
 def test_an_unknown_workload_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         bench_train.main(['--workloads', 'vgg'])
