@@ -14,7 +14,7 @@ train: $(VENV) ops
 test: $(VENV) ops
 	$(VENV)/bin/python -m pytest -q tests
 
-# The operator library (stngluon/ops.py: the threaded sampler, the one-pass standardisation, the fused Adam, the FCN's input layer): g++ and the mxnet wheel's headers; where it
+# The operator library (stngluon/ops.py: the threaded sampler, the one-pass standardisation, the fused Adam, the 2x2 average pooling, the FCN's input layer): g++ and the mxnet wheel's headers; where it
 # cannot be built, training uses MXNet's own operators (same results) and make goes on.
 ops: $(VENV)
 	-$(VENV)/bin/python -m stngluon.ops

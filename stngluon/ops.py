@@ -6,10 +6,11 @@ ships the headers to build one (``mxnet/include``, ``mxnet/src/lib_api.cc``). Ou
     stn_bilinear_sampler   BilinearSampler with the batch across OpenMP threads (sampler.py)
     stn_standardise        (x - mean) / std in one pass, for _minus_scalar and _div_scalar (net.py)
     stn_adam_update        adam_update for every parameter in one vectorised call (optim.py)
+    stn_avg_pool2          Pooling over 2x2 windows, stride 2, average (net.AvgPool2x2)
     stn_input_dense        FullyConnected on the network's input, without the input's gradient
                            (net.InputDense, where runtime.py measured it faster)
 
-the first three computing the same bits as the built-in operator they stand in for, the
+the first four computing the same bits as the built-in operator they stand in for, the
 last the same function (its sums in another order). ``portable`` gives an exported graph
 MXNet's own operators in their place. ``make ops`` (or
 ``python -m stngluon.ops``) compiles it with g++; where it is missing, older than its
@@ -90,12 +91,18 @@ def load():
 # the library's operators a graph may hold -> MXNet's own operator that computes the same
 BUILTIN = {'stn_bilinear_sampler': 'BilinearSampler',
            'stn_bilinear_sampler_grid_only': 'BilinearSampler',
-           'stn_input_dense': 'FullyConnected'}
+           'stn_input_dense': 'FullyConnected',
+           'stn_avg_pool2': 'Pooling'}
+# the attributes of nn.AvgPool2D(2, 2)'s Pooling node, which stn_avg_pool2 computes as
+AVG_POOL2 = {'count_include_pad': 'True', 'global_pool': 'False', 'kernel': '(2, 2)',
+             'layout': 'NCHW', 'pad': '(0, 0)', 'pool_type': 'avg',
+             'pooling_convention': 'valid', 'stride': '(2, 2)'}
 
 
 def portable(symbol_json):
     """An exported graph (JSON text) with MXNet's own operators only: each threaded sampler
-    named as ``BilinearSampler``, each ``stn_input_dense`` as ``FullyConnected`` (and
+    named as ``BilinearSampler``, each ``stn_avg_pool2`` as nn.AvgPool2D(2, 2)'s ``Pooling``,
+    each ``stn_input_dense`` as ``FullyConnected`` (and
     ``Activation`` where it has a ReLU: the same function, its sums in oneDNN's order), each
     ``stn_standardise`` node replaced by the
     ``_minus_scalar`` and ``_div_scalar`` nodes it computes as (the second keeps its name,
@@ -125,6 +132,8 @@ def portable(symbol_json):
                  'attrs': {'scalar': attrs['mean']}, 'inputs': node['inputs']}, 1)
             node = {'op': '_div_scalar', 'name': node['name'],
                     'attrs': {'scalar': attrs['std']}, 'inputs': [[len(nodes) - 1, 0, 0]]}
+        if node['op'] == 'stn_avg_pool2':
+            node['attrs'] = dict(AVG_POOL2)
         node['op'] = BUILTIN.get(node['op'], node['op'])
         where.append(len(nodes))
         add(node, rows[k + 1] - rows[k])
