@@ -172,15 +172,16 @@ def test_the_quick_starts_accuracy_is_the_committed_default_runs():
 
 
 def bench_rows():
-    """{(workload, cores): (stn-gluon, PyTorch, ratio)} of docs/bench_train.txt."""
+    """{(workload, cores): (stn-gluon, PyTorch, ratio, the repeats' range)} of
+    docs/bench_train.txt."""
     rows = {}
     with open(os.path.join(ROOT, 'docs', 'bench_train.txt')) as f:
         for line in f:
             m = re.match(r'([a-z][\w-]+)\s+(\d)\s+\w+ \w+(?: x\d+)?\s+([\d,]+) \(.*?\)\s+[\d,]+\s+[\d.]+'
-                         r'\s+([\d,]+) \(.*?\)\s+([\d.]+)$', line.strip())
+                         r'\s+([\d,]+) \(.*?\)\s+([\d.]+)\s+([\d.]+-[\d.]+)$', line.strip())
             if m:
-                name, threads, ours, torch, ratio = m.groups()
-                rows[name, int(threads)] = (ours, torch, ratio)
+                name, threads, ours, torch, ratio, spread = m.groups()
+                rows[name, int(threads)] = (ours, torch, ratio, spread)
     return rows
 
 
@@ -199,8 +200,8 @@ def test_the_speed_tables_are_the_committed_benchmark_output():
         speed = f.read().split('## The benchmark')[1].split('\n\n| network |')[1]
     table = [line.split('|') for line in speed.split('\n\n')[0].splitlines()[2:]]
     expected = [rows[k] for k in rows]
-    assert [(r[4].split(' (')[0].strip(), r[7].split(' (')[0].strip(), r[8].strip(' *'))
-            for r in table] == expected
+    assert [(r[4].split(' (')[0].strip(), r[7].split(' (')[0].strip(), *re.fullmatch(
+        r' \*\*([\d.]+)\*\* \(([\d.]+-[\d.]+)\) ', r[8]).groups()) for r in table] == expected
 
 
 def test_every_test_file_is_in_the_testing_page():
