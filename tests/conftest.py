@@ -22,6 +22,22 @@ runtime.configure()   # as every script does, before MXNet loads
 QUICK = ['--train-size', '5000', '--epochs', '2', '--batch-size', '32']
 
 
+def bits(array):
+    """An NDArray's float32 values as their bit patterns (int32), for exact comparisons."""
+    return array.asnumpy().view('int32')
+
+
+def output_and_gradient(function, x, head):
+    """The bits of ``function(x)`` and of x's gradient under the output gradient ``head``."""
+    import mxnet as mx
+    x = x.copy()
+    x.attach_grad()
+    with mx.autograd.record():
+        y = function(x)
+    y.backward(head)
+    return bits(y), bits(x.grad)
+
+
 def metrics(out):
     return rundir.read_metrics(str(out))
 

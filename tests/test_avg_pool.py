@@ -15,21 +15,9 @@ from mxnet.gluon import nn
 
 import net
 from stngluon import ops
+from conftest import bits, output_and_gradient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def bits(array):
-    return array.asnumpy().view(np.int32)
-
-
-def output_and_gradient(function, x, head):
-    x = x.copy()
-    x.attach_grad()
-    with mx.autograd.record():
-        y = function(x)
-    y.backward(head)
-    return bits(y), bits(x.grad)
 
 
 @pytest.mark.parametrize('shape', [(64, 1, 42, 42), (256, 1, 60, 60), (3, 2, 7, 5), (1, 1, 2, 3)])

@@ -15,14 +15,10 @@ import mxnet as mx
 from mxnet import autograd, gluon
 
 from stngluon import ops, optim
-from conftest import brief_train_py
+from conftest import bits, brief_train_py
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def bits(array):
-    return array.asnumpy().view(np.int32)
 
 
 def test_a_library_older_than_its_sources_is_not_loaded(tmp_path):
