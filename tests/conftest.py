@@ -38,6 +38,16 @@ def output_and_gradient(function, x, head):
     return bits(y), bits(x.grad)
 
 
+def in_child(code, **env):
+    """stdout's last line of ``code`` run in a fresh Python (in the repository root) with
+    ``env`` added to the environment; the test fails with its stderr if it fails."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
+                          text=True, env=dict(os.environ, **env), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
 def metrics(out):
     return rundir.read_metrics(str(out))
 

@@ -3,8 +3,6 @@ nn.AvgPool2D(2, 2)'s Pooling forward and backward, Pooling wherever the library 
 and exported graphs holding Pooling itself (ops.portable)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from mxnet.gluon import nn
 
 import net
 from stngluon import ops
-from conftest import bits, output_and_gradient
+from conftest import bits, in_child, output_and_gradient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,10 +72,7 @@ def test_the_network_takes_it_where_the_library_loads_and_pooling_where_not(op_l
     np.save(tmp_path / 'x.npy', x.asnumpy())
     code = NET_CODE.format(root=ROOT, params=str(tmp_path / 'net.params'),
                            x=str(tmp_path / 'x.npy'))
-    done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, STN_OPS_LIBRARY=str(tmp_path / 'no.so')))
-    assert done.returncode == 0, done.stderr[-3000:]
-    loaded, graph, output, gradients = json.loads(done.stdout.strip().splitlines()[-1])
+    loaded, graph, output, gradients = json.loads(in_child(code, STN_OPS_LIBRARY=str(tmp_path / 'no.so')))
     assert not loaded and not any(op.startswith('stn_') for op in graph)
     np.testing.assert_array_equal(np.array(output, dtype=np.float32), y.asnumpy())
     for (name, p), gradient in zip(sorted(n.collect_params().items()), gradients, strict=True):

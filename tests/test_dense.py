@@ -17,6 +17,8 @@ import mxnet as mx
 import net
 from stngluon import ops, runtime
 
+from conftest import in_child
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (input shape, units): the RTS FCN's first layer; sizes that fill no tile or vector
 SHAPES = [((64, 1, 42, 42), 106), ((5, 3, 7), 9), ((33, 784), 157), ((2, 1, 60, 60), 68)]
@@ -160,11 +162,8 @@ def test_without_the_library_the_choice_falls_back_to_fully_connected(tmp_path):
     code = (f'import sys; sys.path.insert(0, {ROOT!r}); from stngluon import compat, ops; '
             f'import mxnet as mx, net; n = net.Net(model="fcn", transform="none", width=8); '
             f'n.initialize(); n(mx.nd.zeros((1, 1, 28, 28))); print(ops.load(), n.input_dense)')
-    done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, STN_INPUT_DENSE='library',
-                                                STN_OPS_LIBRARY=str(tmp_path / 'no.so')))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split()[-2:] == ['False', 'FullyConnected']
+    assert in_child(code, STN_INPUT_DENSE='library',
+                    STN_OPS_LIBRARY=str(tmp_path / 'no.so')).split() == ['False', 'FullyConnected']
 
 
 def test_portable_exports_it_as_fully_connected(op_library, monkeypatch):

@@ -3,8 +3,6 @@ MXNet's BilinearSampler forward and backward, the built-in operator wherever the
 is missing or stale or it is asked for, and exports that never need it."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from stngluon import compat  # noqa: F401
 import mxnet as mx
 
 from stngluon import sampler
-from conftest import brief_train_py
+from conftest import brief_train_py, in_child
 from test_mnist import REAL_DIR, needs_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,14 +21,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def threaded(op_library):
     """The threaded sampler, from the operator library (conftest.py)."""
     return getattr(mx.nd, sampler.OP)
-
-
-def in_child(code, **env):
-    """stdout of ``code`` run in a fresh Python with ``env`` added to the environment."""
-    done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, **env), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip().splitlines()[-1]
 
 
 def run(op, data, grid, head):

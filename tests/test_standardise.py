@@ -4,8 +4,6 @@ operators wherever the library is missing, and exported graphs holding MXNet's o
 operators only (ops.portable)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ import mxnet as mx
 
 import net
 from stngluon import ops
-from conftest import bits, output_and_gradient
+from conftest import bits, in_child, output_and_gradient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,10 +65,7 @@ def test_the_network_takes_it_where_the_library_loads_and_mxnets_operators_where
     np.save(tmp_path / 'x.npy', x.asnumpy())
     code = NET_CODE.format(root=ROOT, params=str(tmp_path / 'net.params'),
                            x=str(tmp_path / 'x.npy'))
-    done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, STN_OPS_LIBRARY=str(tmp_path / 'no.so')))
-    assert done.returncode == 0, done.stderr[-3000:]
-    loaded, graph, output = json.loads(done.stdout.strip().splitlines()[-1])
+    loaded, graph, output = json.loads(in_child(code, STN_OPS_LIBRARY=str(tmp_path / 'no.so')))
     assert not loaded and {'_minus_scalar', '_div_scalar'} <= set(graph)
     assert not any(op.startswith('stn_') for op in graph)
     np.testing.assert_array_equal(np.array(output, dtype=np.float32), expected)
