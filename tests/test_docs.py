@@ -171,37 +171,25 @@ def test_the_quick_starts_accuracy_is_the_committed_default_runs():
     assert f'**{100 * float(last["test_acc"]):.2f}%**' in quick_start
 
 
-def bench_rows():
-    """{(workload, cores): (stn-gluon, PyTorch, ratio, the repeats' range)} of
-    docs/bench_train.txt."""
-    rows = {}
-    with open(os.path.join(ROOT, 'docs', 'bench_train.txt')) as f:
-        for line in f:
-            m = re.match(r'([a-z][\w-]+)\s+(\d)\s+\w+ \w+(?: x\d+)?\s+([\d,]+) \(.*?\)\s+[\d,]+\s+[\d.]+'
-                         r'\s+([\d,]+) \(.*?\)\s+([\d.]+)\s+([\d.]+-[\d.]+)$', line.strip())
-            if m:
-                name, threads, ours, torch, ratio, spread = m.groups()
-                rows[name, int(threads)] = (ours, torch, ratio, spread)
-    return rows
-
-
 def test_the_speed_tables_are_the_committed_benchmark_output():
-    rows = bench_rows()
-    assert len(rows) == 18
-    readme = open(os.path.join(ROOT, 'README.md')).read().split('## Speed')[1].split('\n## ')[0]
-    shown = [line.split('|')[1:4] for line in readme.splitlines() if line.startswith('| ')][1:]
-    order = [['default'], ['rts-fcn', 'rts-st-fcn-affine'], ['rts-cnn', 'rts-st-cnn-affine'],
-             ['rts-st-cnn-attention', 'rts-st-cnn-projective', 'rts-st-cnn-tps'], ['tc-cnn']]
-    assert len(shown) == len(order)
-    for (_, one, two), names in zip(shown, order):
-        for threads, text in ((1, one), (2, two)):
-            assert text.strip().split(' / ') == [rows[n, threads][2] for n in names], names
-    with open(os.path.join(ROOT, 'docs', 'speed.md')) as f:
-        speed = f.read().split('## The benchmark')[1].split('\n\n| network |')[1]
-    table = [line.split('|') for line in speed.split('\n\n')[0].splitlines()[2:]]
-    expected = [rows[k] for k in rows]
-    assert [(r[4].split(' (')[0].strip(), r[7].split(' (')[0].strip(), *re.fullmatch(
-        r' \*\*([\d.]+)\*\* \(([\d.]+-[\d.]+)\) ', r[8]).groups()) for r in table] == expected
+    """README's and docs/speed.md's speed tables are what benchmarks/speed_tables.py makes
+    of docs/bench_train.txt: every Table 1 model kind on 1 and 2 cores."""
+    from benchmarks import speed_tables
+    with open(speed_tables.OUTPUT) as f:
+        rows, side, _, _ = speed_tables.parse(f.read())
+    assert {(r['name'], r['cores']) for r in rows} == {(n, c) for n in speed_tables.NAMES for c in '12'}
+    assert [s['name'] for s in side] == list(speed_tables.NAMES)
+    speed_tables.main(['--check'])   # exits (fails) where a table is not the output's
+
+
+def test_a_table_that_is_not_the_outputs_is_found(tmp_path, monkeypatch):
+    from benchmarks import speed_tables
+    readme = tmp_path / 'README.md'
+    with open(speed_tables.README) as f:
+        readme.write_text(f.read().replace('| TC CNN | ', '| TC CNN | 9.99 / ', 1))
+    monkeypatch.setattr(speed_tables, 'README', str(readme))
+    with pytest.raises(SystemExit, match='README.md'):
+        speed_tables.main(['--check'])
 
 
 def test_every_test_file_is_in_the_testing_page():
