@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "float32_only.h"
 #include "lib_api.h"
 
 using mxnet::ext::MXReturnValue;
@@ -29,7 +30,6 @@ using mxnet::ext::MXTensor;
 using mxnet::ext::OpResource;
 using mxnet::ext::MX_SUCCESS;
 using mxnet::ext::MX_FAIL;
-using mxnet::ext::kFloat32;
 
 typedef std::unordered_map<std::string, std::string> Attrs;
 
@@ -195,12 +195,7 @@ MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
 
 MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  if ((*in_types)[0] != kFloat32 || (*in_types)[1] != kFloat32) {
-    MX_ERROR_MSG << "stn_bilinear_sampler: data and grid must be float32";
-    return MX_FAIL;
-  }
-  (*out_types)[0] = kFloat32;
-  return MX_SUCCESS;
+  return float32_only(*in_types, out_types, "stn_bilinear_sampler: data and grid must be float32");
 }
 
 MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned int>>* in_shapes,

@@ -26,6 +26,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "float32_only.h"
 #include "lib_api.h"
 #include "share_out.h"
 
@@ -34,7 +35,6 @@ using mxnet::ext::MXTensor;
 using mxnet::ext::OpResource;
 using mxnet::ext::MX_SUCCESS;
 using mxnet::ext::MX_FAIL;
-using mxnet::ext::kFloat32;
 
 typedef std::unordered_map<std::string, std::string> Attrs;
 
@@ -209,14 +209,7 @@ MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
 
 MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  for (int type : *in_types) {
-    if (type != kFloat32) {
-      MX_ERROR_MSG << "stn_input_dense: x, weight and bias must be float32";
-      return MX_FAIL;
-    }
-  }
-  (*out_types)[0] = kFloat32;
-  return MX_SUCCESS;
+  return float32_only(*in_types, out_types, "stn_input_dense: x, weight and bias must be float32");
 }
 
 // x (N, ...) -> y (N, num_hidden); the weight's shape (num_hidden, K) follows from x's, as
