@@ -18,12 +18,14 @@ longer), and so is train.py's own loop (``engine.GluonModel.fit_epoch``, feeding
 included), as the rate it reports in metrics.csv, in passes over as many random images as
 --steps steps take or a second's worth if more (up to 20,000), after one untimed pass; a
 process times its columns --rounds times in turn and gives their medians and the median of
-the loop's ratio to the step round by round. The two frameworks alternate, workload by
-workload, repeat by repeat, and the table gives the median images/s of the repeats, the
-peak resident memory of each process, the loop against the step (the median of the
-repeats'), and the ratio stn-gluon / PyTorch: the median of each repeat's ratio (its two
-processes run one after the other, so that a drift of the host's speed over the minutes
-between repeats cancels out of it), with their range. The PyTorch twins (same layers, same parameter count, which is
+the loop's ratio to the step round by round. A repeat's two processes, stn-gluon's and
+PyTorch's, run at once and take turns, round by round (stn-gluon's step, PyTorch's step,
+stn-gluon's loop), the one not timing stopped: a round's two steps are timed within
+seconds of each other, in one spell of the host (on some hosts the two cores' link is 3x
+slower for seconds at a time, which moves two-thread rates by a quarter: docs/speed.md).
+The table gives the median images/s of the repeats, the peak resident memory of each
+process, the loop against the step (the median of the repeats'), and the ratio stn-gluon
+/ PyTorch: the median of the rounds' ratios of the steps, with their range. The PyTorch twins (same layers, same parameter count, which is
 checked; the same Adam with the localisation at --loc-lr-mult's rate) are
 timed when torch imports (pip install -r requirements-bench.txt); they are not needed
 otherwise.
@@ -32,18 +34,23 @@ import argparse
 import contextlib
 import json
 import os
+import select
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
 from benchmarks.workloads import (ENVIRON, ROOT, ROUNDS, SECONDS, TABLE1_KINDS,  # noqa: E402
-                                  WORKLOADS, config_of, host, medians, peak_mb, resolved,
-                                  time_steps)
+                                  TURN, WORKLOADS, config_of, host, in_turn, peak_mb, resolved,
+                                  take_turn, time_steps)
 
 
 
-def measure_torch(flags, warmup, steps, rounds=ROUNDS, wait_policy=None):
+def measure_torch(flags, warmup, steps, rounds=ROUNDS, turns=False, wait_policy=None):
+    """The PyTorch twin's step, timed ``rounds`` times (with ``turns``, each round when
+    given the turn, as measure_mxnet)."""
     args = config_of(flags)
     # PyTorch gets the wait policy the environment had (``wait_policy``), its own default
     # unless the user set one.
@@ -72,9 +79,9 @@ def measure_torch(flags, warmup, steps, rounds=ROUNDS, wait_policy=None):
     model.train()
     for _ in range(warmup):   # once; the rounds start warm
         step()
-    rate = medians({'step': lambda: time_steps(step, args.batch_size, 0, steps, lambda: None)},
-                   rounds)['step']
-    return {'imgs_per_s': rate, 'params': sum(p.numel() for p in model.parameters()),
+    rates = in_turn({'step': lambda: time_steps(step, args.batch_size, 0, steps, lambda: None)},
+                    rounds, take_turn if turns else lambda: None)['step']
+    return {'imgs_per_s': statistics.median(rates), 'step_rounds': rates, 'params': sum(p.numel() for p in model.parameters()),
             'peak_mb': peak_mb(), 'version': f'PyTorch {torch.__version__}'}
 
 
@@ -89,10 +96,11 @@ def first_cores(count):
     return sorted(os.sched_getaffinity(0))[:count]
 
 
-def child(framework, flags, cores, warmup, steps, rounds, settings=None, threads=None):
-    """One measurement in a fresh process on the first ``cores`` usable cores (stn-gluon's
-    with ``settings``, a dict of environment variables; on ``threads`` OpenMP threads if
-    given); its JSON result, or None if it failed."""
+def measuring(framework, flags, cores, warmup, steps, rounds, settings=None, threads=None,
+              turns=False):
+    """(command, environment, cores) of a process that measures ``framework`` on the first
+    ``cores`` usable cores (stn-gluon's with ``settings``, a dict of environment variables;
+    on ``threads`` OpenMP threads if given) and prints its JSON result last."""
     from stngluon import runtime
     env = runtime.with_threads(ENVIRON, threads) if threads else dict(ENVIRON)
     if framework == 'mxnet' and settings:
@@ -100,15 +108,108 @@ def child(framework, flags, cores, warmup, steps, rounds, settings=None, threads
     extra = f', wait_policy={ENVIRON.get("OMP_WAIT_POLICY")!r}' if framework == 'torch' else ''
     module = 'workloads' if framework == 'mxnet' else 'bench_train'
     code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from benchmarks import {module} as b; '
-            f'print(json.dumps(b.measure_{framework}({flags!r}, {warmup}, {steps}, {rounds}{extra})))')
-    cpus = first_cores(cores)
-    result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+            f'print(json.dumps(b.measure_{framework}({flags!r}, {warmup}, {steps}, {rounds}, '
+            f'{turns!r}{extra})))')
+    return [sys.executable, '-c', code], env, first_cores(cores)
+
+
+def child(framework, flags, cores, warmup, steps, rounds, settings=None, threads=None):
+    """One measurement in a fresh process (``measuring``); its JSON result, or None if it
+    failed."""
+    command, env, cpus = measuring(framework, flags, cores, warmup, steps, rounds, settings,
+                                   threads)
+    result = subprocess.run(command, env=env, capture_output=True, text=True,
                             timeout=900, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
     if result.returncode != 0:
         print(f'  {framework} {" ".join(flags)} on {cores} core(s) failed:\n{result.stderr[-2000:]}',
               file=sys.stderr)
         return None
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+class TurnTaker:
+    """A measuring process started with ``turns`` (workloads.take_turn), kept stopped
+    (SIGSTOP) but in its turns: ``turn()`` lets it time its next round."""
+
+    def __init__(self, framework, command, env, cpus, timeout=900):
+        self.framework, self.timeout, self.result = framework, timeout, None
+        self.errors = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self.errors, bufsize=0,
+                                        preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+        self.pending = b''
+        self.wait()   # its set-up and warm-up, alone
+
+    def wait(self):
+        """Until it is at its next turn (True) or has ended (its result read; False); then
+        it is stopped."""
+        while True:
+            while b'\n' not in self.pending:
+                ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
+                chunk = os.read(self.process.stdout.fileno(), 65536) if ready else b''
+                if not chunk:   # it ended, or said nothing for ``timeout`` seconds
+                    return self.end()
+                self.pending += chunk
+            line, self.pending = self.pending.split(b'\n', 1)
+            if line.decode().strip() == TURN:
+                self.process.send_signal(signal.SIGSTOP)
+                return True
+            with contextlib.suppress(ValueError):   # its result is the last line it prints
+                self.result = json.loads(line)
+
+    def turn(self):
+        """Let it time one round; False once it has ended."""
+        if self.process.poll() is not None:
+            return False
+        self.process.send_signal(signal.SIGCONT)
+        try:
+            self.process.stdin.write(b'\n')
+        except BrokenPipeError:
+            return self.end()
+        return self.wait()
+
+    def end(self):
+        self.process.send_signal(signal.SIGCONT)
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.result is None:
+            self.errors.seek(0)
+            print(f'  {self.framework} failed:\n{self.errors.read().decode()[-2000:]}',
+                  file=sys.stderr)
+        return False
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.errors.close()
+
+
+def taking_turns(flags, cores, warmup, steps, rounds, settings):
+    """stn-gluon's and PyTorch's measuring processes on the same cores at once, taking
+    turns round by round (each round: stn-gluon's step, PyTorch's, stn-gluon's loop; the
+    process not timing stopped): each round's pair of steps is timed seconds apart, in
+    one spell of the host. {'mxnet': result, 'torch': result}, None for one that failed."""
+    takers = {}
+    try:
+        for framework in ('mxnet', 'torch'):   # set up one after the other
+            takers[framework] = TurnTaker(framework, *measuring(
+                framework, flags, cores, warmup, steps, rounds, settings, turns=True))
+        ours, theirs = takers['mxnet'], takers['torch']
+        for _ in range(rounds):
+            for taker in (ours, theirs, ours):
+                taker.turn()
+        for taker in takers.values():   # each prints its result after its last round
+            while taker.turn():
+                pass
+        return {framework: taker.result for framework, taker in takers.items()}
+    finally:
+        for taker in takers.values():
+            taker.close()
 
 
 def side_by_side(flags, cores, warmup, steps, rounds, settings):
@@ -163,14 +264,18 @@ def spinning_on(core):
 
 def measure_all(args, workloads, counts, frameworks, flags, settings, cores):
     """{(workload, cores, framework): [each repeat's result]} and {(workload, 'side'):
-    [total images/s]}, the frameworks alternating within each repeat."""
+    [total images/s]}, the frameworks taking turns within each repeat."""
     results = {}
     for repeat in range(args.repeats):
         for workload in workloads:
             for n in counts:
-                for framework in frameworks:
-                    r = child(framework, flags[workload], n, args.warmup, args.steps,
-                              args.rounds, settings[(workload, n)])
+                if 'torch' in frameworks:
+                    runs = taking_turns(flags[workload], n, args.warmup, args.steps,
+                                        args.rounds, settings[(workload, n)])
+                else:
+                    runs = {'mxnet': child('mxnet', flags[workload], n, args.warmup,
+                                           args.steps, args.rounds, settings[(workload, n)])}
+                for framework, r in runs.items():
                     if r:
                         results.setdefault((workload, n, framework), []).append(
                             dict(r, repeat=repeat))
@@ -183,11 +288,11 @@ def measure_all(args, workloads, counts, frameworks, flags, settings, cores):
 
 
 def paired(results, workload, t):
-    """The ratios stn-gluon / PyTorch of each repeat that timed both, in order: the two
-    processes of a repeat run one after the other."""
-    torch = {r['repeat']: r['imgs_per_s'] for r in results.get((workload, t, 'torch'), [])}
-    return [r['imgs_per_s'] / torch[r['repeat']]
-            for r in results.get((workload, t, 'mxnet'), []) if r['repeat'] in torch]
+    """The ratios stn-gluon / PyTorch of the steps of each round of each repeat that timed
+    both, in order: the two processes of a repeat took turns, round by round."""
+    torch = {r['repeat']: r['step_rounds'] for r in results.get((workload, t, 'torch'), [])}
+    return [ours / theirs for r in results.get((workload, t, 'mxnet'), []) if r['repeat'] in torch
+            for ours, theirs in zip(r['step_rounds'], torch[r['repeat']], strict=True)]
 
 
 def table_row(workload, t, frameworks, results, settings):
@@ -285,7 +390,7 @@ def bench(args, workloads, counts, frameworks, cores):
         settings.update({(w, 'side'): runtime.chosen_for(flags[w], 1, ENVIRON) for w in workloads})
     print(f'{args.repeats} repeats; each: {args.warmup} steps, then rounds of {args.steps} until '
           f'{SECONDS:g} s have gone, {args.rounds} times (the step and the loop in turn); '
-          f'frameworks alternating; median images/s (peak MB)', flush=True)
+          f'the frameworks taking turns round by round; median images/s (peak MB)', flush=True)
     results = measure_all(args, workloads, counts, frameworks, flags, settings, cores)
     print_table(workloads, counts, frameworks, results, settings)
     if args.side_by_side:

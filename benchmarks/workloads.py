@@ -46,13 +46,26 @@ def config_of(flags):
 SECONDS, LOOP_IMAGES, ROUNDS = 1.0, 20_000, 3
 
 
-def in_turn(timers, rounds=ROUNDS):
+# What a measuring process that takes turns with another prints before each timed round
+# (take_turn); bench_train.py keeps it stopped until its turn comes.
+TURN = 'turn'
+
+
+def take_turn():
+    """Say on stdout that a timed round is next and wait for the go on stdin."""
+    print(TURN, flush=True)
+    if not sys.stdin.readline():
+        sys.exit('the benchmark that started this measuring process is gone')
+
+
+def in_turn(timers, rounds=ROUNDS, before=lambda: None):
     """{name: [each round's value]} of ``rounds`` calls of each timer(), the timers called
-    in turn, round by round: a slow spell of the host weighs on one round of each, not on
-    one column."""
+    in turn, round by round, each after ``before()``: a slow spell of the host weighs on
+    one round of each, not on one column."""
     runs = {name: [] for name in timers}
     for _ in range(rounds):
         for name, timer in timers.items():
+            before()
             runs[name].append(timer())
     return runs
 
@@ -86,7 +99,9 @@ def time_steps(step, batch, warmup, steps, sync):
             return done * batch / took
 
 
-def measure_mxnet(flags, warmup, steps, rounds=ROUNDS):
+def measure_mxnet(flags, warmup, steps, rounds=ROUNDS, turns=False):
+    """stn-gluon's step and train.py's loop on the network of train.py's ``flags``, timed in
+    turn ``rounds`` times (with ``turns``, each round when bench_train.py gives the turn)."""
     from stngluon import runtime
     runtime.configure()   # before MXNet loads
     from stngluon import compat  # noqa: F401  (the numpy shim, before mxnet)
@@ -127,8 +142,8 @@ def measure_mxnet(flags, warmup, steps, rounds=ROUNDS):
             seen += images
         return seen / (time.perf_counter() - start)
     runs = in_turn({'step': lambda: time_steps(step, shape[0], 0, steps, mx.nd.waitall),
-                    'loop': loop}, rounds)
-    return {'imgs_per_s': statistics.median(runs['step']),
+                    'loop': loop}, rounds, take_turn if turns else lambda: None)
+    return {'imgs_per_s': statistics.median(runs['step']), 'step_rounds': runs['step'],
             'loop_imgs_per_s': statistics.median(runs['loop']),
             'loop_per_step': paired_median(runs['loop'], runs['step']),   # round by round
             'params': model.num_params, 'peak_mb': peak_mb(), 'version': f'MXNet {mx.__version__}',

@@ -85,17 +85,77 @@ def test_a_ratio_of_columns_timed_side_by_side_is_the_median_of_each_rounds_rati
         workloads.paired_median([1.0], [1.0, 2.0])
 
 
-def test_the_ratio_to_pytorch_pairs_the_two_processes_of_each_repeat():
-    """A repeat in which one framework failed drops out of the ratio rather than pairing
-    the other's run with a later repeat's."""
+def test_the_ratio_to_pytorch_pairs_the_steps_of_each_round_of_each_repeat():
+    """The two processes of a repeat take turns round by round: each round's steps make a
+    pair. A repeat in which one framework failed drops out of the ratio rather than
+    pairing the other's rounds with a later repeat's."""
     def runs(rates):
-        return [dict(imgs_per_s=v, loop_imgs_per_s=v, loop_per_step=1.0, peak_mb=1, params=5,
-                     repeat=i) for i, v in rates]
-    results = {('w', 1, 'mxnet'): runs([(0, 30.0), (1, 40.0), (2, 12.0)]),
-               ('w', 1, 'torch'): runs([(0, 20.0), (2, 10.0)])}
-    assert bench_train.paired(results, 'w', 1) == [1.5, 1.2]
+        return [dict(imgs_per_s=sum(v) / len(v), step_rounds=v, loop_imgs_per_s=1.0,
+                     loop_per_step=1.0, peak_mb=1, params=5, repeat=i) for i, v in rates]
+    results = {('w', 1, 'mxnet'): runs([(0, [30.0, 15.0]), (1, [40.0, 40.0]), (2, [12.0, 11.0])]),
+               ('w', 1, 'torch'): runs([(0, [20.0, 10.0]), (2, [10.0, 10.0])])}
+    assert bench_train.paired(results, 'w', 1) == [1.5, 1.5, 1.2, 1.1]
     row = bench_train.table_row('w', 1, ['mxnet', 'torch'], results, {('w', 1): None}).split()
-    assert row[-2:] == ['1.35', '1.20-1.50']   # the median of the pairs' ratios, their range
+    assert row[-2:] == ['1.35', '1.10-1.50']   # the median of the pairs' ratios, their range
+
+
+def fake_measuring(fail_at=None):
+    """bench_train.measuring for processes that take turns as the real ones do (two timers
+    for stn-gluon, one for PyTorch), each round a 50 ms sleep whose span they report;
+    stn-gluon's fails before its round ``fail_at`` if given."""
+    def measuring(framework, flags, cores, warmup, steps, rounds, settings=None, threads=None,
+                  turns=False):
+        assert turns
+        names = ['step', 'loop'] if framework == 'mxnet' else ['step']
+        fail = fail_at if framework == 'mxnet' else None
+        code = f"""import sys, time, json; sys.path.insert(0, {ROOT!r})
+from benchmarks import workloads as w
+spans = []
+def timer():
+    if len(spans) == {fail!r}:
+        sys.exit('failed on purpose')
+    start = time.time(); time.sleep(0.05); spans.append((start, time.time())); return 1.0
+runs = w.in_turn({{name: timer for name in {names!r}}}, {rounds}, w.take_turn)
+print(json.dumps({{'spans': spans, 'step_rounds': runs['step']}}))"""
+        return [sys.executable, '-c', code], dict(os.environ), sorted(os.sched_getaffinity(0))
+    return measuring
+
+
+def test_the_two_frameworks_take_turns_round_by_round_never_at_once(monkeypatch):
+    """Each round: stn-gluon's step, PyTorch's, stn-gluon's loop; one process times at a time."""
+    monkeypatch.setattr(bench_train, 'measuring', fake_measuring())
+    runs = bench_train.taking_turns(['--flag'], 1, 1, 1, 3, None)
+    spans = sorted((start, end, framework) for framework, r in runs.items()
+                   for start, end in r['spans'])
+    assert [framework for _, _, framework in spans] == ['mxnet', 'torch', 'mxnet'] * 3
+    assert all(end <= next_start for (_, end, _), (next_start, _, _) in zip(spans, spans[1:]))
+    assert runs['torch']['step_rounds'] == [1.0] * 3
+
+
+def test_a_process_not_in_its_turn_is_stopped():
+    """Stopped, its OpenMP threads cannot spin on the cores the other is timing on."""
+    command, env, cpus = fake_measuring()('torch', [], 1, 1, 1, 2, turns=True)
+    taker = bench_train.TurnTaker('torch', command, env, cpus)
+    try:
+        for _ in range(100):   # the signal is delivered asynchronously
+            with open(f'/proc/{taker.process.pid}/stat') as stat:
+                state = stat.read().rsplit(')', 1)[1].split()[0]
+            if state == 'T':
+                break
+            time.sleep(0.01)
+        assert state == 'T'
+        assert taker.turn() and taker.turn() is False   # its two rounds, then its result
+        assert taker.result['step_rounds'] == [1.0, 1.0]
+    finally:
+        taker.close()
+
+
+def test_a_framework_that_fails_midway_leaves_the_other_to_finish(monkeypatch, capsys):
+    monkeypatch.setattr(bench_train, 'measuring', fake_measuring(fail_at=3))
+    runs = bench_train.taking_turns(['--flag'], 1, 1, 1, 3, None)
+    assert runs['mxnet'] is None and runs['torch']['step_rounds'] == [1.0] * 3
+    err = capsys.readouterr().err
+    assert 'mxnet failed' in err and 'failed on purpose' in err   # its own error, shown
 
 
 def test_an_unknown_workload_is_a_usage_error(capsys):
