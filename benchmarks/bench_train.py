@@ -48,16 +48,11 @@ from benchmarks.workloads import (ENVIRON, ROOT, ROUNDS, SECONDS, TABLE1_KINDS, 
 
 
 
-def measure_torch(flags, warmup, steps, rounds=ROUNDS, turns=False, wait_policy=None):
-    """The PyTorch twin's step, timed ``rounds`` times (with ``turns``, each round when
-    given the turn, as measure_mxnet)."""
+def torch_step(flags):
+    """(step, batch shape, sync, model): the PyTorch twin's training step on a random batch
+    for the network of train.py's ``flags`` (Adam, the localisation at its rate), in this
+    process, on a thread per usable core (OMP_NUM_THREADS where set)."""
     args = config_of(flags)
-    # PyTorch gets the wait policy the environment had (``wait_policy``), its own default
-    # unless the user set one.
-    if wait_policy is None:
-        os.environ.pop('OMP_WAIT_POLICY', None)
-    else:
-        os.environ['OMP_WAIT_POLICY'] = wait_policy
     import numpy as np
     import torch
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', len(os.sched_getaffinity(0)))))
@@ -68,7 +63,8 @@ def measure_torch(flags, warmup, steps, rounds=ROUNDS, turns=False, wait_policy=
     optimizer = torch.optim.Adam([{'params': rest},
                                   {'params': local, 'lr': args.lr * args.loc_lr_mult}], lr=args.lr)
     rng = np.random.RandomState(0)
-    data = torch.tensor(rng.rand(args.batch_size, 1, side, side), dtype=torch.float32)
+    shape = (args.batch_size, 1, side, side)
+    data = torch.tensor(rng.rand(*shape), dtype=torch.float32)
     label = torch.tensor(rng.randint(0, 10, args.batch_size))
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -77,12 +73,27 @@ def measure_torch(flags, warmup, steps, rounds=ROUNDS, turns=False, wait_policy=
         loss_fn(model(data), label).backward()
         optimizer.step()
     model.train()
+    return step, shape, lambda: None, model
+
+
+def measure_torch(flags, warmup, steps, rounds=ROUNDS, turns=False, wait_policy=None):
+    """The PyTorch twin's step, timed ``rounds`` times (with ``turns``, each round when
+    given the turn, as measure_mxnet)."""
+    # PyTorch gets the wait policy the environment had (``wait_policy``), its own default
+    # unless the user set one.
+    if wait_policy is None:
+        os.environ.pop('OMP_WAIT_POLICY', None)
+    else:
+        os.environ['OMP_WAIT_POLICY'] = wait_policy
+    import torch
+    step, shape, sync, model = torch_step(flags)
     for _ in range(warmup):   # once; the rounds start warm
         step()
-    rates = in_turn({'step': lambda: time_steps(step, args.batch_size, 0, steps, lambda: None)},
+    rates = in_turn({'step': lambda: time_steps(step, shape[0], 0, steps, sync)},
                     rounds, take_turn if turns else lambda: None)['step']
-    return {'imgs_per_s': statistics.median(rates), 'step_rounds': rates, 'params': sum(p.numel() for p in model.parameters()),
-            'peak_mb': peak_mb(), 'version': f'PyTorch {torch.__version__}'}
+    return {'imgs_per_s': statistics.median(rates), 'step_rounds': rates,
+            'params': sum(p.numel() for p in model.parameters()), 'peak_mb': peak_mb(),
+            'version': f'PyTorch {torch.__version__}'}
 
 
 def label(settings):

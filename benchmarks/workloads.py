@@ -99,9 +99,11 @@ def time_steps(step, batch, warmup, steps, sync):
             return done * batch / took
 
 
-def measure_mxnet(flags, warmup, steps, rounds=ROUNDS, turns=False):
-    """stn-gluon's step and train.py's loop on the network of train.py's ``flags``, timed in
-    turn ``rounds`` times (with ``turns``, each round when bench_train.py gives the turn)."""
+def mxnet_step(flags):
+    """(step, batch shape, sync, model): stn-gluon's training step on a random batch for the
+    network of train.py's ``flags`` as train.py's loop runs it (the network and its loss in
+    one call, then the update), in this process, which must not have loaded MXNet yet;
+    ``sync()`` waits for the steps given; ``model``: the engine.GluonModel."""
     from stngluon import runtime
     runtime.configure()   # before MXNet loads
     from stngluon import compat  # noqa: F401  (the numpy shim, before mxnet)
@@ -111,19 +113,30 @@ def measure_mxnet(flags, warmup, steps, rounds=ROUNDS, turns=False):
 
     from stngluon import distort
     from stngluon import engine
-    from stngluon import sampler
     args = config_of(flags)
     shape = (args.batch_size, *distort.image_shape(args.dataset))
     model = engine.GluonModel(args, (args.batch_size * 10, *shape[1:]), mx.cpu())
     rng = np.random.RandomState(0)
     data, label = mx.nd.array(rng.rand(*shape)), mx.nd.array(rng.randint(0, 10, shape[0]))
 
-    def step():   # as train.py's loop runs it: the network and its loss in one call
+    def step():
         with autograd.record():
             loss = model.batch_loss(data, label)
         loss.backward()
         model.trainer.step(shape[0])
-    rate = time_steps(step, shape[0], warmup, steps, mx.nd.waitall)   # warm now: sizes the loop
+    return step, shape, mx.nd.waitall, model
+
+
+def measure_mxnet(flags, warmup, steps, rounds=ROUNDS, turns=False):
+    """stn-gluon's step and train.py's loop on the network of train.py's ``flags``, timed in
+    turn ``rounds`` times (with ``turns``, each round when bench_train.py gives the turn)."""
+    step, shape, sync, model = mxnet_step(flags)
+    import mxnet as mx
+    import numpy as np
+
+    from stngluon import sampler
+    rng = np.random.RandomState(1)
+    rate = time_steps(step, shape[0], warmup, steps, sync)   # warm now: sizes the loop
     # train.py's own loop (engine.GluonModel.fit_epoch: batches taken from the set in
     # memory, the loss summed and checked), as train.py reports it, on as many images as
     # --steps steps take or about SECONDS' worth if more (at most LOOP_IMAGES), passed over
@@ -141,7 +154,7 @@ def measure_mxnet(flags, warmup, steps, rounds=ROUNDS, turns=False):
             model.fit_epoch(2, x, y)
             seen += images
         return seen / (time.perf_counter() - start)
-    runs = in_turn({'step': lambda: time_steps(step, shape[0], 0, steps, mx.nd.waitall),
+    runs = in_turn({'step': lambda: time_steps(step, shape[0], 0, steps, sync),
                     'loop': loop}, rounds, take_turn if turns else lambda: None)
     return {'imgs_per_s': statistics.median(runs['step']), 'step_rounds': runs['step'],
             'loop_imgs_per_s': statistics.median(runs['loop']),

@@ -1,6 +1,8 @@
 """bench_train.py: it runs and prints its table (speed itself is the benchmark's to print,
-not a test's), and its PyTorch twins have the parameter counts of our networks."""
+not a test's), the two frameworks take turns, and its PyTorch twins have the parameter
+counts of our networks; the other benchmarks run."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -255,3 +257,28 @@ def test_the_layer_benchmark_prints_a_row_per_layer():
     assert len(rows) == 3
     for row in rows:   # MXNet's float32 always; bfloat16 and PyTorch where the host has them
         assert float(row[32:].split()[0]) > 0
+
+
+needs_two_cores_and_cc = pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2 or not (shutil.which('cc') or shutil.which('gcc')),
+    reason='the link is between two cores, and core_link.c needs a C compiler')
+
+
+@needs_two_cores_and_cc
+def test_the_link_probe_times_a_round_trip_between_two_cores_it_may_use():
+    from benchmarks import core_link
+    assert 10 < core_link.round_trip_ns(0.05) < 1e6   # nanoseconds
+    with pytest.raises(ValueError, match='may not use'):
+        core_link.round_trip_ns(0.01, cores=(0, max(os.sched_getaffinity(0)) + 1))
+
+
+@needs_two_cores_and_cc
+def test_the_link_benchmark_prints_the_round_trips_it_timed():
+    result = subprocess.run([sys.executable, 'benchmarks/core_link.py', '--seconds', '1',
+                             '--every', '0.25'], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    *_, trips, summary = result.stdout.splitlines()
+    trips = [float(t) for t in trips.split()]   # each timed for 0.25 s at least
+    assert 1 <= len(trips) <= 4 and all(t > 0 for t in trips)
+    assert summary.startswith('min ') and f'of {len(trips)} at 1.5x the fastest' in summary
