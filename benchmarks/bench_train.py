@@ -25,10 +25,10 @@ seconds of each other, in one spell of the host (on some hosts the two cores' li
 slower for seconds at a time, which moves two-thread rates by a quarter: docs/speed.md).
 The table gives the median images/s of the repeats, the peak resident memory of each
 process, the loop against the step (the median of the repeats'), and the ratio stn-gluon
-/ PyTorch: the median of the rounds' ratios of the steps, with their range. The PyTorch twins (same layers, same parameter count, which is
-checked; the same Adam with the localisation at --loc-lr-mult's rate) are
-timed when torch imports (pip install -r requirements-bench.txt); they are not needed
-otherwise.
+/ PyTorch: the median of the rounds' ratios of the steps, with their range. The PyTorch
+twins (same layers, same parameter count, which is checked; the same Adam with the
+localisation at --loc-lr-mult's rate) are timed when torch imports (pip install -r
+requirements-bench.txt); they are not needed otherwise.
 """
 import argparse
 import contextlib
