@@ -43,37 +43,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
 from benchmarks.workloads import (ENVIRON, ROOT, ROUNDS, SECONDS, TABLE1_KINDS,  # noqa: E402
-                                  TURN, WORKLOADS, config_of, host, in_turn, peak_mb, resolved,
-                                  take_turn, time_steps)
+                                  TURN, WORKLOADS, host, in_turn, peak_mb, resolved, take_turn,
+                                  time_steps, torch_step)
 
-
-
-def torch_step(flags):
-    """(step, batch shape, sync, model): the PyTorch twin's training step on a random batch
-    for the network of train.py's ``flags`` (Adam, the localisation at its rate), in this
-    process, on a thread per usable core (OMP_NUM_THREADS where set)."""
-    args = config_of(flags)
-    import numpy as np
-    import torch
-    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', len(os.sched_getaffinity(0)))))
-    from benchmarks import twins   # torch, in the measuring process only
-    model, side = twins.twin(args)
-    local = [p for n, p in model.named_parameters() if n.startswith('stn.')]
-    rest = [p for n, p in model.named_parameters() if not n.startswith('stn.')]
-    optimizer = torch.optim.Adam([{'params': rest},
-                                  {'params': local, 'lr': args.lr * args.loc_lr_mult}], lr=args.lr)
-    rng = np.random.RandomState(0)
-    shape = (args.batch_size, 1, side, side)
-    data = torch.tensor(rng.rand(*shape), dtype=torch.float32)
-    label = torch.tensor(rng.randint(0, 10, args.batch_size))
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        optimizer.zero_grad()
-        loss_fn(model(data), label).backward()
-        optimizer.step()
-    model.train()
-    return step, shape, lambda: None, model
 
 
 def measure_torch(flags, warmup, steps, rounds=ROUNDS, turns=False, wait_policy=None):

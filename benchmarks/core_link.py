@@ -62,8 +62,8 @@ def round_trip_ns(seconds, cores=None):
 def track(framework, flags, rounds):
     """In a measuring process: ``rounds`` times, the round trip for 0.2 s, then
     ``framework``'s step for a second; a JSON line per round."""
-    from benchmarks import bench_train, workloads
-    build = workloads.mxnet_step if framework == 'mxnet' else bench_train.torch_step
+    from benchmarks import workloads
+    build = workloads.mxnet_step if framework == 'mxnet' else workloads.torch_step
     step, shape, sync, _ = build(flags)
     for _ in range(10):
         step()

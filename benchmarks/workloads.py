@@ -1,5 +1,6 @@
-"""The benchmarks' workloads (train.py's networks by name) and the MXNet side of a
-measurement: bench_train.py and bench_settings.py time these, each in fresh processes."""
+"""The benchmarks' workloads (train.py's networks by name), each framework's training step
+on them, and the MXNet side of a measurement: bench_train.py, bench_settings.py and
+core_link.py time these, each in fresh processes."""
 import json
 import os
 import statistics
@@ -125,6 +126,34 @@ def mxnet_step(flags):
         loss.backward()
         model.trainer.step(shape[0])
     return step, shape, mx.nd.waitall, model
+
+
+def torch_step(flags):
+    """(step, batch shape, sync, model): the PyTorch twin's training step on a random batch
+    for the network of train.py's ``flags`` (Adam, the localisation at its rate), in this
+    process, on a thread per usable core (OMP_NUM_THREADS where set)."""
+    args = config_of(flags)
+    import numpy as np
+    import torch
+    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', len(os.sched_getaffinity(0)))))
+    from benchmarks import twins   # torch, in the measuring process only
+    model, side = twins.twin(args)
+    local = [p for n, p in model.named_parameters() if n.startswith('stn.')]
+    rest = [p for n, p in model.named_parameters() if not n.startswith('stn.')]
+    optimizer = torch.optim.Adam([{'params': rest},
+                                  {'params': local, 'lr': args.lr * args.loc_lr_mult}], lr=args.lr)
+    rng = np.random.RandomState(0)
+    shape = (args.batch_size, 1, side, side)
+    data = torch.tensor(rng.rand(*shape), dtype=torch.float32)
+    label = torch.tensor(rng.randint(0, 10, args.batch_size))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        optimizer.zero_grad()
+        loss_fn(model(data), label).backward()
+        optimizer.step()
+    model.train()
+    return step, shape, lambda: None, model
 
 
 def measure_mxnet(flags, warmup, steps, rounds=ROUNDS, turns=False):
