@@ -43,8 +43,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
 from benchmarks.workloads import (ENVIRON, ROOT, ROUNDS, SECONDS, TABLE1_KINDS,  # noqa: E402
-                                  TURN, WORKLOADS, host, in_turn, peak_mb, resolved, take_turn,
-                                  time_steps, torch_step)
+                                  TURN, WORKLOADS, environment, host, in_turn, peak_mb,
+                                  resolved, take_turn, time_steps, torch_step)
 
 
 
@@ -84,10 +84,7 @@ def measuring(framework, flags, cores, warmup, steps, rounds, settings=None, thr
     """(command, environment, cores) of a process that measures ``framework`` on the first
     ``cores`` usable cores (stn-gluon's with ``settings``, a dict of environment variables;
     on ``threads`` OpenMP threads if given) and prints its JSON result last."""
-    from stngluon import runtime
-    env = runtime.with_threads(ENVIRON, threads) if threads else dict(ENVIRON)
-    if framework == 'mxnet' and settings:
-        env.update(settings, **{runtime.CHOSEN: '1'})
+    env = environment(framework, settings, threads)
     extra = f', wait_policy={ENVIRON.get("OMP_WAIT_POLICY")!r}' if framework == 'torch' else ''
     module = 'workloads' if framework == 'mxnet' else 'bench_train'
     code = (f'import sys, json; sys.path.insert(0, {ROOT!r}); from benchmarks import {module} as b; '

@@ -26,7 +26,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the repository root
-from benchmarks.workloads import ENVIRON, ROOT, WORKLOADS, host, resolved  # noqa: E402
+from benchmarks.workloads import (ENVIRON, ROOT, WORKLOADS, environment, host,  # noqa: E402
+                                  resolved)
 
 SOURCE = os.path.join(ROOT, 'benchmarks', 'core_link.c')
 
@@ -77,13 +78,10 @@ def track(framework, flags, rounds):
 
 def tracked(framework, flags, rounds):
     """``track`` in a fresh process on every usable core; its rows."""
-    env = dict(ENVIRON)
-    if framework == 'mxnet':
-        from stngluon import runtime
-        env.update(runtime.chosen_for(flags, ENVIRON.get('OMP_NUM_THREADS'), ENVIRON),
-                   **{runtime.CHOSEN: '1'})
-    else:
-        env.pop('OMP_WAIT_POLICY', None)   # PyTorch at its defaults
+    from stngluon import runtime
+    settings = runtime.chosen_for(flags, ENVIRON.get('OMP_NUM_THREADS'), ENVIRON) \
+        if framework == 'mxnet' else None
+    env = environment(framework, settings)   # PyTorch: at its defaults, as bench_train.py's
     code = (f'import sys; sys.path.insert(0, {ROOT!r}); from benchmarks import core_link; '
             f'core_link.track({framework!r}, {flags!r}, {rounds})')
     result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,

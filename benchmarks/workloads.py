@@ -29,6 +29,17 @@ WORKLOADS = {
 TABLE1_KINDS = [w for w in WORKLOADS if not w.endswith('-b256')]
 
 
+def environment(framework, settings=None, threads=None):
+    """The environment of a measuring process: the one given (ENVIRON), on ``threads``
+    OpenMP threads if given; stn-gluon's ('mxnet') with ``settings`` (a dict of environment
+    variables: what train.py chose) marked as chosen, so that it chooses nothing itself."""
+    from stngluon import runtime
+    env = runtime.with_threads(ENVIRON, threads) if threads else dict(ENVIRON)
+    if framework == 'mxnet' and settings:
+        env.update(settings, **{runtime.CHOSEN: '1'})
+    return env
+
+
 def peak_mb():
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
